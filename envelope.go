@@ -1,0 +1,349 @@
+package rekey
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The sealed-data envelope (format 1):
+//
+//	magic "RKYE" | format 0x01 | chunk-size exponent | id length | DEK id | 32-byte salt
+//	then segments: AES-256-GCM(subkey, nonce, chunk, aad) of chunkSize bytes each,
+//	the last one shorter (possibly empty) and marked as last in its nonce.
+//
+// The subkey is HKDF-SHA256(DEK, salt, "rekey/envelope/v1"), fresh for every
+// envelope, so a DEK can seal any number of envelopes without nonce reuse.
+// The nonce is the 8-byte big-endian segment counter, one "last segment"
+// byte, and three zero bytes (the STREAM construction): segments cannot be
+// reordered, dropped, or the stream truncated or extended without detection.
+// Every segment's associated data is SHA-256 of the header and the caller's
+// associated data, so the header (and the DEK id in it) is authenticated.
+const (
+	envelopeMagic     = "RKYE"
+	envelopeFormat    = 1
+	envelopeSaltLen   = 32
+	envelopeTagLen    = 16
+	envelopeNonceLen  = 12
+	defaultChunkShift = 16 // 64 KiB
+	minChunkShift     = 10
+	maxChunkShift     = 22 // 4 MiB: bounds the memory a hostile header can make us allocate
+	maxEnvelopeIDLen  = 64
+	envelopeInfo      = "rekey/envelope/v1"
+)
+
+// EnvelopeHeader is the clear part of a sealed envelope.
+type EnvelopeHeader struct {
+	DEKID      string
+	ChunkShift uint8
+	Salt       [envelopeSaltLen]byte
+	raw        []byte
+}
+
+// ReadEnvelopeHeader reads and checks the header of a sealed envelope from r,
+// leaving r at the first segment. It returns ErrInvalidCiphertext when the
+// bytes are not an envelope rekey can read.
+func ReadEnvelopeHeader(r io.Reader) (EnvelopeHeader, error) {
+	var fixed [7]byte
+	if _, err := io.ReadFull(r, fixed[:]); err != nil {
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope header: %v", ErrInvalidCiphertext, shortRead(err))
+	}
+	if string(fixed[:4]) != envelopeMagic {
+		return EnvelopeHeader{}, fmt.Errorf("%w: not a rekey envelope (bad magic)", ErrInvalidCiphertext)
+	}
+	if fixed[4] != envelopeFormat {
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope format %d is not supported (this rekey reads format %d)", ErrInvalidCiphertext, fixed[4], envelopeFormat)
+	}
+	shift, idLen := fixed[5], int(fixed[6])
+	if shift < minChunkShift || shift > maxChunkShift {
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope chunk size 2^%d out of range", ErrInvalidCiphertext, shift)
+	}
+	if idLen == 0 || idLen > maxEnvelopeIDLen {
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope DEK id length %d out of range", ErrInvalidCiphertext, idLen)
+	}
+	rest := make([]byte, idLen+envelopeSaltLen)
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope header: %v", ErrInvalidCiphertext, shortRead(err))
+	}
+	h := EnvelopeHeader{DEKID: string(rest[:idLen]), ChunkShift: shift}
+	if !ValidID(h.DEKID) {
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope names a malformed DEK id", ErrInvalidCiphertext)
+	}
+	copy(h.Salt[:], rest[idLen:])
+	h.raw = append(fixed[:], rest...)
+	return h, nil
+}
+
+func shortRead(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errors.New("truncated")
+	}
+	return err
+}
+
+func (h EnvelopeHeader) encode() []byte {
+	b := make([]byte, 0, 7+len(h.DEKID)+envelopeSaltLen)
+	b = append(b, envelopeMagic...)
+	b = append(b, envelopeFormat, h.ChunkShift, byte(len(h.DEKID)))
+	b = append(b, h.DEKID...)
+	b = append(b, h.Salt[:]...)
+	return b
+}
+
+// segmentCipher derives the per-envelope AEAD and the associated data every
+// segment carries.
+func segmentCipher(dek []byte, h EnvelopeHeader, raw, aad []byte) (cipher.AEAD, []byte, error) {
+	if len(dek) != 32 {
+		return nil, nil, fmt.Errorf("%w: a DEK must be 32 bytes", ErrInvalidArgument)
+	}
+	sub, err := hkdf.Key(sha256.New, dek, h.Salt[:], envelopeInfo, 32)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer zero(sub)
+	block, err := aes.NewCipher(sub)
+	if err != nil {
+		return nil, nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, nil, err
+	}
+	d := sha256.New()
+	d.Write(raw)
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(aad)))
+	d.Write(n[:])
+	d.Write(aad)
+	return aead, d.Sum(nil), nil
+}
+
+func segmentNonce(nonce *[envelopeNonceLen]byte, counter uint64, last bool) {
+	binary.BigEndian.PutUint64(nonce[:8], counter)
+	nonce[8] = 0
+	if last {
+		nonce[8] = 1
+	}
+}
+
+// envelopeWriter seals what is written to it, one chunk at a time.
+type envelopeWriter struct {
+	dst     io.Writer
+	aead    cipher.AEAD
+	ad      []byte
+	buf     []byte // plaintext of the current chunk
+	out     []byte
+	counter uint64
+	nonce   [envelopeNonceLen]byte
+	closed  bool
+	err     error
+}
+
+// NewEnvelopeWriter writes an envelope header naming dekID to dst and returns
+// a writer that seals everything written to it under dek. Close must be
+// called to write the final segment; without it the envelope is truncated
+// and will not open. Memory use is two chunks (64 KiB each), whatever the
+// size of the data.
+func NewEnvelopeWriter(dst io.Writer, dekID string, dek, aad []byte) (io.WriteCloser, error) {
+	if !ValidID(dekID) {
+		return nil, fmt.Errorf("%w: malformed DEK id", ErrInvalidArgument)
+	}
+	h := EnvelopeHeader{DEKID: dekID, ChunkShift: defaultChunkShift}
+	if _, err := rand.Read(h.Salt[:]); err != nil {
+		return nil, err
+	}
+	raw := h.encode()
+	aead, ad, err := segmentCipher(dek, h, raw, aad)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := dst.Write(raw); err != nil {
+		return nil, err
+	}
+	size := 1 << h.ChunkShift
+	return &envelopeWriter{dst: dst, aead: aead, ad: ad, buf: make([]byte, 0, size), out: make([]byte, 0, size+envelopeTagLen)}, nil
+}
+
+func (w *envelopeWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.closed {
+		return 0, errors.New("rekey: write to closed envelope")
+	}
+	n := 0
+	for len(p) > 0 {
+		// A full chunk is sealed only when more data follows, so that the
+		// last segment is known to be last when it is sealed.
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(false); err != nil {
+				return n, err
+			}
+		}
+		c := copy(w.buf[len(w.buf):cap(w.buf)], p)
+		w.buf = w.buf[:len(w.buf)+c]
+		p = p[c:]
+		n += c
+	}
+	return n, nil
+}
+
+func (w *envelopeWriter) flush(last bool) error {
+	segmentNonce(&w.nonce, w.counter, last)
+	w.out = w.aead.Seal(w.out[:0], w.nonce[:], w.buf, w.ad)
+	zero(w.buf)
+	w.buf = w.buf[:0]
+	w.counter++
+	if _, err := w.dst.Write(w.out); err != nil {
+		w.err = err
+		return err
+	}
+	return nil
+}
+
+func (w *envelopeWriter) Close() error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.closed {
+		return nil
+	}
+	w.closed = true
+	return w.flush(true)
+}
+
+// envelopeReader opens segments as they are read.
+type envelopeReader struct {
+	src     io.Reader
+	aead    cipher.AEAD
+	ad      []byte
+	seg     []byte // ciphertext of the next segment, plus one byte of lookahead
+	look    byte   // the lookahead byte read past the previous segment
+	hasLook bool
+	plain   []byte // opened plaintext not yet returned (inside seg)
+	counter uint64
+	nonce   [envelopeNonceLen]byte
+	done    bool
+	err     error
+}
+
+// NewEnvelopeReader returns a reader of the plaintext of the envelope whose
+// header h was read from src with ReadEnvelopeHeader. Each segment is
+// authenticated before any of it is returned; a modified, reordered,
+// truncated or extended stream gives an error wrapping ErrInvalidCiphertext
+// (by then earlier segments may have been returned: write to a temporary
+// file and keep it only when the read ends in io.EOF).
+func NewEnvelopeReader(src io.Reader, h EnvelopeHeader, dek, aad []byte) (io.Reader, error) {
+	aead, ad, err := segmentCipher(dek, h, h.raw, aad)
+	if err != nil {
+		return nil, err
+	}
+	size := 1<<h.ChunkShift + envelopeTagLen
+	return &envelopeReader{src: src, aead: aead, ad: ad, seg: make([]byte, size+1)}, nil
+}
+
+func (r *envelopeReader) Read(p []byte) (int, error) {
+	for len(r.plain) == 0 {
+		if r.err != nil {
+			return 0, r.err
+		}
+		if r.done {
+			return 0, io.EOF
+		}
+		r.err = r.next()
+	}
+	n := copy(p, r.plain)
+	r.plain = r.plain[n:]
+	return n, nil
+}
+
+// next opens one segment. A segment is the last one when fewer than a full
+// segment plus one byte remain in the stream.
+func (r *envelopeReader) next() error {
+	have := 0
+	if r.hasLook {
+		r.seg[0] = r.look
+		have = 1
+	}
+	n, err := io.ReadFull(r.src, r.seg[have:])
+	have += n
+	last := false
+	switch {
+	case err == nil:
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		last = true
+	default:
+		return err
+	}
+	segLen := have
+	if !last {
+		segLen = len(r.seg) - 1
+	}
+	if segLen < envelopeTagLen {
+		return fmt.Errorf("%w: envelope truncated", ErrInvalidCiphertext)
+	}
+	segmentNonce(&r.nonce, r.counter, last)
+	plain, oerr := r.aead.Open(r.seg[:0:segLen], r.nonce[:], r.seg[:segLen], r.ad)
+	if oerr != nil {
+		return fmt.Errorf("%w: envelope segment %d does not authenticate (corrupt, truncated, or wrong associated data)", ErrInvalidCiphertext, r.counter)
+	}
+	r.counter++
+	r.plain = plain
+	r.done = last
+	r.hasLook = !last
+	if !last {
+		r.look = r.seg[segLen]
+	}
+	return nil
+}
+
+// SealEnvelope seals plaintext under dek in one envelope naming dekID.
+func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
+	var buf bytes.Buffer
+	w, err := NewEnvelopeWriter(&buf, dekID, dek, aad)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := w.Write(plaintext); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// OpenEnvelope opens a whole envelope sealed under dek. It returns
+// ErrInvalidCiphertext for anything that does not authenticate.
+func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
+	src := bytes.NewReader(sealed)
+	h, err := ReadEnvelopeHeader(src)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewEnvelopeReader(src, h, dek, aad)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(r)
+}
+
+// zero overwrites b. Go may have copied the bytes elsewhere (the garbage
+// collector moves nothing, but appends and conversions copy), so this is
+// best effort, as in every Go program.
+func zero(b []byte) {
+	clear(b)
+}
+
+type bytesWriter struct{ b []byte }
+
+func (w *bytesWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

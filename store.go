@@ -1,0 +1,170 @@
+package rekey
+
+import (
+	"context"
+	"time"
+)
+
+// DEKQuery selects DEKs of one key in id order, one page at a time.
+// Paging is by cursor (After), never by offset, so that a page costs the same
+// at the millionth DEK as at the first.
+type DEKQuery struct {
+	Key        string // required
+	Version    int    // if > 0, only DEKs on this version
+	NotVersion int    // if > 0, only DEKs on any other version
+	After      string // if set, only ids greater than this one
+	Limit      int    // at most this many; <= 0 means 1000
+}
+
+// DEKSwap is a compare-and-swap of one DEK's wrapped value: it applies only
+// if the row still holds OldWrapped.
+type DEKSwap struct {
+	ID         string
+	OldWrapped []byte
+	NewWrapped []byte
+	NewVersion int
+}
+
+// DEKSource is the narrow view of DEK storage the rotation engine needs. The
+// Store implements it for its own DEK table; an adapter can implement it for
+// DEKs kept in an application's own table.
+type DEKSource interface {
+	// ListDEKs returns up to q.Limit DEKs matching q in ascending id order.
+	// It returns ErrInvalidArgument when q.Key is empty.
+	ListDEKs(ctx context.Context, q DEKQuery) ([]DEK, error)
+
+	// SwapDEKs applies each swap whose row still holds OldWrapped, in one
+	// transaction, provided fence is still the current lease of the key
+	// (else ErrFenced and nothing is written). It returns the ids of swaps
+	// that lost (the row changed or is gone); those rows are unchanged.
+	SwapDEKs(ctx context.Context, swaps []DEKSwap, fence Lease) (lost []string, err error)
+
+	// CountDEKs returns how many DEKs of key reference each version
+	// (versions with none are absent).
+	CountDEKs(ctx context.Context, key string) (map[int]int64, error)
+}
+
+// Activation makes a version active at commit: the key's active version
+// and expiry change, the new version becomes active, the previous active
+// version becomes pending_retirement (unless it is compromised, which it
+// stays).
+type Activation struct {
+	Version     int
+	ExpiresAt   time.Time
+	Previous    int
+	RetireAfter time.Time
+}
+
+// RotationUpdate is one guarded step of a rotation: it applies only if the
+// rotation is still in FromState and the lease is current, and writes
+// everything it carries — the rotation's new fields, an optional new version
+// row, an optional activation, and the audit events — in one transaction.
+type RotationUpdate struct {
+	Rotation   Rotation      // new values; Rotation.ID selects the row
+	FromState  RotationState // guard: the state the row must still be in
+	NewVersion *KeyVersion   // insert this version row (state created)
+	Activate   *Activation   // commit the rotation
+	Events     []AuditEvent
+}
+
+// VersionChange is a guarded change of one version's state.
+type VersionChange struct {
+	Key           string
+	Version       int
+	From          []VersionState // guard: the current state must be one of these
+	To            VersionState
+	RequireUnused bool // refuse with *VersionInUseError while any DEK references the version
+	At            time.Time
+}
+
+// RotationQuery selects rotations, newest first.
+type RotationQuery struct {
+	Key      string    // if set, only this key
+	OpenOnly bool      // only rotations not done
+	Since    time.Time // if set, only rotations started at or after
+	Limit    int       // <= 0 means 100
+}
+
+// AuditQuery selects audit events in seq order.
+type AuditQuery struct {
+	Key      string    // if set, only events of this key
+	Since    time.Time // if set, only events at or after
+	AfterSeq int64     // if > 0, only events with a greater seq
+	Limit    int       // <= 0 means 1000
+}
+
+// Store holds keys, versions, DEKs, rotations, leases and the audit trail.
+// Implementations are safe for concurrent use by many goroutines and, where
+// the database allows, many processes. Every method may return an
+// *UnreachableError when the database cannot be reached.
+//
+// Methods that take audit events append them, with their hash chain, in the
+// same transaction as the change they record.
+type Store interface {
+	DEKSource
+
+	// CreateKey stores a new key and its first version. It returns
+	// ErrKeyExists if the name is taken.
+	CreateKey(ctx context.Context, k Key, v KeyVersion, events ...AuditEvent) error
+	// GetKey returns the key called name, or ErrKeyNotFound.
+	GetKey(ctx context.Context, name string) (Key, error)
+	// ListKeys returns every key, ordered by name.
+	ListKeys(ctx context.Context) ([]Key, error)
+	// UpdateKeyPolicy sets a key's policy and expiry. It returns
+	// ErrKeyNotFound.
+	UpdateKeyPolicy(ctx context.Context, name string, p Policy, expiresAt time.Time, events ...AuditEvent) error
+	// ListVersions returns the versions of key in ascending order, or
+	// ErrKeyNotFound.
+	ListVersions(ctx context.Context, key string) ([]KeyVersion, error)
+	// ChangeVersionState applies c if the version's state is one of c.From
+	// (else ErrStale), and, with c.RequireUnused, only when no DEK references
+	// the version, counted in the same transaction (else *VersionInUseError).
+	// A non-nil fence must be the key's current lease (else ErrFenced). It
+	// returns ErrVersionNotFound.
+	ChangeVersionState(ctx context.Context, c VersionChange, fence *Lease, events ...AuditEvent) error
+
+	// InsertDEKs stores new DEKs, all or none. Each DEK's version must be
+	// its key's active version at the time of the write (else
+	// ErrVersionNotActive: re-read the key and wrap again). It returns
+	// ErrConflict for a duplicate id and ErrKeyNotFound for an unknown key.
+	InsertDEKs(ctx context.Context, deks []DEK) error
+	// GetDEK returns the DEK with that id, or ErrDEKNotFound.
+	GetDEK(ctx context.Context, id string) (DEK, error)
+
+	// AcquireLease gives owner the lease on key for ttl from now, with a new
+	// epoch, if nobody else holds an unexpired one (else ErrLeaseHeld). An
+	// owner re-acquiring its own unexpired lease keeps its epoch.
+	AcquireLease(ctx context.Context, key, owner string, ttl time.Duration, now time.Time) (Lease, error)
+	// RenewLease extends l by ttl from now if it is still current (else
+	// ErrFenced).
+	RenewLease(ctx context.Context, l Lease, ttl time.Duration, now time.Time) (Lease, error)
+	// ReleaseLease gives l up; releasing a lease that is no longer current
+	// is a no-op.
+	ReleaseLease(ctx context.Context, l Lease) error
+
+	// CreateRotation stores a new rotation in state claimed. It returns
+	// ErrConflict if the key already has an open rotation, ErrKeyNotFound,
+	// and ErrFenced if fence is not the key's current lease.
+	CreateRotation(ctx context.Context, r Rotation, fence Lease, events ...AuditEvent) error
+	// AdvanceRotation applies u (see RotationUpdate). It returns ErrStale if
+	// the rotation left u.FromState, ErrFenced if fence is not current,
+	// ErrConflict if u.NewVersion's number exists already.
+	AdvanceRotation(ctx context.Context, u RotationUpdate, fence Lease) error
+	// GetRotation returns the rotation with that id, or ErrRotationNotFound.
+	GetRotation(ctx context.Context, id string) (Rotation, error)
+	// OpenRotation returns key's open rotation, or ErrRotationNotFound.
+	OpenRotation(ctx context.Context, key string) (Rotation, error)
+	// ListRotations returns rotations matching q, newest first.
+	ListRotations(ctx context.Context, q RotationQuery) ([]Rotation, error)
+
+	// AppendAudit appends events to the audit trail on their own (for
+	// events that record no state change, such as rotation.failed).
+	AppendAudit(ctx context.Context, events ...AuditEvent) error
+	// ListAudit returns audit events matching q in seq order.
+	ListAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
+
+	// Ping returns nil when the database answers.
+	Ping(ctx context.Context) error
+	// Close releases the store's resources.
+	Close() error
+}

@@ -1,0 +1,208 @@
+package rekey
+
+import (
+	"fmt"
+	"regexp"
+	"time"
+)
+
+// VersionState is the life-cycle state of one root-key version.
+type VersionState string
+
+// Version states. A version is created (by a rotation, before it commits),
+// becomes active at commit, pending_retirement when a newer version commits,
+// then retired once no DEK references it and its grace has passed, and
+// optionally destroyed. A compromised version is re-wrapped away first and
+// then refused for unwrap.
+const (
+	VersionCreated           VersionState = "created"
+	VersionActive            VersionState = "active"
+	VersionPendingRetirement VersionState = "pending_retirement"
+	VersionRetired           VersionState = "retired"
+	VersionDestroyed         VersionState = "destroyed"
+	VersionCompromised       VersionState = "compromised"
+)
+
+// Usable reports whether DEKs wrapped under a version in state s may still
+// be unwrapped.
+func (s VersionState) Usable() bool {
+	switch s {
+	case VersionCreated, VersionActive, VersionPendingRetirement:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is one of the defined states.
+func (s VersionState) Valid() bool {
+	switch s {
+	case VersionCreated, VersionActive, VersionPendingRetirement, VersionRetired, VersionDestroyed, VersionCompromised:
+		return true
+	}
+	return false
+}
+
+// Policy says when a root key rotates and what happens to old versions.
+// Zero durations are meaningful (grace 0 retires at once); DestroyAfter 0
+// means never destroy.
+type Policy struct {
+	RotationPeriod time.Duration `json:"rotation_period"`
+	RotateWithin   time.Duration `json:"rotate_within"`
+	NotifyWithin   time.Duration `json:"notify_within"`
+	Grace          time.Duration `json:"grace"`
+	DestroyAfter   time.Duration `json:"destroy_after"` // 0 = never
+}
+
+// DefaultPolicy is the policy of DESIGN.md: 90-day period, due 7 days before
+// expiry, "due soon" 14 days before, 7 days of grace, never destroyed.
+func DefaultPolicy() Policy {
+	return Policy{
+		RotationPeriod: 90 * Day,
+		RotateWithin:   7 * Day,
+		NotifyWithin:   14 * Day,
+		Grace:          7 * Day,
+	}
+}
+
+// Validate reports the first field that is out of range, by its config name.
+func (p Policy) Validate() error {
+	switch {
+	case p.RotationPeriod <= 0:
+		return fmt.Errorf("%w: rotation_period must be positive (e.g. 90d)", ErrInvalidArgument)
+	case p.RotateWithin < 0:
+		return fmt.Errorf("%w: rotate_within must not be negative", ErrInvalidArgument)
+	case p.NotifyWithin < 0:
+		return fmt.Errorf("%w: notify_within must not be negative", ErrInvalidArgument)
+	case p.Grace < 0:
+		return fmt.Errorf("%w: grace must not be negative", ErrInvalidArgument)
+	case p.DestroyAfter < 0:
+		return fmt.Errorf("%w: destroy_after must not be negative (use never)", ErrInvalidArgument)
+	}
+	return nil
+}
+
+// Key is a root key: a name, the backend holding it, the backend's reference
+// for it, its policy and its active version.
+type Key struct {
+	Name          string    `json:"name"`
+	Backend       string    `json:"backend"`
+	BackendRef    string    `json:"backend_ref"`
+	ActiveVersion int       `json:"active_version"`
+	ExpiresAt     time.Time `json:"expires_at"` // when the active version's period ends
+	Policy        Policy    `json:"policy"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+}
+
+// Due reports whether the key should rotate at now: expires_at - now <=
+// rotate_within.
+func (k Key) Due(now time.Time) bool { return !k.ExpiresAt.After(now.Add(k.Policy.RotateWithin)) }
+
+// DueSoon reports whether the key is within notify_within of its expiry.
+func (k Key) DueSoon(now time.Time) bool { return !k.ExpiresAt.After(now.Add(k.Policy.NotifyWithin)) }
+
+// Overdue reports whether the active version's period has ended.
+func (k Key) Overdue(now time.Time) bool { return !k.ExpiresAt.After(now) }
+
+// KeyVersion is one version of a root key.
+type KeyVersion struct {
+	Key         string       `json:"key"`
+	Version     int          `json:"version"`
+	State       VersionState `json:"state"`
+	CreatedAt   time.Time    `json:"created_at"`
+	ActivatedAt time.Time    `json:"activated_at,omitzero"`
+	RetireAfter time.Time    `json:"retire_after,omitzero"` // set when it becomes pending_retirement
+	RetiredAt   time.Time    `json:"retired_at,omitzero"`
+	DestroyedAt time.Time    `json:"destroyed_at,omitzero"`
+}
+
+// DEK is a data-encryption key as stored: wrapped under one version of one
+// root key. rekey never stores a plaintext DEK.
+type DEK struct {
+	ID        string    `json:"id"`
+	Key       string    `json:"key"`
+	Version   int       `json:"version"`
+	Wrapped   []byte    `json:"-"`
+	Label     string    `json:"label,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// RotationState is the state of a persisted rotation.
+type RotationState string
+
+// Rotation states, in order: claimed → version_created → rewrapping →
+// committed → done. Only done is terminal; an interrupted rotation is resumed
+// from the state it reached.
+const (
+	RotationClaimed        RotationState = "claimed"
+	RotationVersionCreated RotationState = "version_created"
+	RotationRewrapping     RotationState = "rewrapping"
+	RotationCommitted      RotationState = "committed"
+	RotationDone           RotationState = "done"
+)
+
+// Open reports whether a rotation in state s still has work to do.
+func (s RotationState) Open() bool { return s != RotationDone }
+
+// RotationReason says why a rotation started.
+type RotationReason string
+
+// Rotation reasons.
+const (
+	ReasonScheduled RotationReason = "scheduled"
+	ReasonManual    RotationReason = "manual"
+	ReasonEmergency RotationReason = "emergency"
+)
+
+// Rotation is the persisted record of one rotation of one key.
+type Rotation struct {
+	ID          string         `json:"id"`
+	Key         string         `json:"key"`
+	FromVersion int            `json:"from_version"`
+	ToVersion   int            `json:"to_version"` // 0 until recorded
+	State       RotationState  `json:"state"`
+	Reason      RotationReason `json:"reason"`
+	Note        string         `json:"note,omitempty"`        // free text given with --reason
+	Compromised int            `json:"compromised,omitempty"` // emergency: the version to re-wrap away first
+	Total       int64          `json:"deks_total"`            // DEKs to re-wrap, counted when re-wrapping starts
+	Done        int64          `json:"deks_done"`             // DEKs re-wrapped so far
+	Failed      int64          `json:"deks_failed"`           // DEKs that could not be unwrapped
+	Cursor      string         `json:"cursor,omitempty"`      // last DEK id checkpointed
+	FailedDEKs  []string       `json:"failed_deks,omitempty"` // ids of DEKs that could not be unwrapped (first 100)
+	StartedAt   time.Time      `json:"started_at"`
+	UpdatedAt   time.Time      `json:"updated_at"`
+	FinishedAt  time.Time      `json:"finished_at,omitzero"`
+	Owner       string         `json:"owner"`
+	Epoch       int64          `json:"epoch"`
+	LastError   string         `json:"last_error,omitempty"`
+}
+
+// Lease is a worker's claim on one key. Every engine write carries it and the
+// store refuses the write (ErrFenced) when Epoch is no longer current.
+type Lease struct {
+	Key       string    `json:"key"`
+	Owner     string    `json:"owner"`
+	Epoch     int64     `json:"epoch"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+var keyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// ValidateKeyName reports whether name may name a root key: 1 to 63
+// characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit.
+func ValidateKeyName(name string) error {
+	if !keyNameRE.MatchString(name) {
+		return fmt.Errorf("%w: key name %q: use 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", ErrInvalidArgument, name)
+	}
+	return nil
+}
+
+// NormalizeTime returns t in UTC truncated to microseconds, the precision
+// every store keeps, so that a time read back equals the time written.
+func NormalizeTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return time.Time{}
+	}
+	return t.UTC().Truncate(time.Microsecond)
+}
