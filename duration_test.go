@@ -29,6 +29,10 @@ func TestParseDuration(t *testing.T) {
 		{"d", false, 0, true},
 		{"3dd", false, 0, true},
 		{"99999999d", false, 0, true},
+		{"NaNd", false, 0, true},
+		{"0x1p4d", false, 0, true},
+		{"36500d2562047h", false, 0, true},
+		{"1e3d", false, 0, true},
 	}
 	for _, tt := range tests {
 		got, err := ParseDuration(tt.in, tt.never)

@@ -101,7 +101,7 @@ func (h EnvelopeHeader) encode() []byte {
 // segment carries.
 func segmentCipher(dek []byte, h EnvelopeHeader, raw, aad []byte) (cipher.AEAD, []byte, error) {
 	if len(dek) != 32 {
-		return nil, nil, fmt.Errorf("%w: a DEK must be 32 bytes", ErrInvalidArgument)
+		return nil, nil, Invalidf("a DEK must be 32 bytes")
 	}
 	sub, err := hkdf.Key(sha256.New, dek, h.Salt[:], envelopeInfo, 32)
 	if err != nil {
@@ -153,7 +153,7 @@ type envelopeWriter struct {
 // size of the data.
 func NewEnvelopeWriter(dst io.Writer, dekID string, dek, aad []byte) (io.WriteCloser, error) {
 	if !ValidID(dekID) {
-		return nil, fmt.Errorf("%w: malformed DEK id", ErrInvalidArgument)
+		return nil, Invalidf("malformed DEK id")
 	}
 	h := EnvelopeHeader{DEKID: dekID, ChunkShift: defaultChunkShift}
 	if _, err := rand.Read(h.Salt[:]); err != nil {

@@ -100,3 +100,16 @@ type DEKError struct {
 
 func (e *DEKError) Error() string { return fmt.Sprintf("%s dek %s: %v", e.Op, e.ID, e.Err) }
 func (e *DEKError) Unwrap() error { return e.Err }
+
+// invalidArgError is a plain message that matches ErrInvalidArgument, so
+// that callers can put it under a field path without "invalid argument: ".
+type invalidArgError struct{ msg string }
+
+func (e *invalidArgError) Error() string        { return e.msg }
+func (e *invalidArgError) Is(target error) bool { return target == ErrInvalidArgument }
+
+// Invalidf returns an error with the formatted message that matches
+// ErrInvalidArgument under errors.Is.
+func Invalidf(format string, args ...any) error {
+	return &invalidArgError{msg: fmt.Sprintf(format, args...)}
+}

@@ -44,7 +44,7 @@ func NewKeyring(store Store, backends map[string]KMS, opts ...KeyringOption) *Ke
 func (kr *Keyring) backend(name string) (KMS, error) {
 	b, ok := kr.backends[name]
 	if !ok {
-		return nil, fmt.Errorf("%w: backend %q is not configured (add it under backends: in the config)", ErrInvalidArgument, name)
+		return nil, Invalidf("backend %q is not configured (add it under backends: in the config)", name)
 	}
 	return b, nil
 }
@@ -109,7 +109,7 @@ const MaxDEKBatch = 1000
 // dropped: this is for bulk provisioning.
 func (kr *Keyring) NewDEKs(ctx context.Context, key, label string, n int) (int, error) {
 	if n <= 0 {
-		return 0, fmt.Errorf("%w: count must be at least 1", ErrInvalidArgument)
+		return 0, Invalidf("count must be at least 1")
 	}
 	done := 0
 	for done < n {

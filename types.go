@@ -1,7 +1,6 @@
 package rekey
 
 import (
-	"fmt"
 	"regexp"
 	"time"
 )
@@ -68,15 +67,15 @@ func DefaultPolicy() Policy {
 func (p Policy) Validate() error {
 	switch {
 	case p.RotationPeriod <= 0:
-		return fmt.Errorf("%w: rotation_period must be positive (e.g. 90d)", ErrInvalidArgument)
+		return Invalidf("rotation_period must be positive (e.g. 90d)")
 	case p.RotateWithin < 0:
-		return fmt.Errorf("%w: rotate_within must not be negative", ErrInvalidArgument)
+		return Invalidf("rotate_within must not be negative")
 	case p.NotifyWithin < 0:
-		return fmt.Errorf("%w: notify_within must not be negative", ErrInvalidArgument)
+		return Invalidf("notify_within must not be negative")
 	case p.Grace < 0:
-		return fmt.Errorf("%w: grace must not be negative", ErrInvalidArgument)
+		return Invalidf("grace must not be negative")
 	case p.DestroyAfter < 0:
-		return fmt.Errorf("%w: destroy_after must not be negative (use never)", ErrInvalidArgument)
+		return Invalidf("destroy_after must not be negative (use never)")
 	}
 	return nil
 }
@@ -193,7 +192,7 @@ var keyNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
 // characters of a-z, 0-9, '.', '_' and '-', starting with a letter or digit.
 func ValidateKeyName(name string) error {
 	if !keyNameRE.MatchString(name) {
-		return fmt.Errorf("%w: key name %q: use 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", ErrInvalidArgument, name)
+		return Invalidf("key name %q: use 1-63 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit", name)
 	}
 	return nil
 }
