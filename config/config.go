@@ -1,0 +1,395 @@
+// Package config reads, validates and defaults rekey's YAML configuration
+// (DESIGN.md, "Config"), and finds which configuration the command line
+// uses (Resolve).
+//
+// The YAML keys are a contract. Parse walks the YAML tree itself so that
+// every problem names its field path ("worker.check_interval",
+// "backends.aws.region", "keys[1].backend"); it collects all problems and
+// returns them together as a *ValidationError. Unknown fields are errors.
+// Scalar values may reference environment variables as ${VAR} ($$ is a
+// literal $). Secrets (pin, token, api_key, the store DSN) are held as
+// Secret, which never prints its value, and no error message repeats them.
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// Store drivers.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+// Backend types.
+const (
+	BackendLocal      = "local"
+	BackendAWSKMS     = "awskms"
+	BackendPKCS11     = "pkcs11"
+	BackendVault      = "vault"
+	BackendKeyProtect = "keyprotect"
+)
+
+// AWS KMS rotation modes: one KMS key per version behind an alias, or the
+// provider's RotateKeyOnDemand.
+const (
+	AWSModeNewKey   = "new-key"
+	AWSModeOnDemand = "on-demand"
+)
+
+// Log formats.
+const (
+	LogJSON = "json"
+	LogText = "text"
+)
+
+// Defaults used where the configuration says nothing.
+const (
+	DefaultCheckInterval  = time.Minute
+	DefaultBatchSize      = 1000
+	DefaultConcurrency    = 8
+	DefaultLeaseTTL       = 30 * time.Second
+	DefaultListen         = "127.0.0.1:9464"
+	DefaultLogLevel       = "info"
+	DefaultLogFormat      = LogJSON
+	DefaultAWSAliasPrefix = "alias/rekey/"
+	DefaultVaultMount     = "transit"
+	// DefaultHome is the directory of the embedded default when
+	// $REKEY_HOME is not set.
+	DefaultHome = "rekey-data"
+	// FileName is the name of the configuration file looked for in the
+	// working directory and in the home directory.
+	FileName = "rekey.yaml"
+)
+
+// Ranges of the worker's integer settings.
+const (
+	MaxBatchSize   = 100000
+	MaxConcurrency = 256
+)
+
+var (
+	storeDrivers = []string{DriverSQLite, DriverPostgres}
+	backendTypes = []string{BackendLocal, BackendAWSKMS, BackendPKCS11, BackendVault, BackendKeyProtect}
+	awsModes     = []string{AWSModeNewKey, AWSModeOnDemand}
+	logLevels    = []string{"debug", "info", "warn", "error"}
+	logFormats   = []string{LogJSON, LogText}
+)
+
+// Config is a whole rekey configuration. Parse and Default return one that
+// is complete: every omitted section holds its default, and every relative
+// file path is resolved against the configuration's directory.
+type Config struct {
+	// Version of the file format; must be 1.
+	Version int
+	// Store is where rekey keeps its state.
+	Store StoreConfig
+	// Backends are the KMS/HSM backends by name (the key of the map, which
+	// keys refer to in their backend field).
+	Backends map[string]BackendConfig
+	// Defaults is the policy of every key that does not override it.
+	Defaults rekey.Policy
+	// Worker tunes the rotation worker.
+	Worker WorkerConfig
+	// HTTP configures the daemon's metrics, health and status server.
+	HTTP HTTPConfig
+	// Log configures the structured log.
+	Log LogConfig
+	// Keys are declared root keys, created or reconciled on start.
+	Keys []KeyConfig
+}
+
+// StoreConfig says where state lives (YAML: store).
+type StoreConfig struct {
+	// Driver is DriverSQLite or DriverPostgres.
+	Driver string
+	// DSN is, for sqlite, a file path (resolved against the configuration's
+	// directory), a file: URI or ":memory:"; for postgres, a postgres:// URL
+	// or a key=value connection string. It may hold a password, hence
+	// Secret.
+	DSN Secret
+}
+
+// RedactedDSN returns the DSN with any password replaced by "xxxxx", fit to
+// print.
+func (s StoreConfig) RedactedDSN() string {
+	dsn := string(s.DSN)
+	if s.Driver != DriverPostgres {
+		return dsn
+	}
+	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
+		return u.Redacted()
+	}
+	return kvPasswordRE.ReplaceAllString(dsn, "${1}xxxxx")
+}
+
+var kvPasswordRE = regexp.MustCompile(`(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)`)
+
+// BackendConfig is one backend (YAML: backends.NAME). Type names the kind;
+// exactly the matching field below is non-nil.
+type BackendConfig struct {
+	// Type is one of BackendLocal, BackendAWSKMS, BackendPKCS11,
+	// BackendVault, BackendKeyProtect.
+	Type       string
+	Local      *LocalConfig
+	AWSKMS     *AWSKMSConfig
+	PKCS11     *PKCS11Config
+	Vault      *VaultConfig
+	KeyProtect *KeyProtectConfig
+}
+
+// LocalConfig configures the local backend: a keyring file encrypted under
+// a master key.
+type LocalConfig struct {
+	// Keyring is the keyring file (YAML: keyring). Required.
+	Keyring string
+	// MasterKeyFile is the master key file (YAML: master_key_file). Empty
+	// means the backend reads REKEY_MASTER_KEY instead.
+	MasterKeyFile string
+}
+
+// AWSKMSConfig configures the AWS KMS backend.
+type AWSKMSConfig struct {
+	// Region is the AWS region (YAML: region). Required.
+	Region string
+	// Endpoint overrides the KMS endpoint URL (YAML: endpoint), e.g. for an
+	// emulator. Empty means the SDK default.
+	Endpoint string
+	// Mode is AWSModeNewKey (default) or AWSModeOnDemand (YAML: mode).
+	Mode string
+	// AliasPrefix is prepended to the key name to form the alias of the
+	// active KMS key (YAML: alias_prefix; default "alias/rekey/").
+	AliasPrefix string
+}
+
+// PKCS11Config configures the PKCS#11 (HSM) backend.
+type PKCS11Config struct {
+	// Module is the PKCS#11 library (YAML: module). A path with a directory
+	// part is resolved against the configuration's directory; a bare file
+	// name is left for the dynamic loader's search path. Required.
+	Module string
+	// TokenLabel selects the token by label (YAML: token_label).
+	TokenLabel string
+	// Slot selects the token by slot number (YAML: slot); nil when unset.
+	// At least one of TokenLabel and Slot is required.
+	Slot *int
+	// PIN is the user PIN (YAML: pin). Required.
+	PIN Secret
+}
+
+// VaultConfig configures the HashiCorp Vault / OpenBao Transit backend.
+type VaultConfig struct {
+	// Address is the server URL (YAML: address). Required.
+	Address string
+	// Token is the Vault token (YAML: token). Required.
+	Token Secret
+	// Mount is the Transit mount path without slashes (YAML: mount; default
+	// "transit").
+	Mount string
+}
+
+// KeyProtectConfig configures the IBM Key Protect backend.
+type KeyProtectConfig struct {
+	// Endpoint is the service URL (YAML: endpoint). Either Endpoint or
+	// Region is required; the backend derives the endpoint from Region
+	// when Endpoint is empty.
+	Endpoint string
+	// InstanceID is the Key Protect instance (YAML: instance_id). Required.
+	InstanceID string
+	// APIKey is the IBM Cloud API key (YAML: api_key). Required.
+	APIKey Secret
+	// Region is the IBM Cloud region, e.g. us-south (YAML: region).
+	Region string
+	// IAMEndpoint overrides the IAM token service URL (YAML: iam_endpoint),
+	// e.g. for a test server. Empty means the public IBM Cloud IAM.
+	IAMEndpoint string
+}
+
+// WorkerConfig tunes the rotation worker (YAML: worker).
+type WorkerConfig struct {
+	// CheckInterval is the time between two cycles (default 1m).
+	CheckInterval time.Duration
+	// BatchSize is the number of DEKs per re-wrap batch (1..100000,
+	// default 1000).
+	BatchSize int
+	// Concurrency bounds concurrent backend calls per rotation (1..256,
+	// default 8).
+	Concurrency int
+	// KMSRateLimit is the backend request rate in requests per second;
+	// 0 means the backend's default.
+	KMSRateLimit float64
+	// LeaseTTL is how long a worker's lease on a key lasts unless renewed
+	// (default 30s).
+	LeaseTTL time.Duration
+}
+
+// HTTPConfig configures the daemon's HTTP server (YAML: http).
+type HTTPConfig struct {
+	// Listen is the host:port to listen on (default 127.0.0.1:9464).
+	Listen string
+}
+
+// LogConfig configures the structured log (YAML: log).
+type LogConfig struct {
+	// Level is debug, info (default), warn or error.
+	Level string
+	// Format is json (default) or text.
+	Format string
+}
+
+// SlogLevel returns Level as a slog.Level; an unknown level is Info.
+func (l LogConfig) SlogLevel() slog.Level {
+	switch l.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
+}
+
+// KeyConfig is a declared root key (YAML: keys[i]). A nil duration means
+// "use the defaults"; Config.Policy merges them.
+type KeyConfig struct {
+	// Name is the root key's name (rekey.ValidateKeyName).
+	Name string
+	// Backend names an entry of Config.Backends. Parse fills it in when it
+	// is omitted and exactly one backend is configured.
+	Backend string
+	// Policy overrides; nil = the configuration's default. A DestroyAfter
+	// pointing at 0 means never.
+	RotationPeriod *time.Duration
+	RotateWithin   *time.Duration
+	NotifyWithin   *time.Duration
+	Grace          *time.Duration
+	DestroyAfter   *time.Duration
+}
+
+// Policy returns the policy of k: c.Defaults with k's overrides applied.
+func (c *Config) Policy(k KeyConfig) rekey.Policy {
+	p := c.Defaults
+	for _, o := range []struct {
+		dst *time.Duration
+		src *time.Duration
+	}{
+		{&p.RotationPeriod, k.RotationPeriod},
+		{&p.RotateWithin, k.RotateWithin},
+		{&p.NotifyWithin, k.NotifyWithin},
+		{&p.Grace, k.Grace},
+		{&p.DestroyAfter, k.DestroyAfter},
+	} {
+		if o.src != nil {
+			*o.dst = *o.src
+		}
+	}
+	return p
+}
+
+// BackendNames returns the names of the configured backends, sorted.
+func (c *Config) BackendNames() []string {
+	names := make([]string, 0, len(c.Backends))
+	for n := range c.Backends {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// DefaultBackend returns the backend a key uses when none is named: the
+// only configured backend, or "" when there are several (or none).
+func (c *Config) DefaultBackend() string {
+	if len(c.Backends) != 1 {
+		return ""
+	}
+	for n := range c.Backends {
+		return n
+	}
+	return ""
+}
+
+// Default returns the embedded default configuration rooted at home: a
+// SQLite store at <home>/rekey.db, one backend named "local" of type local
+// with keyring <home>/keyring and master key file <home>/master.key, the
+// default policy (90d/7d/14d/7d/never), and default worker, HTTP and log
+// settings. It is what DefaultYAML parses to when the file is in home.
+func Default(home string) *Config {
+	c := base()
+	c.Version = 1
+	c.Store = defaultStore(home)
+	c.Backends = defaultBackends(home)
+	return c
+}
+
+// base returns a configuration holding every default that does not depend
+// on a directory; Parse starts from it.
+func base() *Config {
+	return &Config{
+		Defaults: rekey.DefaultPolicy(),
+		Worker: WorkerConfig{
+			CheckInterval: DefaultCheckInterval,
+			BatchSize:     DefaultBatchSize,
+			Concurrency:   DefaultConcurrency,
+			LeaseTTL:      DefaultLeaseTTL,
+		},
+		HTTP: HTTPConfig{Listen: DefaultListen},
+		Log:  LogConfig{Level: DefaultLogLevel, Format: DefaultLogFormat},
+	}
+}
+
+func defaultStore(home string) StoreConfig {
+	return StoreConfig{Driver: DriverSQLite, DSN: Secret(filepath.Join(home, "rekey.db"))}
+}
+
+func defaultBackends(home string) map[string]BackendConfig {
+	return map[string]BackendConfig{
+		"local": {Type: BackendLocal, Local: &LocalConfig{
+			Keyring:       filepath.Join(home, "keyring"),
+			MasterKeyFile: filepath.Join(home, "master.key"),
+		}},
+	}
+}
+
+// Secret is a configuration value that must not be printed: a PIN, a
+// token, an API key, a DSN with a password. Every fmt verb, slog and JSON
+// print "[redacted]" (or "" when it is empty); Value returns the text.
+type Secret string
+
+const redacted = "[redacted]"
+
+// Value returns the secret's text.
+func (s Secret) Value() string { return string(s) }
+
+// String returns "[redacted]", or "" for an empty secret.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// GoString is String, so that %#v does not print the value either.
+func (s Secret) GoString() string { return s.String() }
+
+// Format prints String for every verb.
+func (s Secret) Format(f fmt.State, _ rune) { _, _ = io.WriteString(f, s.String()) }
+
+// LogValue makes slog print String.
+func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
+// MarshalJSON encodes String.
+func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
+
+func isOneOf(s string, allowed []string) bool { return slices.Contains(allowed, s) }

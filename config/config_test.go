@@ -1,0 +1,1030 @@
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+const home = "/srv/rekey"
+
+// envOf returns a lookup over vars, for parse.
+func envOf(vars map[string]string) func(string) (string, bool) {
+	return func(name string) (string, bool) {
+		v, ok := vars[name]
+		return v, ok
+	}
+}
+
+// mustParse parses y with baseDir home and the given environment, failing
+// the test on any error.
+func mustParse(t *testing.T, y string, env map[string]string) *Config {
+	t.Helper()
+	c, err := parse([]byte(y), home, envOf(env))
+	if err != nil {
+		t.Fatalf("parse:\n%s\nerror:\n%v", y, err)
+	}
+	return c
+}
+
+// problemsOf parses y, which must fail with a *ValidationError, and
+// returns its problems.
+func problemsOf(t *testing.T, y string, env map[string]string) []Problem {
+	t.Helper()
+	c, err := parse([]byte(y), home, envOf(env))
+	if err == nil {
+		t.Fatalf("parse succeeded, want an error:\n%s\nconfig: %+v", y, c)
+	}
+	if c != nil {
+		t.Errorf("parse returned a config with its error")
+	}
+	var verr *ValidationError
+	if !errors.As(err, &verr) {
+		t.Fatalf("error is %T, want *ValidationError: %v", err, err)
+	}
+	return verr.Problems
+}
+
+// minimal is the smallest valid config; tests append sections to it.
+const minimal = "version: 1\n"
+
+func dur(d time.Duration) *time.Duration { return &d }
+
+func TestParseErrors(t *testing.T) {
+	t.Parallel()
+	type want struct{ path, msg string }
+	tests := []struct {
+		name string
+		yaml string
+		env  map[string]string
+		want []want // each must appear: exact path, message containing msg
+		n    int    // if not 0, the exact number of problems
+	}{
+		{
+			name: "unknown top-level field",
+			yaml: minimal + "stroe: {driver: sqlite}\n",
+			want: []want{{"stroe", `unknown field "stroe": allowed fields are version, store, backends, defaults, worker, http, log, keys`}},
+			n:    1,
+		},
+		{
+			name: "unknown field in a section",
+			yaml: minimal + "store: {driver: sqlite, dsn: a.db, foo: 1}\n",
+			want: []want{{"store.foo", `unknown field "foo": allowed fields are driver, dsn`}},
+			n:    1,
+		},
+		{
+			name: "unknown field in a backend",
+			yaml: minimal + "backends:\n  local: {type: local, keyring: k, colour: blue}\n",
+			want: []want{{"backends.local.colour", `unknown field "colour" for backend type local: allowed fields are type, keyring, master_key_file`}},
+			n:    1,
+		},
+		{
+			name: "unknown field in a key",
+			yaml: minimal + "keys:\n  - {name: a}\n  - {name: b, period: 30d}\n",
+			want: []want{{"keys[1].period", `unknown field "period": allowed fields are name, backend, rotation_period, rotate_within, notify_within, grace, destroy_after`}},
+			n:    1,
+		},
+		{
+			name: "unknown field with an odd name is quoted in the path",
+			yaml: minimal + "worker: {\"batch size\": 10}\n",
+			want: []want{{`worker["batch size"]`, `unknown field "batch size"`}},
+			n:    1,
+		},
+		{
+			name: "duplicate field",
+			yaml: minimal + "worker:\n  batch_size: 10\n  batch_size: 20\n",
+			want: []want{{"worker.batch_size", `duplicate field "batch_size" (first at line 3)`}},
+			n:    1,
+		},
+		{
+			name: "merge key",
+			yaml: minimal + "x: &x {batch_size: 10}\n",
+			want: []want{{"x", `unknown field "x"`}},
+		},
+		{
+			name: "bad duration",
+			yaml: minimal + "worker: {check_interval: 5x}\n",
+			want: []want{{"worker.check_interval", `bad duration "5x": use Go syntax plus d for days, e.g. 90d, 12h, 30s`}},
+			n:    1,
+		},
+		{
+			name: "negative duration",
+			yaml: minimal + "defaults: {grace: -1h}\n",
+			want: []want{{"defaults.grace", `bad duration "-1h": must not be negative`}},
+			n:    1,
+		},
+		{
+			name: "never outside destroy_after",
+			yaml: minimal + "defaults: {rotation_period: never}\n",
+			want: []want{{"defaults.rotation_period", `never is only allowed for destroy_after`}},
+			n:    1,
+		},
+		{
+			name: "zero destroy_after",
+			yaml: minimal + "keys: [{name: a, destroy_after: 0s}]\n",
+			want: []want{{"keys[0].destroy_after", `zero would mean never`}},
+			n:    1,
+		},
+		{
+			name: "NaN days",
+			yaml: minimal + "defaults: {grace: NaNd}\n",
+			want: []want{{"defaults.grace", `bad duration "NaNd"`}},
+			n:    1,
+		},
+		{
+			name: "overflowing duration",
+			yaml: minimal + "defaults: {grace: 36500d2562047h}\n",
+			want: []want{{"defaults.grace", `bad duration`}},
+			n:    1,
+		},
+		{
+			name: "zero rotation period",
+			yaml: minimal + "keys: [{name: a, rotation_period: 0s}]\n",
+			want: []want{{"keys[0].rotation_period", `0s is not positive`}},
+			n:    1,
+		},
+		{
+			name: "unknown backend type",
+			yaml: minimal + "backends:\n  aws: {type: aws, region: eu-west-1}\n",
+			want: []want{{"backends.aws.type", `unknown backend type "aws": allowed: local, awskms, pkcs11, vault, keyprotect`}},
+			n:    1,
+		},
+		{
+			name: "missing backend type",
+			yaml: minimal + "backends:\n  aws: {region: eu-west-1}\n",
+			want: []want{{"backends.aws.type", `missing: set type to one of local, awskms, pkcs11, vault, keyprotect`}},
+			n:    1,
+		},
+		{
+			name: "backend field of another type",
+			yaml: minimal + "backends:\n  local: {type: local, keyring: k, region: eu-west-1}\n",
+			want: []want{{"backends.local.region", `field "region" is not used by backend type local (it belongs to awskms, keyprotect): allowed fields for type local are type, keyring, master_key_file`}},
+			n:    1,
+		},
+		{
+			name: "missing backend fields",
+			yaml: minimal + "backends:\n  aws: {type: awskms}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
+			want: []want{
+				{"backends.aws.region", "missing: set region"},
+				{"backends.hsm.module", "missing: set module"},
+				{"backends.hsm.token_label", "missing: set token_label (or slot)"},
+				{"backends.hsm.pin", "missing: set pin"},
+				{"backends.v.address", "missing: set address"},
+				{"backends.v.token", "missing: set token"},
+				{"backends.kp.region", "missing: set region (e.g. us-south) or endpoint"},
+				{"backends.kp.instance_id", "missing"},
+				{"backends.kp.api_key", "missing"},
+				{"backends.l.keyring", "missing"},
+			},
+			n: 10,
+		},
+		{
+			name: "bad backend values",
+			yaml: minimal + `backends:
+  aws: {type: awskms, region: r, mode: yearly, alias_prefix: rekey/, endpoint: "localhost:4566"}
+  aws2: {type: awskms, region: r, alias_prefix: alias/aws/x}
+  hsm: {type: pkcs11, module: m.so, slot: -1, pin: "1"}
+  hsm2: {type: pkcs11, module: m.so, slot: one, pin: "1"}
+  v: {type: vault, address: "vault:8200", token: t, mount: /}
+  kp: {type: keyprotect, region: r, instance_id: i, api_key: k, iam_endpoint: "ftp://x"}
+  Bad_Name: {type: local, keyring: k}
+  l: {type: local, keyring: k, master_key_file: k}
+`,
+			want: []want{
+				{"backends.aws.mode", `unknown mode "yearly": allowed: new-key, on-demand`},
+				{"backends.aws.alias_prefix", `"rekey/" does not start with alias/`},
+				{"backends.aws.endpoint", "not an http(s) URL"},
+				{"backends.aws2.alias_prefix", "reserved"},
+				{"backends.hsm.slot", "-1 is negative"},
+				{"backends.hsm2.slot", `"one" is not a whole number`},
+				{"backends.v.address", "not an http(s) URL"},
+				{"backends.v.mount", "missing"},
+				{"backends.kp.iam_endpoint", "not an http(s) URL"},
+				{"backends.Bad_Name", `invalid backend name "Bad_Name"`},
+				{"backends.l.master_key_file", "is the keyring file"},
+				{"backends.hsm2.token_label", "missing"}, // slot was not understood
+			},
+			n: 12,
+		},
+		{
+			name: "missing DSN",
+			yaml: minimal + "store: {driver: postgres}\n",
+			want: []want{{"store.dsn", "missing: set dsn to a file path for sqlite"}},
+			n:    1,
+		},
+		{
+			name: "missing driver",
+			yaml: minimal + "store: {dsn: a.db}\n",
+			want: []want{{"store.driver", "missing: set it to one of sqlite, postgres"}},
+			n:    1,
+		},
+		{
+			name: "bad driver",
+			yaml: minimal + "store: {driver: mysql, dsn: a}\n",
+			want: []want{{"store.driver", `unknown store driver "mysql": allowed: sqlite, postgres`}},
+			n:    1,
+		},
+		{
+			name: "postgres URL with sqlite driver",
+			yaml: minimal + "store: {driver: sqlite, dsn: \"postgres://u@h/db\"}\n",
+			want: []want{{"store.dsn", "set driver: postgres"}},
+			n:    1,
+		},
+		{
+			name: "bad postgres DSN",
+			yaml: minimal + "store: {driver: postgres, dsn: rekey.db}\n",
+			want: []want{{"store.dsn", "not a PostgreSQL connection string"}},
+			n:    1,
+		},
+		{
+			name: "bad enums",
+			yaml: minimal + "log: {level: verbose, format: xml}\n",
+			want: []want{
+				{"log.level", `unknown log level "verbose": allowed: debug, info, warn, error`},
+				{"log.format", `unknown log format "xml": allowed: json, text`},
+			},
+			n: 2,
+		},
+		{
+			name: "worker out of range",
+			yaml: minimal + "worker: {batch_size: 100001, concurrency: 0, kms_rate_limit: -1, lease_ttl: 0s}\n",
+			want: []want{
+				{"worker.batch_size", "100001 is out of range: use 1 to 100000"},
+				{"worker.concurrency", "0 is out of range: use 1 to 256"},
+				{"worker.kms_rate_limit", "not a rate"},
+				{"worker.lease_ttl", "0s is not positive"},
+			},
+			n: 4,
+		},
+		{
+			name: "wrong types",
+			yaml: minimal + "worker: {batch_size: many, kms_rate_limit: fast}\nhttp: [a]\nstore: sqlite\n",
+			want: []want{
+				{"worker.batch_size", `"many" is not a whole number`},
+				{"worker.kms_rate_limit", `"fast" is not a number`},
+				{"http", "expected a mapping of fields (listen), got a list"},
+				{"store", "expected a mapping of fields (driver, dsn), got a single value"},
+			},
+			n: 4,
+		},
+		{
+			name: "bad listen",
+			yaml: minimal + "http: {listen: localhost}\n",
+			want: []want{{"http.listen", `"localhost" is not HOST:PORT`}},
+			n:    1,
+		},
+		{
+			name: "version",
+			yaml: "version: 2\n",
+			want: []want{{"version", "unsupported version 2: this rekey reads version 1"}},
+			n:    1,
+		},
+		{
+			name: "missing version",
+			yaml: "worker: {batch_size: 10}\n",
+			want: []want{{"version", "missing: add version: 1"}},
+			n:    1,
+		},
+		{
+			name: "unset environment variable",
+			yaml: minimal + "backends:\n  v: {type: vault, address: \"https://v:8200\", token: \"${VAULT_TOKEN}\"}\n",
+			want: []want{{"backends.v.token", "environment variable VAULT_TOKEN is not set"}},
+			n:    1, // not also "token: missing"
+		},
+		{
+			name: "several unset environment variables",
+			yaml: minimal + "store: {driver: postgres, dsn: \"postgres://${PGUSER}:${PGPASS}@h/db\"}\n",
+			want: []want{{"store.dsn", "environment variables PGUSER, PGPASS are not set"}},
+			n:    1,
+		},
+		{
+			name: "bare dollar",
+			yaml: minimal + "http: {listen: $LISTEN}\n",
+			want: []want{{"http.listen", "a $ not followed by { or $"}},
+			n:    1,
+		},
+		{
+			name: "duplicate key name",
+			yaml: minimal + "keys:\n  - {name: payments}\n  - {name: orders}\n  - {name: payments}\n",
+			want: []want{{"keys[2].name", `duplicate key name "payments" (first declared at keys[0])`}},
+			n:    1,
+		},
+		{
+			name: "invalid key name",
+			yaml: minimal + "keys: [{name: Payments}, {backend: local}]\n",
+			want: []want{
+				{"keys[0].name", `invalid key name "Payments": use 1-63 characters`},
+				{"keys[1].name", "missing"},
+			},
+			n: 2,
+		},
+		{
+			name: "key names an unknown backend",
+			yaml: minimal + "keys:\n  - {name: a, backend: local}\n  - {name: b, backend: aws}\n",
+			want: []want{{"keys[1].backend", `unknown backend "aws": configured backends: local`}},
+			n:    1,
+		},
+		{
+			name: "key without backend among several",
+			yaml: minimal + "backends:\n  a: {type: local, keyring: a}\n  b: {type: local, keyring: b}\nkeys: [{name: k}]\n",
+			want: []want{{"keys[0].backend", "missing: set backend to one of the configured backends (a, b)"}},
+			n:    1,
+		},
+		{
+			name: "key not a mapping",
+			yaml: minimal + "keys: [payments, ~]\n",
+			want: []want{
+				{"keys[0]", "expected a mapping of fields (name, backend,"},
+				{"keys[1]", "empty"},
+			},
+			n: 2,
+		},
+		{
+			name: "keys not a list",
+			yaml: minimal + "keys: {name: a}\n",
+			want: []want{{"keys", "expected a list of keys"}},
+			n:    1,
+		},
+		{
+			name: "empty backends",
+			yaml: minimal + "backends: {}\n",
+			want: []want{{"backends", "missing: configure at least one backend"}},
+			n:    1,
+		},
+		{
+			name: "backend not a mapping",
+			yaml: minimal + "backends: {local: local}\n",
+			want: []want{{"backends.local", "expected a backend"}},
+			n:    1,
+		},
+		{
+			name: "YAML syntax error",
+			yaml: "version: 1\nstore: {driver: sqlite\n",
+			want: []want{{"", "yaml: line"}},
+			n:    1,
+		},
+		{
+			name: "not a mapping",
+			yaml: "- version: 1\n",
+			want: []want{{"", "a config is a mapping of fields"}},
+			n:    1,
+		},
+		{
+			name: "several documents",
+			yaml: "version: 1\n---\nversion: 1\n",
+			want: []want{{"", "several documents"}},
+			n:    1,
+		},
+		{
+			name: "several problems reported together",
+			yaml: `version: 1
+store: {driver: postgres}
+backends:
+  aws: {type: awskms, region: eu-west-1, mode: sometimes}
+worker:
+  check_interval: 5x
+  batch_size: 0
+keys:
+  - {name: payments, backend: aws, bogus: 1}
+  - {name: payments, backend: vault}
+`,
+			want: []want{
+				{"store.dsn", "missing"},
+				{"backends.aws.mode", `unknown mode "sometimes"`},
+				{"worker.check_interval", `bad duration "5x"`},
+				{"worker.batch_size", "out of range"},
+				{"keys[0].bogus", `unknown field "bogus"`},
+				{"keys[1].name", "duplicate key name"},
+				{"keys[1].backend", `unknown backend "vault"`},
+			},
+			n: 7,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ps := problemsOf(t, tt.yaml, tt.env)
+			for _, w := range tt.want {
+				if !hasProblem(ps, w.path, w.msg) {
+					t.Errorf("no problem %s: ...%s...; got:\n%s", w.path, w.msg, listProblems(ps))
+				}
+			}
+			if tt.n != 0 && len(ps) != tt.n {
+				t.Errorf("got %d problems, want %d:\n%s", len(ps), tt.n, listProblems(ps))
+			}
+		})
+	}
+}
+
+func hasProblem(ps []Problem, path, msg string) bool {
+	for _, p := range ps {
+		if p.Path == path && strings.Contains(p.Message, msg) {
+			return true
+		}
+	}
+	return false
+}
+
+func listProblems(ps []Problem) string {
+	var b strings.Builder
+	for _, p := range ps {
+		fmt.Fprintf(&b, "  line %d: %s\n", p.Line, p)
+	}
+	return b.String()
+}
+
+func TestValidationErrorFormat(t *testing.T) {
+	t.Parallel()
+	y := "version: 1\nstore: {driver: postgres}\nworker:\n  check_interval: 5x\n"
+	ps := problemsOf(t, y, nil)
+	want := []Problem{
+		{Path: "store.dsn", Line: 2, Message: "missing: set dsn to a file path for sqlite (e.g. rekey.db) or a postgres:// URL for postgres"},
+		{Path: "worker.check_interval", Line: 4, Message: `bad duration "5x": use Go syntax plus d for days, e.g. 90d, 12h, 30s`},
+	}
+	if !reflect.DeepEqual(ps, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", listProblems(ps), listProblems(want))
+	}
+	e := &ValidationError{Problems: ps}
+	wantMsg := "store.dsn: missing: set dsn to a file path for sqlite (e.g. rekey.db) or a postgres:// URL for postgres\n" +
+		`worker.check_interval: bad duration "5x": use Go syntax plus d for days, e.g. 90d, 12h, 30s`
+	if e.Error() != wantMsg {
+		t.Errorf("Error() =\n%s\nwant\n%s", e.Error(), wantMsg)
+	}
+	e.File = "rekey.yaml"
+	if got := strings.Split(e.Error(), "\n"); got[0] != "rekey.yaml:2: store.dsn: missing: set dsn to a file path for sqlite (e.g. rekey.db) or a postgres:// URL for postgres" ||
+		!strings.HasPrefix(got[1], "rekey.yaml:4: worker.check_interval: ") {
+		t.Errorf("Error() with File =\n%s", e.Error())
+	}
+}
+
+func TestProblemLines(t *testing.T) {
+	t.Parallel()
+	y := `version: 1
+backends:
+  hsm:
+    type: pkcs11
+    module: m.so
+    pin: "1"
+keys:
+  - name: a
+    backend: nope
+`
+	ps := problemsOf(t, y, nil)
+	lines := map[string]int{}
+	for _, p := range ps {
+		lines[p.Path] = p.Line
+	}
+	// A missing field is reported at the line of its section.
+	want := map[string]int{"backends.hsm.token_label": 3, "keys[0].backend": 9}
+	if !reflect.DeepEqual(lines, want) {
+		t.Errorf("lines = %v, want %v\n%s", lines, want, listProblems(ps))
+	}
+}
+
+func TestTooManyProblems(t *testing.T) {
+	t.Parallel()
+	var b strings.Builder
+	b.WriteString("version: 1\nworker:\n")
+	for i := range 150 {
+		fmt.Fprintf(&b, "  f%d: 1\n", i)
+	}
+	ps := problemsOf(t, b.String(), nil)
+	if len(ps) != maxProblems+1 || ps[maxProblems].Message != "and more problems: showing the first 100" {
+		t.Errorf("got %d problems, last %q", len(ps), ps[len(ps)-1])
+	}
+}
+
+func TestParseMinimalIsDefault(t *testing.T) {
+	t.Parallel()
+	for _, y := range []string{
+		"version: 1\n",
+		"version: 1\nstore:\nbackends:\nworker:\nhttp: ~\nlog:\nkeys:\n",
+		"# comment\nversion: 1\nworker: {}\ndefaults: {}\n",
+	} {
+		got := mustParse(t, y, nil)
+		if want := Default(home); !reflect.DeepEqual(got, want) {
+			t.Errorf("Parse(%q) =\n%#v\nwant Default:\n%#v", y, got, want)
+		}
+	}
+}
+
+func TestDefault(t *testing.T) {
+	t.Parallel()
+	c := Default(home)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Default().Validate(): %v", err)
+	}
+	if c.Store.Driver != DriverSQLite || c.Store.DSN.Value() != "/srv/rekey/rekey.db" {
+		t.Errorf("store = %+v", c.Store)
+	}
+	l := c.Backends["local"]
+	if l.Type != BackendLocal || l.Local == nil || l.Local.Keyring != "/srv/rekey/keyring" || l.Local.MasterKeyFile != "/srv/rekey/master.key" || len(c.Backends) != 1 {
+		t.Errorf("backends = %+v", c.Backends)
+	}
+	wantPolicy := rekey.Policy{RotationPeriod: 90 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day}
+	if c.Defaults != wantPolicy {
+		t.Errorf("defaults = %+v", c.Defaults)
+	}
+	wantWorker := WorkerConfig{CheckInterval: time.Minute, BatchSize: 1000, Concurrency: 8, LeaseTTL: 30 * time.Second}
+	if c.Worker != wantWorker {
+		t.Errorf("worker = %+v", c.Worker)
+	}
+	if c.HTTP.Listen != "127.0.0.1:9464" || c.Log != (LogConfig{Level: "info", Format: "json"}) {
+		t.Errorf("http = %+v, log = %+v", c.HTTP, c.Log)
+	}
+	if c.DefaultBackend() != "local" || len(c.Warnings()) != 0 {
+		t.Errorf("DefaultBackend = %q, Warnings = %v", c.DefaultBackend(), c.Warnings())
+	}
+}
+
+func TestDefaultYAMLRoundTrip(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	got := mustParseDir(t, DefaultYAML(), dir)
+	if want := Default(dir); !reflect.DeepEqual(got, want) {
+		t.Errorf("Parse(DefaultYAML()) =\n%#v\nwant Default:\n%#v", got, want)
+	}
+	// The file rekey init writes, loaded from disk.
+	path := filepath.Join(dir, FileName)
+	if err := os.WriteFile(path, DefaultYAML(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	loaded, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := Default(dir); !reflect.DeepEqual(loaded, want) {
+		t.Errorf("Load(DefaultYAML file) =\n%#v\nwant Default:\n%#v", loaded, want)
+	}
+	// The commented-out examples are valid once uncommented.
+	var b strings.Builder
+	for line := range strings.Lines(string(DefaultYAML())) {
+		switch {
+		case strings.HasPrefix(line, "  # ") && !strings.HasPrefix(line, "  #   #"):
+			line = "  " + line[4:]
+		case strings.HasPrefix(line, "#  "):
+			line = line[1:]
+		case strings.HasPrefix(line, "keys: []"):
+			line = "keys:\n"
+		}
+		b.WriteString(line)
+	}
+	env := map[string]string{"REKEY_PKCS11_PIN": "1", "VAULT_TOKEN": "t", "KP_INSTANCE_ID": "i", "IBM_API_KEY": "k"}
+	c, err := parse([]byte(b.String()), dir, envOf(env))
+	if err != nil {
+		t.Fatalf("uncommented default:\n%s\n%v", b.String(), err)
+	}
+	if len(c.Backends) != 5 || len(c.Keys) != 1 || c.Keys[0].Backend != "local" {
+		t.Errorf("uncommented default: backends %v, keys %+v", c.BackendNames(), c.Keys)
+	}
+}
+
+func mustParseDir(t *testing.T, data []byte, dir string) *Config {
+	t.Helper()
+	c, err := parse(data, dir, envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestParseFull(t *testing.T) {
+	t.Parallel()
+	y := `version: 1
+store: {driver: postgres, dsn: "postgres://rekey:${PGPASS}@db:5432/rekey?sslmode=disable"}
+backends:
+  local: {type: local, keyring: ./data/keyring}
+  aws:   {type: awskms, region: eu-west-1, endpoint: "", mode: on-demand}
+  hsm:   {type: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so, slot: 2, pin: "${PIN}"}
+  vault: {type: vault, address: "http://127.0.0.1:8200", token: "${VAULT_TOKEN}", mount: /transit2/}
+  ibm:   {type: keyprotect, endpoint: "http://127.0.0.1:9999", instance_id: abc, api_key: "${KP_KEY}", iam_endpoint: "http://127.0.0.1:9998"}
+defaults: {rotation_period: 30d, rotate_within: 2d, notify_within: 5d, grace: 1d12h, destroy_after: 365d}
+worker: {check_interval: 2s, batch_size: 500, concurrency: 4, kms_rate_limit: 12.5, lease_ttl: 10s}
+http: {listen: ":0"}
+log: {level: debug, format: text}
+keys:
+  - {name: payments, backend: local, rotation_period: 2s, rotate_within: 1s}
+  - {name: orders, backend: aws, destroy_after: never}
+  - {name: ledger, backend: hsm, grace: 0s, notify_within: 3d}
+`
+	env := map[string]string{"PGPASS": "pg-secret", "PIN": "1234", "VAULT_TOKEN": "s.tok", "KP_KEY": "kp-key"}
+	c := mustParse(t, y, env)
+	want := &Config{
+		Version: 1,
+		Store:   StoreConfig{Driver: DriverPostgres, DSN: "postgres://rekey:pg-secret@db:5432/rekey?sslmode=disable"},
+		Backends: map[string]BackendConfig{
+			"local": {Type: BackendLocal, Local: &LocalConfig{Keyring: "/srv/rekey/data/keyring"}},
+			"aws":   {Type: BackendAWSKMS, AWSKMS: &AWSKMSConfig{Region: "eu-west-1", Mode: AWSModeOnDemand, AliasPrefix: "alias/rekey/"}},
+			"hsm":   {Type: BackendPKCS11, PKCS11: &PKCS11Config{Module: "/usr/lib/softhsm/libsofthsm2.so", Slot: new(2), PIN: "1234"}},
+			"vault": {Type: BackendVault, Vault: &VaultConfig{Address: "http://127.0.0.1:8200", Token: "s.tok", Mount: "transit2"}},
+			"ibm":   {Type: BackendKeyProtect, KeyProtect: &KeyProtectConfig{Endpoint: "http://127.0.0.1:9999", InstanceID: "abc", APIKey: "kp-key", IAMEndpoint: "http://127.0.0.1:9998"}},
+		},
+		Defaults: rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: 36 * time.Hour, DestroyAfter: 365 * rekey.Day},
+		Worker:   WorkerConfig{CheckInterval: 2 * time.Second, BatchSize: 500, Concurrency: 4, KMSRateLimit: 12.5, LeaseTTL: 10 * time.Second},
+		HTTP:     HTTPConfig{Listen: ":0"},
+		Log:      LogConfig{Level: "debug", Format: "text"},
+		Keys: []KeyConfig{
+			{Name: "payments", Backend: "local", RotationPeriod: dur(2 * time.Second), RotateWithin: dur(time.Second)},
+			{Name: "orders", Backend: "aws", DestroyAfter: dur(0)},
+			{Name: "ledger", Backend: "hsm", Grace: dur(0), NotifyWithin: dur(3 * rekey.Day)},
+		},
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got\n%#v\nwant\n%#v", c, want)
+	}
+	if c.DefaultBackend() != "" {
+		t.Errorf("DefaultBackend with several backends = %q", c.DefaultBackend())
+	}
+	if got := c.BackendNames(); !reflect.DeepEqual(got, []string{"aws", "hsm", "ibm", "local", "vault"}) {
+		t.Errorf("BackendNames = %v", got)
+	}
+	if c.Log.SlogLevel() != slog.LevelDebug {
+		t.Errorf("SlogLevel = %v", c.Log.SlogLevel())
+	}
+}
+
+func TestPolicy(t *testing.T) {
+	t.Parallel()
+	c := Default(home)
+	c.Defaults.DestroyAfter = 400 * rekey.Day
+	tests := []struct {
+		name string
+		key  KeyConfig
+		want rekey.Policy
+	}{
+		{"no overrides", KeyConfig{Name: "a"}, c.Defaults},
+		{"all overrides", KeyConfig{Name: "a", RotationPeriod: dur(time.Hour), RotateWithin: dur(time.Minute), NotifyWithin: dur(2 * time.Minute), Grace: dur(0), DestroyAfter: dur(0)},
+			rekey.Policy{RotationPeriod: time.Hour, RotateWithin: time.Minute, NotifyWithin: 2 * time.Minute}},
+		{"some overrides", KeyConfig{Name: "a", RotationPeriod: dur(30 * rekey.Day)},
+			rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day, DestroyAfter: 400 * rekey.Day}},
+	}
+	for _, tt := range tests {
+		if got := c.Policy(tt.key); got != tt.want {
+			t.Errorf("%s: Policy = %+v, want %+v", tt.name, got, tt.want)
+		}
+	}
+}
+
+func TestKeyDefaultsToOnlyBackend(t *testing.T) {
+	t.Parallel()
+	c := mustParse(t, minimal+"backends: {kms: {type: awskms, region: r}}\nkeys: [{name: a}]\n", nil)
+	if c.Keys[0].Backend != "kms" {
+		t.Errorf("key backend = %q, want kms", c.Keys[0].Backend)
+	}
+	c = mustParse(t, minimal+"keys: [{name: a}]\n", nil)
+	if c.Keys[0].Backend != "local" {
+		t.Errorf("key backend with default backends = %q, want local", c.Keys[0].Backend)
+	}
+}
+
+func TestEnvExpansion(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"BATCH": "250", "EVERY": "90s", "HOST": "0.0.0.0", "EMPTY": "", "PIN": "p$n${X}"}
+	y := minimal + `worker: {batch_size: "${BATCH}", check_interval: "${EVERY}"}
+http: {listen: "${HOST}:9${EMPTY}464"}
+backends:
+  hsm: {type: pkcs11, module: m.so, token_label: "a$$b", pin: "${PIN}"}
+`
+	c := mustParse(t, y, env)
+	if c.Worker.BatchSize != 250 || c.Worker.CheckInterval != 90*time.Second {
+		t.Errorf("worker = %+v", c.Worker)
+	}
+	if c.HTTP.Listen != "0.0.0.0:9464" {
+		t.Errorf("listen = %q", c.HTTP.Listen)
+	}
+	hsm := c.Backends["hsm"].PKCS11
+	if hsm.TokenLabel != "a$b" || hsm.PIN != "p$n${X}" { // a value is not expanded twice
+		t.Errorf("hsm = %+v, pin %q", hsm, hsm.PIN.Value())
+	}
+	// Field names are not expanded.
+	problemsOf(t, minimal+"${X}: 1\n", map[string]string{"X": "version"})
+}
+
+func TestExpand(t *testing.T) {
+	t.Parallel()
+	env := envOf(map[string]string{"A": "alpha", "B_2": "beta", "E": ""})
+	tests := []struct {
+		in, want, err string
+	}{
+		{"plain", "plain", ""},
+		{"${A}", "alpha", ""},
+		{"x${A}y${B_2}z", "xalphaybetaz", ""},
+		{"${E}", "", ""},
+		{"$$", "$", ""},
+		{"$${A}", "${A}", ""},
+		{"$$$${A}", "$${A}", ""},
+		{"$$${A}", "$alpha", ""},
+		{"${MISSING}", "", "environment variable MISSING is not set"},
+		{"${M1}${M2}${M1}", "", "environment variables M1, M2 are not set"},
+		{"$A", "", "a $ not followed by { or $"},
+		{"cost: 5$", "", "a $ not followed by { or $"},
+		{"${A", "", "unterminated ${"},
+		{"${}", "", "bad variable reference"},
+		{"${1A}", "", "bad variable reference"},
+		{"${A-B}", "", "bad variable reference"},
+	}
+	for _, tt := range tests {
+		got, err := expand(tt.in, env)
+		switch {
+		case tt.err == "" && (err != nil || got != tt.want):
+			t.Errorf("expand(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err)):
+			t.Errorf("expand(%q) error = %v, want %q", tt.in, err, tt.err)
+		}
+	}
+}
+
+func TestRelativePaths(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, yaml string
+		get        func(*Config) string
+		want       string
+	}{
+		{"sqlite path", "store: {driver: sqlite, dsn: state/rekey.db}", dsnOf, "/srv/rekey/state/rekey.db"},
+		{"sqlite dot path", "store: {driver: sqlite, dsn: ./rekey.db}", dsnOf, "/srv/rekey/rekey.db"},
+		{"sqlite parent path", "store: {driver: sqlite, dsn: ../db/rekey.db}", dsnOf, "/srv/db/rekey.db"},
+		{"sqlite absolute", "store: {driver: sqlite, dsn: /var/lib/rekey.db}", dsnOf, "/var/lib/rekey.db"},
+		{"sqlite options", "store: {driver: sqlite, dsn: \"rekey.db?_busy_timeout=5000\"}", dsnOf, "/srv/rekey/rekey.db?_busy_timeout=5000"},
+		{"sqlite file URI", "store: {driver: sqlite, dsn: \"file:rekey.db?mode=rwc\"}", dsnOf, "file:/srv/rekey/rekey.db?mode=rwc"},
+		{"sqlite absolute file URI", "store: {driver: sqlite, dsn: \"file:/x/rekey.db\"}", dsnOf, "file:/x/rekey.db"},
+		{"sqlite memory", "store: {driver: sqlite, dsn: \":memory:\"}", dsnOf, ":memory:"},
+		{"sqlite memory URI", "store: {driver: sqlite, dsn: \"file::memory:?cache=shared\"}", dsnOf, "file::memory:?cache=shared"},
+		{"postgres untouched", "store: {driver: postgres, dsn: \"host=db user=rekey\"}", dsnOf, "host=db user=rekey"},
+		{"keyring", "backends: {l: {type: local, keyring: keys/ring}}", func(c *Config) string { return c.Backends["l"].Local.Keyring }, "/srv/rekey/keys/ring"},
+		{"master key", "backends: {l: {type: local, keyring: k, master_key_file: ../secret/master.key}}", func(c *Config) string { return c.Backends["l"].Local.MasterKeyFile }, "/srv/secret/master.key"},
+		{"absolute master key", "backends: {l: {type: local, keyring: k, master_key_file: /etc/rekey/mk}}", func(c *Config) string { return c.Backends["l"].Local.MasterKeyFile }, "/etc/rekey/mk"},
+		{"pkcs11 module path", "backends: {h: {type: pkcs11, module: lib/softhsm.so, token_label: t, pin: '1'}}", moduleOf, "/srv/rekey/lib/softhsm.so"},
+		{"pkcs11 module bare name", "backends: {h: {type: pkcs11, module: libsofthsm2.so, token_label: t, pin: '1'}}", moduleOf, "libsofthsm2.so"},
+		{"keyring from env", "backends: {l: {type: local, keyring: \"${DIR}/ring\"}}", func(c *Config) string { return c.Backends["l"].Local.Keyring }, "/srv/rekey/sub/ring"},
+	}
+	for _, tt := range tests {
+		c := mustParse(t, minimal+tt.yaml+"\n", map[string]string{"DIR": "sub"})
+		if got := tt.get(c); got != tt.want {
+			t.Errorf("%s: got %q, want %q", tt.name, got, tt.want)
+		}
+	}
+	// An empty baseDir leaves relative paths relative.
+	c, err := parse([]byte(minimal+"store: {driver: sqlite, dsn: x.db}\n"), "", envOf(nil))
+	if err != nil || c.Store.DSN != "x.db" || c.Backends["local"].Local.Keyring != "keyring" {
+		t.Errorf("empty baseDir: %v, %+v", err, c)
+	}
+}
+
+func dsnOf(c *Config) string    { return c.Store.DSN.Value() }
+func moduleOf(c *Config) string { return c.Backends["h"].PKCS11.Module }
+
+func TestSecretsNeverPrinted(t *testing.T) {
+	t.Parallel()
+	const s = "TOPSECRET"
+	env := map[string]string{"S": s}
+	bad := []string{
+		// Each has a problem in or near a secret field.
+		minimal + "store: {driver: postgres, dsn: \"" + s + "$\"}\n",
+		minimal + "store: {driver: postgres, dsn: \"" + s + "\"}\n",
+		minimal + "store: {driver: sqlite, dsn: \"postgres://u:" + s + "@h/d\"}\n",
+		minimal + "backends: {h: {type: pkcs11, module: m, token_label: t, pin: \"" + s + "$x\"}}\n",
+		minimal + "backends: {h: {type: pkcs11, module: m, token_label: t, pin: \"${" + s + "\"}}\n",
+		minimal + "backends: {h: {type: pkcs11, module: m, token_label: t, pin: [" + s + "]}}\n",
+		minimal + "backends: {h: {type: local, keyring: k, pin: \"" + s + "\"}}\n",
+		minimal + "backends: {v: {type: vault, address: \"https://u:" + s + "@v\", token: \"" + s + "$\", mount: m}}\n",
+		minimal + "backends: {v: {type: vault, address: \"x" + s + "\", token: t}}\n",
+		minimal + "backends: {k: {type: keyprotect, region: r, instance_id: i, api_key: {k: " + s + "}}}\n",
+		minimal + "backends: {k: {type: keyprotect, endpoint: \"" + s + "\", instance_id: i, api_key: \"${S}\"}}\n",
+		minimal + "store: \"postgres://u:" + s + "@h/d\"\n",
+	}
+	for _, y := range bad {
+		_, err := parse([]byte(y), home, envOf(env))
+		if err == nil {
+			t.Errorf("no error for\n%s", y)
+			continue
+		}
+		if strings.Contains(err.Error(), s) {
+			t.Errorf("error repeats a secret:\n%s\n->\n%v", y, err)
+		}
+	}
+
+	c := mustParse(t, minimal+`store: {driver: postgres, dsn: "postgres://u:${S}@h/d"}
+backends:
+  h: {type: pkcs11, module: m, token_label: t, pin: "${S}"}
+  v: {type: vault, address: "https://v", token: "${S}"}
+  k: {type: keyprotect, region: r, instance_id: i, api_key: "${S}"}
+`, env)
+	var buf strings.Builder
+	fmt.Fprintf(&buf, "%v %+v %#v %s %q %x", c, c, c, c.Store.DSN, c.Store.DSN, c.Store.DSN)
+	for _, b := range c.Backends {
+		fmt.Fprintf(&buf, "%+v %+v %+v %+v %#v", b.PKCS11, b.Vault, b.KeyProtect, b, b.Vault)
+	}
+	js, _ := json.Marshal(c)
+	buf.Write(js)
+	slog.New(slog.NewTextHandler(&buf, nil)).Info("x", "dsn", c.Store.DSN, "store", c.Store)
+	slog.New(slog.NewJSONHandler(&buf, nil)).Info("x", "dsn", c.Store.DSN, "store", c.Store)
+	if strings.Contains(buf.String(), s) {
+		t.Errorf("printing the config shows a secret:\n%s", buf.String())
+	}
+	if c.Backends["h"].PKCS11.PIN.Value() != s || c.Store.RedactedDSN() != "postgres://u:xxxxx@h/d" {
+		t.Errorf("Value = %q, RedactedDSN = %q", c.Backends["h"].PKCS11.PIN.Value(), c.Store.RedactedDSN())
+	}
+	if Secret("").String() != "" || Secret("x").String() != "[redacted]" {
+		t.Errorf("Secret.String")
+	}
+}
+
+func TestRedactedDSN(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ driver, dsn, want string }{
+		{DriverSQLite, "/x/rekey.db", "/x/rekey.db"},
+		{DriverPostgres, "postgres://rekey:pw@db:5432/rekey?sslmode=disable", "postgres://rekey:xxxxx@db:5432/rekey?sslmode=disable"},
+		{DriverPostgres, "postgres://db/rekey", "postgres://db/rekey"},
+		{DriverPostgres, "host=db user=rekey password=pw dbname=rekey", "host=db user=rekey password=xxxxx dbname=rekey"},
+		{DriverPostgres, "host=db password='p w\\'x' dbname=rekey", "host=db password=xxxxx dbname=rekey"},
+	}
+	for _, tt := range tests {
+		if got := (StoreConfig{Driver: tt.driver, DSN: Secret(tt.dsn)}).RedactedDSN(); got != tt.want {
+			t.Errorf("RedactedDSN(%q) = %q, want %q", tt.dsn, got, tt.want)
+		}
+	}
+}
+
+func TestValidateBuiltConfig(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name   string
+		change func(*Config)
+		path   string
+		msg    string
+	}{
+		{"no backends", func(c *Config) { c.Backends = nil }, "backends", "missing"},
+		{"type without settings", func(c *Config) { c.Backends["local"] = BackendConfig{Type: BackendLocal} }, "backends.local", "type local but no local settings"},
+		{"two types", func(c *Config) {
+			b := c.Backends["local"]
+			b.Vault = &VaultConfig{}
+			c.Backends["local"] = b
+		}, "backends.local", "settings for type vault on a backend of type local"},
+		{"missing type", func(c *Config) { c.Backends["x"] = BackendConfig{} }, "backends.x.type", "missing"},
+		{"empty mode", func(c *Config) {
+			c.Backends["aws"] = BackendConfig{Type: BackendAWSKMS, AWSKMS: &AWSKMSConfig{Region: "r"}}
+		}, "backends.aws.mode", "missing"},
+		{"negative policy", func(c *Config) { c.Defaults.Grace = -time.Hour }, "defaults.grace", "-1h0m0s is negative"},
+		{"negative key override", func(c *Config) {
+			c.Keys = []KeyConfig{{Name: "a", Backend: "local", DestroyAfter: dur(-time.Second)}}
+		}, "keys[0].destroy_after", "negative"},
+		{"NaN rate", func(c *Config) { c.Worker.KMSRateLimit = math.NaN() }, "worker.kms_rate_limit", "not a rate"},
+		{"empty listen", func(c *Config) { c.HTTP.Listen = "" }, "http.listen", "missing"},
+		{"bad port", func(c *Config) { c.HTTP.Listen = "127.0.0.1:http" }, "http.listen", "not a number from 0 to 65535"},
+		{"no version", func(c *Config) { c.Version = 0 }, "version", "missing"},
+	}
+	for _, tt := range tests {
+		c := Default(home)
+		tt.change(c)
+		err := c.Validate()
+		var verr *ValidationError
+		if !errors.As(err, &verr) || !hasProblem(verr.Problems, tt.path, tt.msg) {
+			t.Errorf("%s: Validate() = %v, want %s: ...%s...", tt.name, err, tt.path, tt.msg)
+		}
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	t.Parallel()
+	c := mustParse(t, minimal+"keys:\n  - {name: fast, rotation_period: 2s}\n  - {name: ok, rotation_period: 2s, rotate_within: 1s, notify_within: 1s}\n  - {name: plain}\n", nil)
+	ws := c.Warnings()
+	if len(ws) != 1 || ws[0].Path != "keys[0].rotate_within" || !strings.Contains(ws[0].Message, "7d is not shorter than rotation_period 2s") {
+		t.Errorf("Warnings = %v", ws)
+	}
+	c = mustParse(t, minimal+"defaults: {notify_within: 1d}\n", nil)
+	if ws := c.Warnings(); len(ws) != 1 || ws[0].Path != "defaults.notify_within" {
+		t.Errorf("Warnings = %v", ws)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "conf", "rekey.yaml")
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("version: 1\nstore: {driver: sqlite, dsn: ../state.db}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Store.DSN.Value(), filepath.Join(dir, "state.db"); got != want {
+		t.Errorf("dsn = %q, want %q", got, want)
+	}
+	if got, want := c.Backends["local"].Local.Keyring, filepath.Join(dir, "conf", "keyring"); got != want {
+		t.Errorf("keyring = %q, want %q", got, want)
+	}
+
+	if err := os.WriteFile(path, []byte("version: 1\nworker: {batch_size: 0}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Load(path)
+	var verr *ValidationError
+	if !errors.As(err, &verr) || verr.File != path || err.Error() != path+":2: worker.batch_size: 0 is out of range: use 1 to 100000" {
+		t.Errorf("Load(bad) = %v", err)
+	}
+
+	missing := filepath.Join(dir, "nope.yaml")
+	if _, err := Load(missing); err == nil || !strings.Contains(err.Error(), missing) || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load(missing) = %v", err)
+	}
+}
+
+// Resolve tests change the working directory: not parallel.
+func TestResolve(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	env := func(vars map[string]string) func(string) string {
+		return func(k string) string { return vars[k] }
+	}
+	check := func(name, flag string, vars map[string]string, wantPath, wantHome string, wantFile bool) {
+		t.Helper()
+		p, h, f := Resolve(flag, env(vars))
+		if p != wantPath || h != wantHome || f != wantFile {
+			t.Errorf("%s: Resolve = (%q, %q, %v), want (%q, %q, %v)", name, p, h, f, wantPath, wantHome, wantFile)
+		}
+	}
+	all := map[string]string{"REKEY_CONFIG": "/etc/rekey/rekey.yaml", "REKEY_HOME": "/var/lib/rekey"}
+	check("flag wins", "conf/my.yaml", all, "conf/my.yaml", "conf", true)
+	check("then REKEY_CONFIG", "", all, "/etc/rekey/rekey.yaml", "/etc/rekey", true)
+	check("then embedded default in REKEY_HOME", "", map[string]string{"REKEY_HOME": "/var/lib/rekey"}, "", "/var/lib/rekey", false)
+	check("default home", "", nil, "", "rekey-data", false)
+
+	if err := os.MkdirAll("rekey-data", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile("rekey-data/rekey.yaml", DefaultYAML(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("home's rekey.yaml", "", nil, "rekey-data/rekey.yaml", "rekey-data", true)
+
+	if err := os.WriteFile("rekey.yaml", []byte(minimal), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check("./rekey.yaml before home", "", map[string]string{"REKEY_HOME": "rekey-data"}, "rekey.yaml", ".", true)
+	check("flag before ./rekey.yaml", "x.yaml", nil, "x.yaml", ".", true)
+
+	// nil env reads the process environment.
+	t.Setenv("REKEY_CONFIG", "/from/env.yaml")
+	if p, _, _ := Resolve("", nil); p != "/from/env.yaml" {
+		t.Errorf("Resolve with nil env = %q", p)
+	}
+}
+
+func TestParentPath(t *testing.T) {
+	t.Parallel()
+	tests := map[string]string{
+		"":                              "",
+		"version":                       "",
+		"store.dsn":                     "store",
+		"keys[3].name":                  "keys[3]",
+		"keys[3]":                       "keys",
+		`backends["a.b"].type`:          `backends["a.b"]`,
+		`backends["a.b"]`:               "backends",
+		`backends["x[\"y"]`:             "backends",
+		`worker["\\"]`:                  "worker",
+		childPath("backends", `a"]["b`): "backends",
+	}
+	for in, want := range tests {
+		if got := parentPath(in); got != want {
+			t.Errorf("parentPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestAliasesAreBounded(t *testing.T) {
+	t.Parallel()
+	// A large mapping aliased many times: the walk stops early instead of
+	// reporting millions of problems.
+	var b strings.Builder
+	b.WriteString("version: 1\nbackends:\n  big: &big\n")
+	for i := range 3000 {
+		fmt.Fprintf(&b, "    f%d: 1\n", i)
+	}
+	b.WriteString("keys:\n")
+	for range 3000 {
+		b.WriteString("  - *big\n")
+	}
+	if ps := problemsOf(t, b.String(), nil); len(ps) > maxProblems+1 {
+		t.Errorf("%d problems", len(ps))
+	}
+	// Scalars may be shared through anchors.
+	c := mustParse(t, minimal+"defaults: {rotate_within: &w 2d, grace: *w}\nkeys: [{name: a, grace: *w}]\n", nil)
+	if c.Defaults.Grace != 2*rekey.Day || *c.Keys[0].Grace != 2*rekey.Day {
+		t.Errorf("aliases: %+v %+v", c.Defaults, c.Keys[0])
+	}
+}
