@@ -1,0 +1,102 @@
+package sqlitestore
+
+import (
+	"crypto/rand"
+	"testing"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+const benchBatch = 1000
+
+// benchStore opens a store with key "bench" (versions 1 active and 2
+// created) and a lease on it.
+func benchStore(b *testing.B) (*Store, rekey.Lease) {
+	b.Helper()
+	s := openTemp(b)
+	ctx := b.Context()
+	k := rekey.Key{Name: "bench", Backend: "local", BackendRef: "bench", ActiveVersion: 1, Policy: rekey.DefaultPolicy()}
+	if err := s.CreateKey(ctx, k, rekey.KeyVersion{Version: 1}); err != nil {
+		b.Fatal(err)
+	}
+	l, err := s.AcquireLease(ctx, "bench", "bench", time.Hour, time.Now())
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := rekey.Rotation{ID: rekey.NewID(), Key: "bench", FromVersion: 1, Reason: rekey.ReasonManual}
+	if err := s.CreateRotation(ctx, r, l); err != nil {
+		b.Fatal(err)
+	}
+	u := rekey.RotationUpdate{Rotation: r, FromState: rekey.RotationClaimed, NewVersion: &rekey.KeyVersion{Version: 2}}
+	u.Rotation.State = rekey.RotationVersionCreated
+	if err := s.AdvanceRotation(ctx, u, l); err != nil {
+		b.Fatal(err)
+	}
+	return s, l
+}
+
+func newBatch(n int) []rekey.DEK {
+	deks := make([]rekey.DEK, n)
+	now := time.Now()
+	for i := range deks {
+		w := make([]byte, 60) // the size of a wrapped 32-byte DEK
+		_, _ = rand.Read(w)
+		deks[i] = rekey.DEK{ID: rekey.NewID(), Key: "bench", Version: 1, Wrapped: w, CreatedAt: now, UpdatedAt: now}
+	}
+	return deks
+}
+
+// BenchmarkInsertDEKs inserts batches of 1000 DEKs, one transaction each.
+func BenchmarkInsertDEKs(b *testing.B) {
+	s, _ := benchStore(b)
+	ctx := b.Context()
+	rows := 0
+	for b.Loop() {
+		b.StopTimer()
+		batch := newBatch(benchBatch)
+		b.StartTimer()
+		if err := s.InsertDEKs(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+		rows += len(batch)
+	}
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// BenchmarkSwapDEKs compare-and-swaps batches of 1000 DEKs (new wrapped
+// bytes and version), one transaction each, over a table of 100,000.
+func BenchmarkSwapDEKs(b *testing.B) {
+	s, l := benchStore(b)
+	ctx := b.Context()
+	const total = 100 * benchBatch
+	var deks []rekey.DEK
+	for range total / benchBatch {
+		batch := newBatch(benchBatch)
+		if err := s.InsertDEKs(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+		deks = append(deks, batch...)
+	}
+	swaps := make([]rekey.DEKSwap, benchBatch)
+	rows, next := 0, 0
+	for b.Loop() {
+		b.StopTimer()
+		for i := range swaps {
+			d := &deks[(next+i)%total]
+			w := make([]byte, 60)
+			_, _ = rand.Read(w)
+			v := 3 - d.Version // 1 <-> 2
+			swaps[i] = rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: w, NewVersion: v}
+			d.Wrapped, d.Version = w, v
+		}
+		next += benchBatch
+		b.StartTimer()
+		lost, err := s.SwapDEKs(ctx, swaps, l)
+		if err != nil || len(lost) != 0 {
+			b.Fatalf("SwapDEKs = %d lost, %v", len(lost), err)
+		}
+		rows += len(swaps)
+	}
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+}

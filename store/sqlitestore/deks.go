@@ -1,0 +1,244 @@
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/rekeyhq/rekey"
+)
+
+const dekColumns = `id, key, version, wrapped, label, created_at, updated_at`
+
+func scanDEK(sc scanner) (rekey.DEK, error) {
+	var d rekey.DEK
+	var created, updated sql.NullInt64
+	if err := sc.Scan(&d.ID, &d.Key, &d.Version, &d.Wrapped, &d.Label, &created, &updated); err != nil {
+		return rekey.DEK{}, err
+	}
+	d.CreatedAt, d.UpdatedAt = fromMicros(created), fromMicros(updated)
+	return d, nil
+}
+
+// InsertDEKs implements rekey.Store: one transaction, one prepared
+// statement executed for every row. A zero CreatedAt is set to now and a
+// zero UpdatedAt to CreatedAt.
+func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
+	const op = "insert deks"
+	if len(deks) == 0 {
+		return nil
+	}
+	for _, d := range deks {
+		if err := validateNewDEK(d); err != nil {
+			return s.fail(op, err)
+		}
+	}
+	now := s.nowTime()
+	return s.write(ctx, op, func(tx *sql.Tx) error {
+		// Check every DEK's version against its key's active version
+		// before writing anything; batches are of one key in practice.
+		active := map[string]int{}
+		for _, d := range deks {
+			v, ok := active[d.Key]
+			if !ok {
+				err := tx.QueryRowContext(ctx, `SELECT active_version FROM keys WHERE name = ?`, d.Key).Scan(&v)
+				if errors.Is(err, sql.ErrNoRows) {
+					return fmt.Errorf("dek %s: key %q: %w", d.ID, d.Key, rekey.ErrKeyNotFound)
+				}
+				if err != nil {
+					return err
+				}
+				active[d.Key] = v
+			}
+			if d.Version != v {
+				return fmt.Errorf("dek %s: key %q version %d (active is %d): %w", d.ID, d.Key, d.Version, v, rekey.ErrVersionNotActive)
+			}
+		}
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO deks (`+dekColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		rowCtx := batchContext(ctx)
+		for _, d := range deks {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			created, updated := d.CreatedAt, d.UpdatedAt
+			if created.IsZero() {
+				created = now
+			}
+			if updated.IsZero() {
+				updated = created
+			}
+			if _, err := stmt.ExecContext(rowCtx, d.ID, d.Key, d.Version, d.Wrapped, d.Label, micros(created), micros(updated)); err != nil {
+				if errors.Is(mapErr(err), rekey.ErrConflict) {
+					return fmt.Errorf("dek %s exists: %w", d.ID, rekey.ErrConflict)
+				}
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// GetDEK implements rekey.Store.
+func (s *Store) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
+	d, err := scanDEK(s.r.QueryRowContext(ctx, `SELECT `+dekColumns+` FROM deks WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return rekey.DEK{}, s.fail("get dek", fmt.Errorf("dek %s: %w", id, rekey.ErrDEKNotFound))
+	}
+	if err != nil {
+		return rekey.DEK{}, s.fail("get dek", err)
+	}
+	return d, nil
+}
+
+// ListDEKs implements rekey.DEKSource. It reads one index range, (key, id)
+// or (key, version, id), from the After cursor on.
+func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
+	const op = "list deks"
+	if q.Key == "" {
+		return nil, s.fail(op, fmt.Errorf("%w: dek query names no key", rekey.ErrInvalidArgument))
+	}
+	limit := q.Limit
+	if limit <= 0 {
+		limit = 1000
+	}
+	var sb strings.Builder
+	sb.WriteString(`SELECT ` + dekColumns + ` FROM deks WHERE key = ?`)
+	args := []any{q.Key}
+	if q.Version > 0 {
+		sb.WriteString(` AND version = ?`)
+		args = append(args, q.Version)
+	}
+	if q.NotVersion > 0 {
+		sb.WriteString(` AND version <> ?`)
+		args = append(args, q.NotVersion)
+	}
+	if q.After != "" {
+		sb.WriteString(` AND id > ?`)
+		args = append(args, q.After)
+	}
+	sb.WriteString(` ORDER BY id LIMIT ?`)
+	args = append(args, limit)
+	rows, err := s.r.QueryContext(ctx, sb.String(), args...)
+	if err != nil {
+		return nil, s.fail(op, err)
+	}
+	defer rows.Close()
+	out := make([]rekey.DEK, 0, min(limit, 1024))
+	for rows.Next() {
+		d, err := scanDEK(rows)
+		if err != nil {
+			return nil, s.fail(op, err)
+		}
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(op, err)
+	}
+	return out, nil
+}
+
+// SwapDEKs implements rekey.DEKSource: in one transaction, the fence
+// check, then one prepared UPDATE … WHERE id = ? AND key = ? AND wrapped = ?
+// per swap. A swap of a DEK of another key than fence.Key loses. A
+// NewVersion the key does not have gives ErrVersionNotFound and nothing is
+// written.
+func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease) ([]string, error) {
+	const op = "swap deks"
+	for _, sw := range swaps {
+		if sw.ID == "" || len(sw.NewWrapped) == 0 || sw.NewVersion <= 0 {
+			return nil, s.fail(op, fmt.Errorf("%w: swap of dek %q needs an id, new wrapped bytes and a positive version", rekey.ErrInvalidArgument, sw.ID))
+		}
+	}
+	now := micros(s.nowTime())
+	var lost []string
+	err := s.write(ctx, op, func(tx *sql.Tx) error {
+		lost = lost[:0]
+		if err := checkFence(ctx, tx, fence.Key, fence); err != nil {
+			return err
+		}
+		if len(swaps) == 0 {
+			return nil
+		}
+		if err := checkVersionsExist(ctx, tx, fence.Key, swaps); err != nil {
+			return err
+		}
+		stmt, err := tx.PrepareContext(ctx, `UPDATE deks SET wrapped = ?, version = ?, updated_at = ?
+			WHERE id = ? AND key = ? AND wrapped = ?`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		rowCtx := batchContext(ctx)
+		for _, sw := range swaps {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			res, err := stmt.ExecContext(rowCtx, sw.NewWrapped, sw.NewVersion, now, sw.ID, fence.Key, sw.OldWrapped)
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				lost = append(lost, sw.ID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return lost, nil
+}
+
+// checkVersionsExist returns ErrVersionNotFound unless every NewVersion of
+// swaps is a version of key.
+func checkVersionsExist(ctx context.Context, tx *sql.Tx, key string, swaps []rekey.DEKSwap) error {
+	seen := map[int]bool{}
+	for _, sw := range swaps {
+		if seen[sw.NewVersion] {
+			continue
+		}
+		var one int
+		err := tx.QueryRowContext(ctx, `SELECT 1 FROM key_versions WHERE key = ? AND version = ?`, key, sw.NewVersion).Scan(&one)
+		if errors.Is(err, sql.ErrNoRows) {
+			return fmt.Errorf("dek %s: key %q version %d: %w", sw.ID, key, sw.NewVersion, rekey.ErrVersionNotFound)
+		}
+		if err != nil {
+			return err
+		}
+		seen[sw.NewVersion] = true
+	}
+	return nil
+}
+
+// CountDEKs implements rekey.DEKSource, from the (key, version, id) index.
+func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
+	const op = "count deks"
+	rows, err := s.r.QueryContext(ctx, `SELECT version, count(*) FROM deks WHERE key = ? GROUP BY version`, key)
+	if err != nil {
+		return nil, s.fail(op, err)
+	}
+	defer rows.Close()
+	out := map[int]int64{}
+	for rows.Next() {
+		var v int
+		var n int64
+		if err := rows.Scan(&v, &n); err != nil {
+			return nil, s.fail(op, err)
+		}
+		out[v] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.fail(op, err)
+	}
+	return out, nil
+}

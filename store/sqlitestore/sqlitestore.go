@@ -1,0 +1,363 @@
+// Package sqlitestore is the embedded default rekey.Store: one SQLite file,
+// through the cgo driver github.com/mattn/go-sqlite3.
+//
+// The file is put in WAL mode once, on Open; connections use
+// synchronous=NORMAL and foreign keys on. Writes go through one connection whose transactions begin IMMEDIATE,
+// so a write transaction holds SQLite's write lock from its first statement
+// and two writers never deadlock upgrading a read lock; other processes on
+// the same file wait up to Config.BusyTimeout for it. Reads go through a
+// small pool of read-only connections and never wait for writers.
+//
+// Every guarded write (fence, state, compare-and-swap) and the audit events
+// that record it commit in one transaction. The schema is embedded and
+// migrated on Open.
+package sqlitestore
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mattn/go-sqlite3"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// service names this store in *rekey.UnreachableError.
+const service = "store:sqlite"
+
+// Config configures a Store.
+type Config struct {
+	// Path is the database file. It is created, mode 0600, if missing; an
+	// existing file (or its -wal/-shm companion) readable by group or others
+	// is refused. Its directory must exist.
+	Path string
+	// BusyTimeout is how long a write waits for another process holding the
+	// write lock before it fails with an *rekey.UnreachableError. Zero means
+	// 5 s.
+	BusyTimeout time.Duration
+	// Logger receives migration and lifecycle messages (never key material,
+	// wrapped or not). Nil discards them.
+	Logger *slog.Logger
+	// Now is the clock for the times the store sets itself (a DEK's
+	// UpdatedAt on swap, a key's UpdatedAt, zero event times). Nil means
+	// time.Now.
+	Now func() time.Time
+}
+
+// readConns is the size of the read pool.
+const readConns = 4
+
+// Store is a rekey.Store in one SQLite file. It is safe for concurrent use
+// by many goroutines, and by several processes sharing the file.
+type Store struct {
+	path string
+	file os.FileInfo // the file as opened, to notice it being replaced
+	w    *sql.DB     // one connection; BEGIN IMMEDIATE
+	r    *sql.DB     // read-only connections
+	log  *slog.Logger
+	now  func() time.Time
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ rekey.Store = (*Store)(nil)
+
+// Open opens (creating if needed) the database at cfg.Path and applies the
+// embedded migrations it lacks. It refuses a database whose schema is newer
+// than this binary knows, and a file readable by group or others.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Path == "" {
+		return nil, fmt.Errorf("sqlitestore: %w: no database path (store.dsn)", rekey.ErrInvalidArgument)
+	}
+	if strings.ContainsAny(cfg.Path, "?#") || strings.HasPrefix(cfg.Path, "file:") {
+		return nil, fmt.Errorf("sqlitestore: %w: database path %q: give a plain file path, without '?', '#' or a file: prefix (the driver splits its DSN at '?')", rekey.ErrInvalidArgument, cfg.Path)
+	}
+	if cfg.BusyTimeout <= 0 {
+		cfg.BusyTimeout = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	path, err := filepath.Abs(cfg.Path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: database path %q: %w", cfg.Path, err)
+	}
+	info, err := createPrivateFile(path)
+	if err != nil {
+		return nil, err
+	}
+
+	s := &Store{path: path, file: info, log: log, now: now}
+	busy := strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10)
+	common := "_busy_timeout=" + busy + "&_synchronous=NORMAL&_foreign_keys=on&_stmt_cache_size=32"
+	// WAL mode is a property of the file: set once here, with retries,
+	// rather than by every new connection (see enableWAL).
+	if err := enableWAL(ctx, path+"?_busy_timeout="+busy, cfg.BusyTimeout); err != nil {
+		return nil, fmt.Errorf("sqlitestore: %s: %w", path, err)
+	}
+	s.w, err = sql.Open("sqlite3", path+"?_txlock=immediate&"+common)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err))
+	}
+	// One writer connection: writers of this process queue in database/sql
+	// (honouring their contexts) instead of spinning in SQLite's busy
+	// handler.
+	s.w.SetMaxOpenConns(1)
+	s.w.SetMaxIdleConns(1)
+	s.w.SetConnMaxLifetime(0)
+	s.w.SetConnMaxIdleTime(0)
+
+	applied, err := migrate(ctx, s.w)
+	if err != nil {
+		_ = s.w.Close()
+		return nil, fmt.Errorf("sqlitestore: %s: %w", path, err)
+	}
+	for _, v := range applied {
+		log.Info("sqlitestore: applied migration", "path", path, "version", v)
+	}
+
+	s.r, err = sql.Open("sqlite3", path+"?_txlock=deferred&_query_only=true&"+common)
+	if err != nil {
+		_ = s.w.Close()
+		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err))
+	}
+	s.r.SetMaxOpenConns(readConns)
+	s.r.SetMaxIdleConns(readConns)
+	s.r.SetConnMaxLifetime(0)
+	s.r.SetConnMaxIdleTime(0)
+
+	// WAL and SHM files exist now; they take the database file's mode.
+	if err := checkPrivate(path); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	log.Debug("sqlitestore: opened", "path", path, "schema_version", len(migrations))
+	return s, nil
+}
+
+// enableWAL switches the database to WAL mode, which then persists in the
+// file. Switching takes an exclusive lock, and when two processes open a
+// new file at the same moment SQLite answers one of them SQLITE_BUSY at
+// once (both hold a read lock and want to upgrade: waiting would
+// deadlock), without calling the busy handler. So it retries, with
+// backoff, for up to timeout.
+func enableWAL(ctx context.Context, dsn string, timeout time.Duration) error {
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return mapErr(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	deadline := time.Now().Add(timeout)
+	backoff := time.Millisecond
+	for {
+		var mode string
+		err := db.QueryRowContext(ctx, "PRAGMA journal_mode = WAL").Scan(&mode)
+		if err == nil {
+			if !strings.EqualFold(mode, "wal") {
+				return fmt.Errorf("cannot use WAL mode (journal mode is %q): is the file on a network or read-only file system?", mode)
+			}
+			return nil
+		}
+		var se sqlite3.Error
+		if !errors.As(err, &se) || (se.Code != sqlite3.ErrBusy && se.Code != sqlite3.ErrLocked) || time.Now().After(deadline) {
+			return fmt.Errorf("enable WAL mode: %w", mapErr(err))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 50*time.Millisecond)
+	}
+}
+
+// createPrivateFile creates path with mode 0600 unless it exists, before
+// SQLite opens it (SQLite gives its -wal and -shm files the database file's
+// mode), and checks that it and any companion files are private.
+func createPrivateFile(path string) (os.FileInfo, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: create database file: %w (does the directory exist and is it writable?)", err)
+	}
+	info, err := f.Stat()
+	_ = f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: database file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("sqlitestore: %w: database path %s is not a regular file", rekey.ErrInvalidArgument, path)
+	}
+	if err := checkPrivate(path); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// checkPrivate refuses the database file and its companions when group or
+// others may access them.
+func checkPrivate(path string) error {
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		info, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) && p != path {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("sqlitestore: database file: %w", err)
+		}
+		if perm := info.Mode().Perm(); perm&0o077 != 0 {
+			return fmt.Errorf("sqlitestore: %w: %s has mode %04o, open to group or others: run chmod 600 %s", rekey.ErrInvalidArgument, p, perm, p)
+		}
+	}
+	return nil
+}
+
+// Path returns the absolute path of the database file.
+func (s *Store) Path() string { return s.path }
+
+// Ping implements rekey.Store: the database answers SELECT 1, and the file
+// it was opened from is still there, the same file, and readable. (SQLite
+// keeps working on an open file that was deleted or made unreadable, so
+// the query alone would not notice.) It costs a query and three system
+// calls.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.r.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return s.fail("ping", err)
+	}
+	unreachable := func(format string, args ...any) error {
+		return &rekey.UnreachableError{Service: service, Err: fmt.Errorf(format, args...)}
+	}
+	info, err := os.Stat(s.path)
+	switch {
+	case err != nil:
+		return unreachable("database file: %w", err)
+	case !os.SameFile(info, s.file):
+		return unreachable("database file %s was replaced since it was opened: restart to reopen it", s.path)
+	case info.Mode().Perm()&0o400 == 0:
+		return unreachable("database file %s is not readable (mode %04o)", s.path, info.Mode().Perm())
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return unreachable("database file: %w", err)
+	}
+	_ = f.Close()
+	return nil
+}
+
+// Close implements rekey.Store. Closing twice is harmless.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		var errs []error
+		if s.r != nil {
+			errs = append(errs, s.r.Close())
+		}
+		if s.w != nil {
+			errs = append(errs, s.w.Close())
+		}
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// write runs fn in a write transaction (BEGIN IMMEDIATE) and commits it,
+// or rolls it back when fn fails.
+func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return s.fail(op, err)
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return s.fail(op, err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.fail(op, err)
+	}
+	return nil
+}
+
+// batchContext returns the context for the statements a batch executes
+// row by row inside a transaction: ctx without its cancellation. Given a
+// cancellable context the driver runs every statement on a new goroutine
+// to be able to interrupt it, which costs more than the statement itself;
+// a batch loop checks ctx.Err() between rows instead, and database/sql
+// rolls the transaction back when ctx ends.
+func batchContext(ctx context.Context) context.Context { return context.WithoutCancel(ctx) }
+
+// fail wraps err of operation op, mapped to rekey's errors.
+func (s *Store) fail(op string, err error) error {
+	return fmt.Errorf("sqlitestore: %s: %w", op, mapErr(err))
+}
+
+// mapErr maps driver errors to rekey's: uniqueness → ErrConflict, other
+// constraints → ErrInvalidArgument, lock timeouts and I/O failures →
+// *rekey.UnreachableError. Other errors (already rekey's, or context
+// errors) are returned as they are.
+func mapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se sqlite3.Error
+	if errors.As(err, &se) {
+		switch se.Code {
+		case sqlite3.ErrConstraint:
+			switch se.ExtendedCode {
+			case sqlite3.ErrConstraintUnique, sqlite3.ErrConstraintPrimaryKey:
+				return fmt.Errorf("%w: %v", rekey.ErrConflict, se)
+			}
+			return fmt.Errorf("%w: %v", rekey.ErrInvalidArgument, se)
+		case sqlite3.ErrBusy, sqlite3.ErrLocked, sqlite3.ErrIoErr, sqlite3.ErrCantOpen,
+			sqlite3.ErrFull, sqlite3.ErrReadonly, sqlite3.ErrProtocol:
+			return &rekey.UnreachableError{Service: service, Err: se}
+		}
+		return err
+	}
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
+		err.Error() == "sql: database is closed" {
+		return &rekey.UnreachableError{Service: service, Err: err}
+	}
+	return err
+}
+
+// ---- column conversions ----
+
+// micros converts a time to its column value: unix microseconds UTC, or
+// NULL for the zero time.
+func micros(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return rekey.NormalizeTime(t).UnixMicro()
+}
+
+// fromMicros converts a time column back.
+func fromMicros(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.UnixMicro(n.Int64).UTC()
+}
+
+// nowTime returns the store clock's now, normalised.
+func (s *Store) nowTime() time.Time { return rekey.NormalizeTime(s.now()) }
+
+// scanner is *sql.Row or *sql.Rows.
+type scanner interface{ Scan(dest ...any) error }

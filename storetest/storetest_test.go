@@ -1,0 +1,148 @@
+package storetest_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/memstore"
+	"github.com/rekeyhq/rekey/storetest"
+)
+
+// Mutants are stores with one deliberate bug each. The suite must catch
+// every one of them in the named subtest: a suite that passes a broken store
+// proves nothing.
+
+type swapIgnoresOld struct{ *memstore.Store }
+
+// SwapDEKs swaps whatever the row holds: no compare.
+func (s swapIgnoresOld) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease) ([]string, error) {
+	for i := range swaps {
+		if d, err := s.GetDEK(ctx, swaps[i].ID); err == nil {
+			swaps[i].OldWrapped = d.Wrapped
+		}
+	}
+	return s.Store.SwapDEKs(ctx, swaps, fence)
+}
+
+type insertPartial struct{ *memstore.Store }
+
+// InsertDEKs stores row by row: a failing row leaves the ones before it.
+func (s insertPartial) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
+	for _, d := range deks {
+		if err := s.Store.InsertDEKs(ctx, []rekey.DEK{d}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+type listIgnoresAfter struct{ *memstore.Store }
+
+func (s listIgnoresAfter) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
+	q.After = ""
+	return s.Store.ListDEKs(ctx, q)
+}
+
+type countSkipsVersion2 struct{ *memstore.Store }
+
+func (s countSkipsVersion2) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
+	m, err := s.Store.CountDEKs(ctx, key)
+	delete(m, 2)
+	return m, err
+}
+
+type ignoresRequireUnused struct{ *memstore.Store }
+
+func (s ignoresRequireUnused) ChangeVersionState(ctx context.Context, c rekey.VersionChange, fence *rekey.Lease, events ...rekey.AuditEvent) error {
+	c.RequireUnused = false
+	return s.Store.ChangeVersionState(ctx, c, fence, events...)
+}
+
+type auditDropsFirst struct{ *memstore.Store }
+
+func (s auditDropsFirst) ListAudit(ctx context.Context, q rekey.AuditQuery) ([]rekey.AuditEvent, error) {
+	evs, err := s.Store.ListAudit(ctx, q)
+	if len(evs) > 0 && evs[0].Seq == 1 {
+		evs = evs[1:]
+	}
+	return evs, err
+}
+
+type leaseNeverHeld struct{ *memstore.Store }
+
+// AcquireLease takes over whatever the time: a held lease is ignored.
+func (s leaseNeverHeld) AcquireLease(ctx context.Context, key, owner string, ttl time.Duration, now time.Time) (rekey.Lease, error) {
+	return s.Store.AcquireLease(ctx, key, owner, ttl, now.Add(1000*time.Hour))
+}
+
+type rotationsOldestFirst struct{ *memstore.Store }
+
+func (s rotationsOldestFirst) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rekey.Rotation, error) {
+	rs, err := s.Store.ListRotations(ctx, q)
+	for i, j := 0, len(rs)-1; i < j; i, j = i+1, j-1 {
+		rs[i], rs[j] = rs[j], rs[i]
+	}
+	return rs, err
+}
+
+var mutants = map[string]struct {
+	store   func() rekey.Store
+	catches string // the subtest that must fail
+}{
+	"swap-ignores-old":       {func() rekey.Store { return swapIgnoresOld{memstore.New()} }, "Swap/CompareAndSwap"},
+	"swap-ignores-old-race":  {func() rekey.Store { return swapIgnoresOld{memstore.New()} }, "Concurrency/InsertSwapAudit"},
+	"insert-partial":         {func() rekey.Store { return insertPartial{memstore.New()} }, "DEKs/InsertErrors"},
+	"list-ignores-after":     {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "DEKs/ListPaging"},
+	"list-ignores-after-pbt": {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "Property/DEKModel"},
+	"count-skips-version-2":  {func() rekey.Store { return countSkipsVersion2{memstore.New()} }, "DEKs/Count"},
+	"ignores-require-unused": {func() rekey.Store { return ignoresRequireUnused{memstore.New()} }, "Versions/RequireUnused"},
+	"audit-drops-first":      {func() rekey.Store { return auditDropsFirst{memstore.New()} }, "Audit/Chain"},
+	"lease-never-held":       {func() rekey.Store { return leaseNeverHeld{memstore.New()} }, "Leases/Lifecycle"},
+	"rotations-oldest-first": {func() rekey.Store { return rotationsOldestFirst{memstore.New()} }, "Rotations/Query"},
+}
+
+// TestMutant runs the suite against the mutant named by STORETEST_MUTANT;
+// without it, it is skipped. TestSuiteCatchesMutants runs it in a child
+// process and expects it to fail.
+func TestMutant(t *testing.T) {
+	name := os.Getenv("STORETEST_MUTANT")
+	if name == "" {
+		t.Skip("run by TestSuiteCatchesMutants")
+	}
+	storetest.Run(t, func(t *testing.T) rekey.Store { return mutants[name].store() })
+}
+
+func TestSuiteCatchesMutants(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs child processes")
+	}
+	for name, m := range mutants {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pattern := "^TestMutant$/^" + strings.ReplaceAll(m.catches, "/", "$/^") + "$"
+			// No rapid fail files in testdata for failures that are expected,
+			// and little time spent shrinking them.
+			cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run", pattern, "-test.v", "-test.count=1",
+				"-rapid.nofailfile", "-rapid.shrinktime=2s")
+			cmd.Env = append(os.Environ(), "STORETEST_MUTANT="+name)
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("the suite passed the mutant %q; %s should have failed:\n%s", name, m.catches, out)
+			}
+			if !strings.Contains(string(out), "--- FAIL: TestMutant/"+m.catches) {
+				t.Errorf("mutant %q: %s did not fail:\n%s", name, m.catches, out)
+			}
+		})
+	}
+}
+
+// TestSuitePassesMemstore is the control: the store the mutants wrap
+// passes.
+func TestSuitePassesMemstore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) rekey.Store { return memstore.New() })
+}
