@@ -1,0 +1,56 @@
+// Package rotation is the rotation engine: it finds root keys that are due,
+// creates (or adopts) a new key version, re-wraps every DEK under it in
+// streamed, checkpointed batches, commits the new version, and retires old
+// versions once a count shows that no DEK references them.
+//
+// The engine sees only the root interfaces (rekey.Store, rekey.DEKSource,
+// rekey.KMS and its optional capabilities). Every state change goes
+// through the store's guarded writes (CreateRotation, AdvanceRotation,
+// ChangeVersionState) together with its audit events, carrying the key's
+// lease as a fence, so that a crash at any point resumes from what is
+// durable and a worker that lost its lease cannot write.
+//
+// How the rules of DESIGN.md ("The rotation state machine") are kept:
+//
+//  1. One open rotation per key: CreateRotation's uniqueness decides; a
+//     claim that conflicts resumes the open rotation instead. Rotate and
+//     RotateCompromised finish an open rotation before starting theirs.
+//  2. One backend version per rotation: in state claimed the backend's
+//     CurrentVersion is compared with from_version and a backend that is
+//     ahead is adopted (version.adopted); RotateKey is never retried
+//     blindly (a retry looks at CurrentVersion again), the lease is
+//     confirmed right before it, and to_version is recorded
+//     (version_created) before any DEK is touched.
+//  3. Streaming re-wrap: ListDEKs{NotVersion: to_version, After: cursor,
+//     Limit: BatchSize} in id order; per batch at most Concurrency backend
+//     calls (RewrapBatch, Rewrap, or Unwrap+Wrap with the plaintext zeroed);
+//     one SwapDEKs (compare-and-swap, fenced) per batch; lost swaps re-read
+//     with GetDEK and re-wrapped from the current value, never
+//     overwritten; one checkpoint (cursor, counters, rewrap.progress) per
+//     batch. Memory is one batch. An emergency rotation re-wraps the
+//     compromised version's DEKs first.
+//  4. Commit activates to_version (expires_at = now + rotation_period, the
+//     previous version pending_retirement with retire_after = now + grace),
+//     then a final sweep re-lists every DEK not on to_version, then done.
+//  5. Retirement on evidence only: after the grace, a count must show zero
+//     DEKs (DEKs left are re-wrapped first, else retirement.blocked); then
+//     the backend disables the version and ChangeVersionState with
+//     RequireUnused records it.
+//  6. Isolation: each key of a cycle runs on its own; a failure is logged,
+//     audited (rotation.failed, also set as the rotation's last_error) and
+//     counted, and the cycle goes on. Transient errors are retried with
+//     exponential backoff and full jitter. A DEK that cannot be unwrapped
+//     is skipped, reported by id and left unchanged; its version then
+//     cannot retire.
+//  7. A lease per key, renewed every LeaseTTL/3 in the background, is the
+//     fence of every write; ErrFenced (from a write or a renewal) stops the
+//     work on the key at once, and nothing more is written.
+//  8. State and audit events travel in one store call (one transaction).
+//  9. A cancelled context stops between batches: the batch whose backend
+//     work is done is written and checkpointed on a context of its own, a
+//     batch still at the backend is abandoned with nothing written, and the
+//     lease is released.
+//
+// Failpoints (package failpoint) sit at the contract names, where the names
+// say.
+package rotation

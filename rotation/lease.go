@@ -1,0 +1,139 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// keyLease is this worker's lease on one key, renewed in the background.
+// Every write carries fence() so that the store refuses it once another
+// worker took the key over.
+type keyLease struct {
+	mu    sync.Mutex
+	lease rekey.Lease
+	lost  error // set when a renewal was fenced
+}
+
+func (kl *keyLease) fence() rekey.Lease {
+	kl.mu.Lock()
+	defer kl.mu.Unlock()
+	return kl.lease
+}
+
+func (kl *keyLease) fencePtr() *rekey.Lease {
+	l := kl.fence()
+	return &l
+}
+
+func (kl *keyLease) set(l rekey.Lease) {
+	kl.mu.Lock()
+	kl.lease = l
+	kl.mu.Unlock()
+}
+
+func (kl *keyLease) lose(err error) {
+	kl.mu.Lock()
+	if kl.lost == nil {
+		kl.lost = err
+	}
+	kl.mu.Unlock()
+}
+
+func (kl *keyLease) lostErr() error {
+	kl.mu.Lock()
+	defer kl.mu.Unlock()
+	return kl.lost
+}
+
+// errStopped marks work abandoned because the caller's context ended (a
+// graceful stop): nothing was half-written, and it is not a failure.
+var errStopped = errors.New("stopped")
+
+// withKey acquires the lease on key (rekey.ErrLeaseHeld when another worker
+// has it), renews it every LeaseTTL/3 while fn runs, and releases it after.
+// fn's context is cancelled as soon as a renewal finds the lease taken over;
+// withKey then returns an error matching rekey.ErrFenced. A write that
+// returns ErrFenced ends fn the same way, by returning it.
+func (e *Engine) withKey(ctx context.Context, key string, fn func(ctx context.Context, kl *keyLease) error) error {
+	var l rekey.Lease
+	err := e.retry(ctx, func(ctx context.Context) error {
+		var err error
+		l, err = e.store.AcquireLease(ctx, key, e.owner, e.cfg.LeaseTTL, e.now())
+		return err
+	})
+	if err != nil {
+		if errors.Is(err, rekey.ErrLeaseHeld) {
+			return fmt.Errorf("key %s is busy (another worker holds its lease; try again when it is done): %w", key, err)
+		}
+		return fmt.Errorf("acquire lease on key %s: %w", key, err)
+	}
+	kl := &keyLease{lease: l}
+	kctx, cancel := context.WithCancelCause(ctx)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go e.renewLease(kctx, kl, cancel, stop, done)
+	stopRenewal := func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+			<-done
+			cancel(nil)
+		}
+	}
+	defer stopRenewal() // also on panic, so no goroutine outlives the call
+
+	err = fn(kctx, kl)
+
+	stopRenewal()
+	lost := kl.lostErr()
+	if err != nil && lost != nil && !isFenced(err) {
+		err = fmt.Errorf("key %s: %w (work stopped: %v)", key, lost, err)
+	}
+	if lost == nil && !isFenced(err) {
+		// Release even when ctx ended (graceful stop): a short write on a
+		// context of its own.
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+		if rerr := e.store.ReleaseLease(rctx, kl.fence()); rerr != nil {
+			e.log.Warn("releasing lease failed; it expires on its own", "key_id", key, "error", rerr)
+		}
+		rcancel()
+	}
+	if err != nil && ctx.Err() != nil && !isFenced(err) {
+		err = fmt.Errorf("key %s: %w: %w", key, errStopped, err)
+	}
+	return err
+}
+
+// renewLease renews kl every LeaseTTL/3 until stop closes. When the store
+// says the lease is no longer ours it records that and cancels the work.
+func (e *Engine) renewLease(ctx context.Context, kl *keyLease, cancel context.CancelCauseFunc, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(max(e.cfg.LeaseTTL/3, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l, err := e.store.RenewLease(ctx, kl.fence(), e.cfg.LeaseTTL, e.now())
+		switch {
+		case err == nil:
+			kl.set(l)
+		case isFenced(err):
+			kl.lose(err)
+			e.log.Warn("lease lost: another worker took the key over; stopping work on it", "key_id", kl.fence().Key)
+			cancel(err)
+			return
+		default:
+			e.log.Warn("renewing lease failed; retrying", "key_id", kl.fence().Key, "error", err)
+		}
+	}
+}

@@ -1,0 +1,307 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// AssumedRate is the re-wrap rate (DEKs per second) Plan assumes for a key
+// that has no finished rotation to learn from. It is deliberately
+// conservative: a remote KMS doing unwrap+wrap with 8 calls in flight
+// manages a few thousand per second; the local backend is far faster.
+const AssumedRate = 1000.0
+
+// Plan is a dry run of the next cycle: what it would do to each key, with
+// no writes and no backend calls.
+type Plan struct {
+	GeneratedAt time.Time `json:"generated_at"`
+	Keys        []KeyPlan `json:"keys"`
+}
+
+// Plan actions for a key.
+const (
+	ActionNone      = "none"      // not due: nothing to rotate
+	ActionRotate    = "rotate"    // due: a rotation starts
+	ActionResume    = "resume"    // an open rotation continues
+	ActionEmergency = "emergency" // the active version is compromised: an emergency rotation starts
+)
+
+// KeyPlan is what the next cycle would do with one key.
+type KeyPlan struct {
+	Key           string `json:"key"`
+	Backend       string `json:"backend"`
+	ActiveVersion int    `json:"active_version"`
+	// ExpiresAt is when the active version's period ends.
+	ExpiresAt time.Time `json:"expires_at"`
+	Due       bool      `json:"due"`
+	Overdue   bool      `json:"overdue"`
+	DueSoon   bool      `json:"due_soon"`
+	Action    string    `json:"action"`
+	// Rotation is the open rotation, if any, with its progress.
+	Rotation *RotationProgress `json:"rotation,omitempty"`
+	// DEKsByVersion counts the key's DEKs per version.
+	DEKsByVersion map[int]int64 `json:"deks_by_version"`
+	// DEKsToRewrap is how many DEKs the cycle would re-wrap: those of the
+	// rotation, plus those on versions whose retirement is due.
+	DEKsToRewrap int64 `json:"deks_to_rewrap"`
+	// BackendCalls is the expected number of backend calls per operation
+	// (current_version, rotate_key, rewrap_batch, rewrap, unwrap, wrap,
+	// retire_version, destroy_version). A backend that is already ahead
+	// makes rotate_key unnecessary; lost races and retries add calls.
+	BackendCalls map[string]int64 `json:"backend_calls"`
+	// EstimatedSeconds is DEKsToRewrap at Rate.
+	EstimatedSeconds float64 `json:"estimated_seconds"`
+	// Rate is the re-wrap rate assumed (DEKs per second), and RateSource
+	// where it comes from: "assumed" (AssumedRate) or "rotation ID" (that
+	// finished rotation's observed rate, which includes any pause between
+	// cycles).
+	Rate       float64       `json:"rate_deks_per_second"`
+	RateSource string        `json:"rate_source"`
+	Versions   []VersionPlan `json:"versions"`
+	Error      string        `json:"error,omitempty"`
+}
+
+// EstimatedDuration is EstimatedSeconds as a time.Duration.
+func (p KeyPlan) EstimatedDuration() time.Duration {
+	return time.Duration(p.EstimatedSeconds * float64(time.Second))
+}
+
+// RotationProgress is an open rotation as Plan shows it.
+type RotationProgress struct {
+	ID          string               `json:"id"`
+	State       rekey.RotationState  `json:"state"`
+	Reason      rekey.RotationReason `json:"reason"`
+	FromVersion int                  `json:"from_version"`
+	ToVersion   int                  `json:"to_version"`
+	Done        int64                `json:"deks_done"`
+	Total       int64                `json:"deks_total"`
+	Failed      int64                `json:"deks_failed"`
+	Ratio       float64              `json:"progress_ratio"`
+	Owner       string               `json:"owner"`
+	StartedAt   time.Time            `json:"started_at"`
+	LastError   string               `json:"last_error,omitempty"`
+}
+
+// Version plan actions.
+const (
+	VersionKeep    = "keep"    // active, or nothing to do yet
+	VersionWait    = "wait"    // pending retirement, grace not over
+	VersionRetire  = "retire"  // grace over and no DEK references it
+	VersionBlocked = "blocked" // grace over but DEKs reference it: re-wrap first
+	VersionDestroy = "destroy" // retired and past destroy_after
+	VersionDisable = "disable" // compromised: disabled at the backend once unused
+)
+
+// VersionPlan is what the next cycle would do with one version.
+type VersionPlan struct {
+	Version     int                `json:"version"`
+	State       rekey.VersionState `json:"state"`
+	DEKs        int64              `json:"deks"`
+	RetireAfter time.Time          `json:"retire_after,omitzero"`
+	Action      string             `json:"action"`
+	Why         string             `json:"why,omitempty"`
+}
+
+// Plan computes what the next cycle would do, for every key, without
+// writing anything and without calling any backend. A key that cannot be
+// planned carries its error; Plan itself fails only when the keys cannot be
+// listed.
+func (e *Engine) Plan(ctx context.Context) (Plan, error) {
+	now := e.now()
+	keys, err := e.store.ListKeys(ctx)
+	if err != nil {
+		return Plan{}, fmt.Errorf("plan: list keys: %w", err)
+	}
+	p := Plan{GeneratedAt: now, Keys: make([]KeyPlan, 0, len(keys))}
+	for _, k := range keys {
+		kp, err := e.planKey(ctx, k, now)
+		if err != nil {
+			kp.Error = err.Error()
+		}
+		p.Keys = append(p.Keys, kp)
+	}
+	return p, nil
+}
+
+func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPlan, error) {
+	kp := KeyPlan{
+		Key: k.Name, Backend: k.Backend, ActiveVersion: k.ActiveVersion, ExpiresAt: k.ExpiresAt,
+		Due: k.Due(now), Overdue: k.Overdue(now), DueSoon: k.DueSoon(now),
+		Action: ActionNone, BackendCalls: map[string]int64{}, Rate: AssumedRate, RateSource: "assumed",
+	}
+	vs, err := e.store.ListVersions(ctx, k.Name)
+	if err != nil {
+		return kp, err
+	}
+	counts, err := e.deks.CountDEKs(ctx, k.Name)
+	if err != nil {
+		return kp, err
+	}
+	kp.DEKsByVersion = counts
+	var open *rekey.Rotation
+	r, err := e.store.OpenRotation(ctx, k.Name)
+	switch {
+	case err == nil:
+		open = &r
+		kp.Action = ActionResume
+		kp.Rotation = &RotationProgress{
+			ID: open.ID, State: open.State, Reason: open.Reason, FromVersion: open.FromVersion, ToVersion: open.ToVersion,
+			Done: open.Done, Total: open.Total, Failed: open.Failed, Ratio: progress(r),
+			Owner: open.Owner, StartedAt: open.StartedAt, LastError: open.LastError,
+		}
+	case !isNotFound(err):
+		return kp, err
+	}
+	activeState := rekey.VersionState("")
+	for _, v := range vs {
+		if v.Version == k.ActiveVersion {
+			activeState = v.State
+		}
+	}
+	if kp.Action == ActionNone {
+		switch {
+		case activeState == rekey.VersionCompromised:
+			kp.Action = ActionEmergency
+		case kp.Due:
+			kp.Action = ActionRotate
+		}
+	}
+
+	var b *backend
+	if bb, err := e.backendFor(k); err == nil {
+		b = bb
+	} else {
+		kp.Error = err.Error()
+	}
+	// DEKs the rotation would re-wrap: every DEK not on its target version.
+	if kp.Action != ActionNone {
+		target := 0 // a version that does not exist yet
+		if open != nil && open.ToVersion > 0 {
+			target = open.ToVersion
+		}
+		if open == nil || open.State == rekey.RotationClaimed {
+			kp.BackendCalls["current_version"] = 1
+			kp.BackendCalls["rotate_key"] = 1
+		}
+		for v, n := range counts {
+			if v != target {
+				kp.DEKsToRewrap += n
+			}
+		}
+	}
+	retiring := kp.Action == ActionNone || (open != nil && open.State == rekey.RotationCommitted)
+	for _, v := range vs {
+		vp := VersionPlan{Version: v.Version, State: v.State, DEKs: counts[v.Version], RetireAfter: v.RetireAfter, Action: VersionKeep}
+		switch v.State {
+		case rekey.VersionPendingRetirement:
+			switch {
+			case v.RetireAfter.After(now):
+				vp.Action = VersionWait
+				vp.Why = "grace until " + v.RetireAfter.Format(time.RFC3339)
+			case vp.DEKs > 0:
+				vp.Action = VersionBlocked
+				vp.Why = fmt.Sprintf("%d DEK(s) still reference it: they are re-wrapped first; it retires once none is left", vp.DEKs)
+				if retiring {
+					kp.DEKsToRewrap += vp.DEKs
+				}
+			default:
+				vp.Action = VersionRetire
+				vp.Why = "grace over and no DEK references it"
+				if b != nil && b.retirer != nil {
+					kp.BackendCalls["retire_version"]++
+				}
+			}
+		case rekey.VersionCompromised:
+			if v.Version != k.ActiveVersion {
+				vp.Action = VersionDisable
+				if vp.DEKs > 0 {
+					vp.Why = fmt.Sprintf("%d DEK(s) still reference it: re-wrapped first", vp.DEKs)
+					if retiring {
+						kp.DEKsToRewrap += vp.DEKs
+					}
+				} else {
+					vp.Why = "disabled at the backend; stays compromised in the store"
+				}
+			}
+		case rekey.VersionRetired:
+			if k.Policy.DestroyAfter > 0 {
+				since := v.RetiredAt
+				if since.IsZero() {
+					since = v.RetireAfter
+				}
+				if at := since.Add(k.Policy.DestroyAfter); at.After(now) {
+					vp.Why = "destroyed after " + at.Format(time.RFC3339)
+				} else {
+					vp.Action = VersionDestroy
+					vp.Why = "retired longer than destroy_after"
+					if b != nil && b.retirer != nil {
+						kp.BackendCalls["destroy_version"]++
+					}
+				}
+			}
+		}
+		kp.Versions = append(kp.Versions, vp)
+	}
+	if b != nil {
+		e.addRewrapCalls(kp.BackendCalls, b, kp.DEKsToRewrap)
+	}
+	if rate, id := e.observedRate(ctx, k.Name); rate > 0 {
+		kp.Rate, kp.RateSource = rate, "rotation "+id
+	}
+	kp.EstimatedSeconds = float64(kp.DEKsToRewrap) / kp.Rate
+	for op, n := range kp.BackendCalls {
+		if n == 0 {
+			delete(kp.BackendCalls, op)
+		}
+	}
+	return kp, nil
+}
+
+// addRewrapCalls adds the backend calls re-wrapping n DEKs takes.
+func (e *Engine) addRewrapCalls(calls map[string]int64, b *backend, n int64) {
+	if n == 0 {
+		return
+	}
+	switch {
+	case b.batch != nil:
+		batch, conc := int64(e.cfg.BatchSize), int64(e.cfg.Concurrency)
+		chunks := func(size int64) int64 {
+			per := (size + conc - 1) / conc
+			return (size + per - 1) / per
+		}
+		full, rest := n/batch, n%batch
+		calls["rewrap_batch"] += full * chunks(batch)
+		if rest > 0 {
+			calls["rewrap_batch"] += chunks(rest)
+		}
+	case b.rewrapper != nil:
+		calls["rewrap"] += n
+	default:
+		calls["unwrap"] += n
+		calls["wrap"] += n
+	}
+}
+
+// observedRate is the re-wrap rate of key's last finished rotation that
+// re-wrapped anything, from its record (Done over its wall time).
+func (e *Engine) observedRate(ctx context.Context, key string) (float64, string) {
+	rs, err := e.store.ListRotations(ctx, rekey.RotationQuery{Key: key, Limit: 20})
+	if err != nil {
+		return 0, ""
+	}
+	for _, r := range rs {
+		if r.State != rekey.RotationDone || r.Done == 0 {
+			continue
+		}
+		if secs := r.FinishedAt.Sub(r.StartedAt).Seconds(); secs > 0 {
+			return float64(r.Done) / secs, r.ID
+		}
+	}
+	return 0, ""
+}
+
+func isNotFound(err error) bool { return err != nil && errors.Is(err, rekey.ErrRotationNotFound) }

@@ -1,0 +1,285 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/failpoint"
+)
+
+// tendVersions handles the old versions of key once no rotation of it is
+// in flight (rule 5): a pending_retirement version whose grace has passed is
+// retired only if a count shows zero DEKs; DEKs still on it are re-wrapped
+// under the active version first, and if some remain (they cannot be
+// unwrapped) retirement is reported blocked. A compromised version that no
+// DEK references any more is disabled at the backend (it stays compromised
+// in the store). Retired versions past destroy_after are destroyed when the
+// policy says so.
+func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, rep *KeyReport) error {
+	vs, err := e.listVersions(ctx, k.Name)
+	if err != nil {
+		return err
+	}
+	counts, err := e.countDEKs(ctx, k.Name)
+	if err != nil {
+		return err
+	}
+	now := e.now()
+	for _, v := range vs {
+		if v.Version == k.ActiveVersion {
+			continue
+		}
+		switch v.State {
+		case rekey.VersionPendingRetirement:
+			if v.RetireAfter.After(now) {
+				continue // grace not over
+			}
+			n, err := e.clearVersion(ctx, kl, k, b, v.Version, counts[v.Version], rep)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				e.reportBlocked(ctx, k.Name, v.Version, n, rep)
+				continue
+			}
+			err = e.retireVersion(ctx, kl, k, b, v.Version)
+			var inUse *rekey.VersionInUseError
+			if errors.As(err, &inUse) {
+				e.reportBlocked(ctx, k.Name, v.Version, inUse.DEKs, rep)
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			rep.Retired = append(rep.Retired, v.Version)
+		case rekey.VersionCompromised:
+			n, err := e.clearVersion(ctx, kl, k, b, v.Version, counts[v.Version], rep)
+			if err != nil {
+				return err
+			}
+			if n > 0 {
+				e.reportBlocked(ctx, k.Name, v.Version, n, rep)
+				continue
+			}
+			if err := e.disableCompromised(ctx, k, b, v.Version); err != nil {
+				return err
+			}
+		case rekey.VersionRetired:
+			if k.Policy.DestroyAfter <= 0 {
+				continue
+			}
+			since := v.RetiredAt
+			if since.IsZero() {
+				since = v.RetireAfter
+			}
+			if since.Add(k.Policy.DestroyAfter).After(now) {
+				continue
+			}
+			if err := e.destroyVersion(ctx, kl, k, b, v.Version); err != nil {
+				return err
+			}
+			rep.Destroyed = append(rep.Destroyed, v.Version)
+		}
+	}
+	return nil
+}
+
+// clearVersion re-wraps the DEKs still on version (n of them by the last
+// count) under the active version, and returns how many are left after.
+func (e *Engine) clearVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int, n int64, rep *KeyReport) (int64, error) {
+	if n == 0 {
+		return 0, nil
+	}
+	moved, err := e.sweepVersion(ctx, kl, k, b, version)
+	rep.Rewrapped += moved
+	if err != nil {
+		return 0, err
+	}
+	counts, err := e.countDEKs(ctx, k.Name)
+	if err != nil {
+		return 0, err
+	}
+	return counts[version], nil
+}
+
+// sweepVersion re-wraps every DEK of k on version under k's active version
+// (the "re-wrap them first" of rule 5). It needs no durable cursor: what it
+// moved leaves the version, so a repeated sweep sees only what is left.
+func (e *Engine) sweepVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) (int64, error) {
+	to := k.ActiveVersion
+	var (
+		moved, failed int64
+		cursor        string
+	)
+	defer func() {
+		if moved == 0 && failed == 0 {
+			return
+		}
+		ev := e.event(rekey.AuditRewrapProgress, k.Name)
+		ev.FromVersion, ev.ToVersion, ev.DEKs = version, to, moved
+		ev.Status = "retirement_sweep"
+		ev.Reason = "retirement"
+		if failed > 0 {
+			ev.Error = fmt.Sprintf("%d DEK(s) could not be unwrapped", failed)
+		}
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+		defer cancel()
+		if err := e.store.AppendAudit(wctx, ev); err != nil {
+			e.log.Error("writing rewrap.progress audit event failed", "key_id", k.Name, "error", err)
+		}
+		e.log.Info("re-wrapped DEKs left on an old version", "key_id", k.Name, "from_version", version, "to_version", to, "deks_rotated", moved, "deks_failed", failed)
+	}()
+	for {
+		if err := ctx.Err(); err != nil {
+			return moved, err
+		}
+		deks, err := e.listDEKs(ctx, rekey.DEKQuery{Key: k.Name, Version: version, After: cursor, Limit: e.cfg.BatchSize})
+		if err != nil || len(deks) == 0 {
+			return moved, err
+		}
+		res, err := e.rewrapBatch(ctx, kl, b, deks, to)
+		moved += res.done
+		failed += int64(len(res.failed))
+		if res.done > 0 {
+			e.obs.DEKsRewrapped(k.Name, int(res.done))
+		}
+		if err != nil {
+			return moved, err
+		}
+		cursor = deks[len(deks)-1].ID
+	}
+}
+
+// retireVersion retires version of k: first at the backend (where it can),
+// then in the store, guarded so that it applies only while the version is
+// pending_retirement and no DEK references it (rule 5), with the
+// version.retired event in the same transaction.
+func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
+	if b.retirer != nil {
+		if err := e.kmsCall(ctx, b, "retire_version", func(ctx context.Context) error {
+			return b.retirer.RetireVersion(ctx, b.ref, version)
+		}); err != nil {
+			return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+		}
+	}
+	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
+		return err
+	}
+	now := e.now()
+	ev := e.event(rekey.AuditVersionRetired, k.Name)
+	ev.FromVersion = version
+	ev.Status = string(rekey.VersionRetired)
+	err := e.retry(ctx, func(ctx context.Context) error {
+		return e.store.ChangeVersionState(ctx, rekey.VersionChange{
+			Key: k.Name, Version: version,
+			From: []rekey.VersionState{rekey.VersionPendingRetirement},
+			To:   rekey.VersionRetired, RequireUnused: true, At: now,
+		}, kl.fencePtr(), ev)
+	})
+	if err != nil {
+		var inUse *rekey.VersionInUseError
+		if errors.As(err, &inUse) {
+			return err
+		}
+		return fmt.Errorf("retire key %s version %d: %w", k.Name, version, err)
+	}
+	e.unblock(k.Name, version)
+	e.log.Info("key version retired", "key_id", k.Name, "version", version, "status", "retired")
+	return nil
+}
+
+// destroyVersion destroys a retired version's material at the backend
+// (where it can) and records the version destroyed.
+func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
+	if b.retirer != nil {
+		if err := e.kmsCall(ctx, b, "destroy_version", func(ctx context.Context) error {
+			return b.retirer.DestroyVersion(ctx, b.ref, version)
+		}); err != nil {
+			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+		}
+	}
+	ev := e.event(rekey.AuditVersionDestroyed, k.Name)
+	ev.FromVersion = version
+	ev.Status = string(rekey.VersionDestroyed)
+	err := e.retry(ctx, func(ctx context.Context) error {
+		return e.store.ChangeVersionState(ctx, rekey.VersionChange{
+			Key: k.Name, Version: version,
+			From: []rekey.VersionState{rekey.VersionRetired},
+			To:   rekey.VersionDestroyed, RequireUnused: true, At: e.now(),
+		}, kl.fencePtr(), ev)
+	})
+	if err != nil {
+		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
+	}
+	e.log.Info("key version destroyed", "key_id", k.Name, "version", version, "status", "destroyed")
+	return nil
+}
+
+// disableCompromised disables a compromised version at the backend once no
+// DEK references it. The store keeps it compromised (so applications keep
+// refusing it); RetireVersion is idempotent, and this process remembers the
+// versions it did so as not to repeat the call every cycle.
+func (e *Engine) disableCompromised(ctx context.Context, k rekey.Key, b *backend, version int) error {
+	ref := versionRef{k.Name, version}
+	e.mu.Lock()
+	done := e.disabled[ref]
+	e.mu.Unlock()
+	if done || b.retirer == nil {
+		return nil
+	}
+	if err := e.kmsCall(ctx, b, "retire_version", func(ctx context.Context) error {
+		return b.retirer.RetireVersion(ctx, b.ref, version)
+	}); err != nil {
+		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	}
+	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	e.disabled[ref] = true
+	e.mu.Unlock()
+	e.unblock(k.Name, version)
+	e.log.Info("compromised key version disabled at the backend", "key_id", k.Name, "version", version, "status", "compromised")
+	return nil
+}
+
+// reportBlocked records that version of key cannot retire because n DEKs
+// still reference it: a log line and the observer every time, a
+// retirement.blocked audit event when the count differs from the last one
+// this process audited.
+func (e *Engine) reportBlocked(ctx context.Context, key string, version int, n int64, rep *KeyReport) {
+	rep.Blocked = append(rep.Blocked, BlockedVersion{Version: version, DEKs: n})
+	e.obs.RetirementBlocked(key, version, true)
+	e.log.Warn("retirement blocked: DEKs still reference the version", "key_id", key, "version", version, "deks", n, "status", "retirement_blocked")
+	ref := versionRef{key, version}
+	e.mu.Lock()
+	last, seen := e.blocked[ref]
+	e.blocked[ref] = n
+	e.mu.Unlock()
+	if seen && last == n {
+		return
+	}
+	ev := e.event(rekey.AuditRetirementBlocked, key)
+	ev.FromVersion = version
+	ev.DEKs = n
+	ev.Status = "retirement_blocked"
+	ev.Error = fmt.Sprintf("%d DEK(s) still reference version %d", n, version)
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
+	if err := e.store.AppendAudit(wctx, ev); err != nil {
+		e.log.Error("writing retirement.blocked audit event failed", "key_id", key, "error", err)
+	}
+}
+
+func (e *Engine) unblock(key string, version int) {
+	ref := versionRef{key, version}
+	e.mu.Lock()
+	_, was := e.blocked[ref]
+	delete(e.blocked, ref)
+	e.mu.Unlock()
+	if was {
+		e.obs.RetirementBlocked(key, version, false)
+	}
+}

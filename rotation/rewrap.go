@@ -1,0 +1,275 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/failpoint"
+)
+
+// maxLostRounds bounds how often one batch re-reads and retries DEKs whose
+// compare-and-swap lost; what is still lost after that is left for the next
+// sweep (which re-lists it), never overwritten.
+const maxLostRounds = 3
+
+// batchResult is what one re-wrap batch achieved.
+type batchResult struct {
+	done   int64    // DEKs now on the target version
+	failed []string // DEKs that could not be unwrapped: skipped, unchanged
+	left   int      // DEKs whose swap kept losing: left for the next sweep
+}
+
+// rewrapOut is the backend's answer for one DEK: the new wrapped bytes, or
+// the reason the DEK cannot be unwrapped.
+type rewrapOut struct {
+	wrapped []byte
+	err     error
+}
+
+// rewrapBatch re-wraps deks (all of one key) under version to and writes
+// them with one compare-and-swap per batch, fenced by the lease (rule 3).
+// Backend work runs on ctx: a stop abandons the batch before anything is
+// written. Once the backend part is done, the writes run to completion on a
+// context of their own, so a batch is never half-written by a stop.
+//
+// A DEK that cannot be unwrapped (rule 6) is reported, skipped and left
+// unchanged. A swap that lost (the row changed meanwhile) is re-read and
+// re-wrapped from the row's current value, never overwritten. The returned
+// error is fatal for the batch: a backend error that is not about one DEK,
+// transient errors past the retry policy, ErrFenced, or a store failure.
+func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, to int) (batchResult, error) {
+	var res batchResult
+	if len(deks) == 0 {
+		return res, nil
+	}
+	key := deks[0].Key
+	outs, err := e.rewrapAtBackend(ctx, b, deks, to)
+	if err != nil {
+		return res, err
+	}
+	if err := e.hit(failpoint.RewrapAfterBackend); err != nil {
+		return res, err
+	}
+
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
+	defer cancel()
+	swaps := make([]rekey.DEKSwap, 0, len(deks))
+	collect := func(deks []rekey.DEK, outs []rewrapOut) {
+		for i, d := range deks {
+			if err := outs[i].err; err != nil {
+				res.failed = append(res.failed, d.ID)
+				e.log.Warn("DEK cannot be unwrapped; skipped and left unchanged", "key_id", key, "dek_id", d.ID, "version", d.Version, "error", err)
+				continue
+			}
+			swaps = append(swaps, rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: outs[i].wrapped, NewVersion: to})
+		}
+	}
+	collect(deks, outs)
+
+	getter, canGet := e.deks.(dekGetter)
+	for round := 0; len(swaps) > 0; round++ {
+		lost, err := e.swapDEKs(wctx, kl, swaps)
+		if err != nil {
+			return res, err
+		}
+		res.done += int64(len(swaps) - len(lost))
+		if len(lost) == 0 {
+			break
+		}
+		if !canGet || round >= maxLostRounds || ctx.Err() != nil {
+			res.left += len(lost)
+			e.log.Warn("DEKs changed during re-wrap; left for the next sweep", "key_id", key, "deks", len(lost))
+			break
+		}
+		e.log.Info("DEKs changed during re-wrap; re-reading them", "key_id", key, "deks", len(lost))
+		var again []rekey.DEK
+		for _, id := range lost {
+			var fresh rekey.DEK
+			err := e.retry(wctx, func(ctx context.Context) (err error) {
+				fresh, err = getter.GetDEK(ctx, id)
+				return err
+			})
+			switch {
+			case errors.Is(err, rekey.ErrDEKNotFound):
+				continue // deleted meanwhile: nothing to re-wrap
+			case err != nil:
+				return res, fmt.Errorf("re-read dek %s: %w", id, err)
+			case fresh.Key != key:
+				continue
+			case fresh.Version == to:
+				// Already on the target (an earlier try of our own swap
+				// committed behind a transient error).
+				res.done++
+				continue
+			}
+			again = append(again, fresh)
+		}
+		swaps = swaps[:0]
+		if len(again) == 0 {
+			break
+		}
+		outs, err := e.rewrapAtBackend(ctx, b, again, to)
+		if err != nil {
+			res.left += len(again)
+			e.log.Warn("re-wrapping changed DEKs failed; left for the next sweep", "key_id", key, "deks", len(again), "error", err)
+			break
+		}
+		collect(again, outs)
+	}
+	return res, nil
+}
+
+func (e *Engine) swapDEKs(ctx context.Context, kl *keyLease, swaps []rekey.DEKSwap) (lost []string, err error) {
+	err = e.retry(ctx, func(ctx context.Context) error {
+		lost, err = e.deks.SwapDEKs(ctx, swaps, kl.fence())
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("swap %d DEKs: %w", len(swaps), err)
+	}
+	return lost, nil
+}
+
+// rewrapAtBackend re-wraps deks under version to with at most Concurrency
+// backend calls in flight: one RewrapBatch per chunk when the backend has
+// it, else one Rewrap per DEK, else Unwrap then Wrap. The first fatal error
+// stops the other workers.
+func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.DEK, to int) ([]rewrapOut, error) {
+	outs := make([]rewrapOut, len(deks))
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	if b.batch != nil {
+		size := (len(deks) + e.cfg.Concurrency - 1) / e.cfg.Concurrency
+		for lo := 0; lo < len(deks); lo += size {
+			hi := min(lo+size, len(deks))
+			wg.Go(func() {
+				if err := e.rewrapChunk(bctx, b, deks[lo:hi], to, outs[lo:hi]); err != nil {
+					cancel(err)
+				}
+			})
+		}
+	} else {
+		var next atomic.Int64
+		for range min(e.cfg.Concurrency, len(deks)) {
+			wg.Go(func() {
+				for {
+					i := int(next.Add(1)) - 1
+					if i >= len(deks) || bctx.Err() != nil {
+						return
+					}
+					w, err := e.rewrapOne(bctx, b, deks[i], to)
+					switch {
+					case err == nil:
+						outs[i].wrapped = w
+					case isDEKFailure(err):
+						outs[i].err = err
+					default:
+						cancel(fmt.Errorf("re-wrap dek %s: %w", deks[i].ID, err))
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if err := context.Cause(bctx); err != nil {
+		return nil, err
+	}
+	return outs, nil
+}
+
+// rewrapOne re-wraps one DEK. The plaintext exists only on the unwrap+wrap
+// path and is zeroed right after use (best effort: Go may have copied it).
+func (e *Engine) rewrapOne(ctx context.Context, b *backend, d rekey.DEK, to int) ([]byte, error) {
+	var out []byte
+	if b.rewrapper != nil {
+		err := e.kmsCall(ctx, b, "rewrap", func(ctx context.Context) (err error) {
+			out, err = b.rewrapper.Rewrap(ctx, b.ref, d.Version, d.Wrapped, to)
+			return err
+		})
+		return out, err
+	}
+	var pt []byte
+	if err := e.kmsCall(ctx, b, "unwrap", func(ctx context.Context) (err error) {
+		pt, err = b.kms.Unwrap(ctx, b.ref, d.Version, d.Wrapped)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	defer clear(pt)
+	if err := e.kmsCall(ctx, b, "wrap", func(ctx context.Context) (err error) {
+		out, err = b.kms.Wrap(ctx, b.ref, to, pt)
+		return err
+	}); err != nil {
+		return nil, &wrapFailure{version: to, err: err}
+	}
+	return out, nil
+}
+
+// rewrapChunk re-wraps deks in one RewrapBatch call (retried as a whole
+// while the call or any item fails transiently).
+func (e *Engine) rewrapChunk(ctx context.Context, b *backend, deks []rekey.DEK, to int, outs []rewrapOut) error {
+	items := make([]rekey.RewrapItem, len(deks))
+	for i, d := range deks {
+		items[i] = rekey.RewrapItem{Version: d.Version, Wrapped: d.Wrapped}
+	}
+	var results []rekey.RewrapResult
+	err := e.kmsCall(ctx, b, "rewrap_batch", func(ctx context.Context) (err error) {
+		results, err = b.batch.RewrapBatch(ctx, b.ref, to, items)
+		if err != nil {
+			return err
+		}
+		if len(results) != len(items) {
+			return fmt.Errorf("backend %s returned %d results for %d DEKs", b.name, len(results), len(items))
+		}
+		for _, r := range results {
+			if r.Err != nil && rekey.IsTransient(r.Err) {
+				return r.Err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("re-wrap batch of %d DEKs: %w", len(deks), err)
+	}
+	for i, r := range results {
+		switch {
+		case r.Err == nil:
+			outs[i].wrapped = r.Wrapped
+		case isDEKFailure(r.Err):
+			outs[i].err = r.Err
+		default:
+			return fmt.Errorf("re-wrap dek %s: %w", deks[i].ID, r.Err)
+		}
+	}
+	return nil
+}
+
+// wrapFailure marks an error of the wrap half of a re-wrap: it is about the
+// target version, never about one DEK, so it fails the batch.
+type wrapFailure struct {
+	version int
+	err     error
+}
+
+func (w *wrapFailure) Error() string {
+	return fmt.Sprintf("wrap under version %d: %v", w.version, w.err)
+}
+func (w *wrapFailure) Unwrap() error { return w.err }
+
+// isDEKFailure reports whether err means this one DEK cannot be unwrapped
+// (corrupt, truncated, made under another key or version, or its version is
+// gone or disabled): rule 6 skips and reports it.
+func isDEKFailure(err error) bool {
+	var wf *wrapFailure
+	if errors.As(err, &wf) {
+		return false
+	}
+	return errors.Is(err, rekey.ErrInvalidCiphertext) || errors.Is(err, rekey.ErrWrongVersion) ||
+		errors.Is(err, rekey.ErrVersionNotFound) || errors.Is(err, rekey.ErrVersionDisabled)
+}
