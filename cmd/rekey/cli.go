@@ -1,0 +1,165 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os/user"
+	"strings"
+
+	"github.com/rekeyhq/rekey"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes (contract).
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks an error as the user's misuse of the command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+// cli is one invocation: its streams, environment and global flags, and
+// what it opened (closed at the end).
+type cli struct {
+	stdin      io.Reader
+	stdout     io.Writer
+	stderr     io.Writer
+	getenv     func(string) string
+	configPath string
+	jsonOut    bool
+	logLevel   string
+	// tolerateBackendErrors is set by the worker: see openBackends.
+	tolerateBackendErrors bool
+	logger                *slog.Logger
+	app                   *app
+}
+
+// run executes the command line args and returns the exit code.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	root := c.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if c.app != nil {
+		if cerr := c.app.Close(); err == nil && cerr != nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		return exitOK
+	}
+	var ue usageError
+	if errors.As(err, &ue) || isCobraUsage(err) {
+		fmt.Fprintf(stderr, "rekey: %v\nRun 'rekey --help' for usage.\n", err)
+		return exitUsage
+	}
+	var ee exitError
+	if errors.As(err, &ee) {
+		if ee.msg != "" {
+			fmt.Fprintf(stderr, "rekey: %s\n", ee.msg)
+		}
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "rekey: %v\n", err)
+	return exitFailure
+}
+
+// exitError ends the command with a code, printing msg if set.
+type exitError struct {
+	code int
+	msg  string
+}
+
+func (e exitError) Error() string { return e.msg }
+
+// isCobraUsage recognises cobra's own argument and flag errors.
+func isCobraUsage(err error) bool {
+	s := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "flag needs an argument",
+		"invalid argument", "accepts ", "requires at least", "required flag", "if any flags in the group"} {
+		if strings.Contains(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *cli) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "rekey",
+		Short: "Root-key rotation for envelope encryption",
+		Long: `rekey rotates the root keys that wrap your data-encryption keys (DEKs):
+it finds keys near their rotation deadline, creates a new key version,
+re-wraps every DEK under it, keeps the old version pending retirement for a
+grace period, retires it only when no DEK depends on it, and records every
+step in a tamper-evident audit trail.
+
+Configuration: --config PATH, else $REKEY_CONFIG, else ./rekey.yaml, else the
+embedded default in $REKEY_HOME (default ./rekey-data: local keyring + SQLite),
+created on first use.
+
+Exit codes: 0 ok, 1 failure, 2 usage error.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&c.configPath, "config", "", "config file (default: $REKEY_CONFIG, ./rekey.yaml, or the embedded default in $REKEY_HOME)")
+	root.PersistentFlags().BoolVar(&c.jsonOut, "json", false, "print JSON instead of text")
+	root.PersistentFlags().StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default from config, else info)")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		c.initCommand(),
+		c.keyCommand(),
+		c.dekCommand(),
+		c.encryptCommand(),
+		c.decryptCommand(),
+		c.statusCommand(),
+		c.configCommand(),
+	)
+	c.addEngineCommands(root)
+	return root
+}
+
+// printJSON writes v as indented JSON.
+func (c *cli) printJSON(v any) error {
+	enc := json.NewEncoder(c.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// actor names the person running the CLI, for audit events.
+func (c *cli) actor() string {
+	name := c.getenv("USER")
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	if name == "" {
+		name = "unknown"
+	}
+	return "cli:" + name
+}
+
+// exactArgs is cobra.ExactArgs with an error that says what is missing.
+func exactArgs(n int, names string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usagef("%s takes %d argument(s): %s (got %d)", cmd.CommandPath(), n, names, len(args))
+		}
+		return nil
+	}
+}
+
+var _ = rekey.ErrInvalidArgument

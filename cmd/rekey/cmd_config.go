@@ -1,0 +1,47 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/rekeyhq/rekey/config"
+	"github.com/spf13/cobra"
+)
+
+func (c *cli) configCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "Check the configuration"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "validate",
+		Short: "Validate the config file: every problem is printed with its field path",
+		Args:  exactArgs(0, "none"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			path, home, fromFile := config.Resolve(c.configPath, c.getenv)
+			if !fromFile {
+				cfg := config.Default(home)
+				if err := cfg.Validate(); err != nil {
+					return err
+				}
+				if c.jsonOut {
+					return c.printJSON(map[string]any{"valid": true, "config": "embedded default", "home": home})
+				}
+				fmt.Fprintf(c.stdout, "no config file: the embedded default in %s is valid\n", home)
+				return nil
+			}
+			_, err := config.Load(path)
+			if err != nil {
+				var ve *config.ValidationError
+				if c.jsonOut && errors.As(err, &ve) {
+					c.printJSON(map[string]any{"valid": false, "config": path, "problems": ve.Problems})
+					return exitError{code: exitFailure}
+				}
+				return fmt.Errorf("%s is not valid:\n%w", path, err)
+			}
+			if c.jsonOut {
+				return c.printJSON(map[string]any{"valid": true, "config": path})
+			}
+			fmt.Fprintf(c.stdout, "%s is valid\n", path)
+			return nil
+		},
+	})
+	return cmd
+}

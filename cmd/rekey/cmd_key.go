@@ -1,0 +1,196 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/status"
+	"github.com/spf13/cobra"
+)
+
+func (c *cli) keyCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "key", Short: "Create, list and show root keys"}
+	cmd.AddCommand(c.keyCreateCommand(), c.keyListCommand(), c.keyShowCommand())
+	return cmd
+}
+
+func (c *cli) keyCreateCommand() *cobra.Command {
+	var backend, period, within, notify, grace, destroy string
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a root key (version 1) in a backend",
+		Long: `Create a root key: the backend creates version 1 and the store records it
+as active until now + rotation period. Policy flags default to the config's
+defaults (90d period, rotate 7d before expiry, 7d grace). Durations take Go
+syntax plus d for days: 90d, 12h, 3s.`,
+		Example: "  rekey key create payments\n  rekey key create demo --period 3s --rotate-within 1s --grace 0s",
+		Args:    exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := c.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			p := a.cfg.Defaults
+			for _, f := range []struct {
+				flag, val string
+				dst       *time.Duration
+				never     bool
+			}{
+				{"period", period, &p.RotationPeriod, false},
+				{"rotate-within", within, &p.RotateWithin, false},
+				{"notify-within", notify, &p.NotifyWithin, false},
+				{"grace", grace, &p.Grace, false},
+				{"destroy-after", destroy, &p.DestroyAfter, true},
+			} {
+				if f.val == "" {
+					continue
+				}
+				d, err := rekey.ParseDuration(f.val, f.never)
+				if err != nil {
+					return usagef("--%s: %v", f.flag, err)
+				}
+				*f.dst = d
+			}
+			if err := p.Validate(); err != nil {
+				return usagef("%v", err)
+			}
+			b, err := a.defaultBackend(backend)
+			if err != nil {
+				return err
+			}
+			k, err := a.keyring.CreateKey(cmd.Context(), args[0], b, p)
+			if err != nil {
+				return err
+			}
+			if c.jsonOut {
+				v, err := status.Key(cmd.Context(), a.store, k.Name, a.now())
+				if err != nil {
+					return err
+				}
+				return c.printJSON(v)
+			}
+			fmt.Fprintf(c.stdout, "created key %s in backend %s: version 1 active until %s (rotation period %s)\n",
+				k.Name, k.Backend, k.ExpiresAt.Format(time.RFC3339), rekey.FormatDuration(k.Policy.RotationPeriod))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&backend, "backend", "", "backend name from the config (default: the only backend, or \"local\")")
+	f.StringVar(&period, "period", "", "rotation period (default from config: 90d)")
+	f.StringVar(&within, "rotate-within", "", "rotate when expiry is this close (default 7d)")
+	f.StringVar(&notify, "notify-within", "", "signal \"due soon\" when expiry is this close (default 14d)")
+	f.StringVar(&grace, "grace", "", "keep an old version pending retirement this long (default 7d)")
+	f.StringVar(&destroy, "destroy-after", "", "destroy retired versions after this long, or never (default never)")
+	return cmd
+}
+
+func (c *cli) keyListCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List root keys",
+		Args:  exactArgs(0, "none"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := c.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			st, err := status.Build(cmd.Context(), a.store, a.now())
+			if err != nil {
+				return err
+			}
+			if c.jsonOut {
+				return c.printJSON(st.Keys)
+			}
+			if len(st.Keys) == 0 {
+				fmt.Fprintln(c.stdout, "no keys yet: create one with 'rekey key create NAME'")
+				return nil
+			}
+			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tBACKEND\tACTIVE\tEXPIRES\tDEKS\tSTATE")
+			for _, k := range st.Keys {
+				fmt.Fprintf(tw, "%s\t%s\tv%d\t%s\t%d\t%s\n", k.Name, k.Backend, k.ActiveVersion,
+					k.ExpiresAt.Format(time.RFC3339), k.DEKs, dueWord(k))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func dueWord(k status.KeyView) string {
+	switch {
+	case k.Overdue:
+		return "OVERDUE"
+	case k.Due:
+		return "due"
+	case k.DueSoon:
+		return "due soon"
+	}
+	return "ok"
+}
+
+func (c *cli) keyShowCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show a root key, its policy, versions and DEKs per version",
+		Args:  exactArgs(1, "NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := c.open(cmd.Context())
+			if err != nil {
+				return err
+			}
+			v, err := status.Key(cmd.Context(), a.store, args[0], a.now())
+			if err != nil {
+				return err
+			}
+			if c.jsonOut {
+				return c.printJSON(v)
+			}
+			c.printKey(v)
+			return nil
+		},
+	}
+}
+
+func (c *cli) printKey(v status.KeyView) {
+	fmt.Fprintf(c.stdout, "key %s (backend %s)\n", v.Name, v.Backend)
+	fmt.Fprintf(c.stdout, "  active version  v%d\n", v.ActiveVersion)
+	fmt.Fprintf(c.stdout, "  expires at      %s (%s, %s)\n", v.ExpiresAt.Format(time.RFC3339), humanUntil(v.ExpiresIn), dueWord(v))
+	fmt.Fprintf(c.stdout, "  policy          period %s, rotate within %s, notify within %s, grace %s, destroy after %s\n",
+		v.Policy.RotationPeriod, v.Policy.RotateWithin, v.Policy.NotifyWithin, v.Policy.Grace, v.Policy.DestroyAfter)
+	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  VERSION\tSTATE\tDEKS\tCREATED\tRETIRE AFTER")
+	for _, vv := range v.Versions {
+		ra := "-"
+		if vv.RetireAfter != nil {
+			ra = vv.RetireAfter.Format(time.RFC3339)
+			if vv.RetirementBlocked {
+				ra += " (blocked: DEKs still reference it)"
+			}
+		}
+		fmt.Fprintf(tw, "  v%d\t%s\t%d\t%s\t%s\n", vv.Version, vv.State, vv.DEKs, vv.CreatedAt.Format(time.RFC3339), ra)
+	}
+	tw.Flush()
+}
+
+// humanUntil renders a number of seconds as "in 3d4h" or "5m ago".
+func humanUntil(sec float64) string {
+	d := time.Duration(sec * float64(time.Second)).Round(time.Second)
+	if d >= 0 {
+		return "in " + shortDuration(d)
+	}
+	return shortDuration(-d) + " ago"
+}
+
+func shortDuration(d time.Duration) string {
+	if d >= rekey.Day {
+		days := d / rekey.Day
+		h := (d - days*rekey.Day) / time.Hour
+		if h == 0 {
+			return fmt.Sprintf("%dd", days)
+		}
+		return fmt.Sprintf("%dd%dh", days, h)
+	}
+	return d.String()
+}

@@ -1,0 +1,168 @@
+// Package status builds the read-only views of keys, versions and
+// rotations that `rekey key show`, `rekey status` and the HTTP API print.
+// One builder serves all of them, so /api/v1/status and `rekey status
+// --json` cannot drift apart.
+package status
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// PolicyView is a policy with durations as text ("90d", "never").
+type PolicyView struct {
+	RotationPeriod string `json:"rotation_period"`
+	RotateWithin   string `json:"rotate_within"`
+	NotifyWithin   string `json:"notify_within"`
+	Grace          string `json:"grace"`
+	DestroyAfter   string `json:"destroy_after"`
+}
+
+// NewPolicyView renders p.
+func NewPolicyView(p rekey.Policy) PolicyView {
+	destroy := "never"
+	if p.DestroyAfter > 0 {
+		destroy = rekey.FormatDuration(p.DestroyAfter)
+	}
+	return PolicyView{
+		RotationPeriod: rekey.FormatDuration(p.RotationPeriod),
+		RotateWithin:   rekey.FormatDuration(p.RotateWithin),
+		NotifyWithin:   rekey.FormatDuration(p.NotifyWithin),
+		Grace:          rekey.FormatDuration(p.Grace),
+		DestroyAfter:   destroy,
+	}
+}
+
+// VersionView is one version with the number of DEKs wrapped under it.
+type VersionView struct {
+	Version     int                `json:"version"`
+	State       rekey.VersionState `json:"state"`
+	DEKs        int64              `json:"deks"`
+	CreatedAt   time.Time          `json:"created_at"`
+	RetireAfter *time.Time         `json:"retire_after"`
+	RetiredAt   *time.Time         `json:"retired_at,omitempty"`
+	// RetirementBlocked is set for a pending_retirement version whose grace
+	// has passed while DEKs still reference it.
+	RetirementBlocked bool `json:"retirement_blocked,omitempty"`
+}
+
+// KeyView is a key as `rekey key show --json` prints it (contract fields
+// name, backend, active_version, expires_at, policy, versions; due and
+// overdue as in status).
+type KeyView struct {
+	Name          string        `json:"name"`
+	Backend       string        `json:"backend"`
+	ActiveVersion int           `json:"active_version"`
+	ExpiresAt     time.Time     `json:"expires_at"`
+	Policy        PolicyView    `json:"policy"`
+	Versions      []VersionView `json:"versions"`
+	DEKs          int64         `json:"deks"`
+	Due           bool          `json:"due"`
+	DueSoon       bool          `json:"due_soon"`
+	Overdue       bool          `json:"overdue"`
+	// ExpiresIn is expires_at - now in seconds (negative when overdue).
+	ExpiresIn float64 `json:"expires_in_seconds"`
+}
+
+// RotationView is a rotation with its progress.
+type RotationView struct {
+	rekey.Rotation
+	Progress float64 `json:"progress"` // 0..1
+}
+
+// NewRotationView renders r.
+func NewRotationView(r rekey.Rotation) RotationView {
+	v := RotationView{Rotation: r}
+	switch {
+	case r.State == rekey.RotationDone || r.State == rekey.RotationCommitted:
+		v.Progress = 1
+	case r.Total > 0:
+		v.Progress = min(1, float64(r.Done+r.Failed)/float64(r.Total))
+	}
+	return v
+}
+
+// Status is what `rekey status --json` and /api/v1/status print.
+type Status struct {
+	Time      time.Time      `json:"time"`
+	Keys      []KeyView      `json:"keys"`
+	Rotations []RotationView `json:"rotations"` // open rotations
+	Recent    []RotationView `json:"recent_rotations"`
+}
+
+// Key builds the view of the key called name. It returns
+// rekey.ErrKeyNotFound for an unknown name.
+func Key(ctx context.Context, s rekey.Store, name string, now time.Time) (KeyView, error) {
+	k, err := s.GetKey(ctx, name)
+	if err != nil {
+		return KeyView{}, fmt.Errorf("key %s: %w", name, err)
+	}
+	return keyView(ctx, s, k, now)
+}
+
+func keyView(ctx context.Context, s rekey.Store, k rekey.Key, now time.Time) (KeyView, error) {
+	versions, err := s.ListVersions(ctx, k.Name)
+	if err != nil {
+		return KeyView{}, fmt.Errorf("key %s: versions: %w", k.Name, err)
+	}
+	counts, err := s.CountDEKs(ctx, k.Name)
+	if err != nil {
+		return KeyView{}, fmt.Errorf("key %s: count deks: %w", k.Name, err)
+	}
+	v := KeyView{
+		Name: k.Name, Backend: k.Backend, ActiveVersion: k.ActiveVersion, ExpiresAt: k.ExpiresAt,
+		Policy: NewPolicyView(k.Policy), Versions: make([]VersionView, 0, len(versions)),
+		Due: k.Due(now), DueSoon: k.DueSoon(now), Overdue: k.Overdue(now),
+		ExpiresIn: k.ExpiresAt.Sub(now).Seconds(),
+	}
+	for _, kv := range versions {
+		vv := VersionView{Version: kv.Version, State: kv.State, DEKs: counts[kv.Version], CreatedAt: kv.CreatedAt}
+		if !kv.RetireAfter.IsZero() {
+			t := kv.RetireAfter
+			vv.RetireAfter = &t
+		}
+		if !kv.RetiredAt.IsZero() {
+			t := kv.RetiredAt
+			vv.RetiredAt = &t
+		}
+		vv.RetirementBlocked = kv.State == rekey.VersionPendingRetirement && !kv.RetireAfter.After(now) && vv.DEKs > 0
+		v.DEKs += vv.DEKs
+		v.Versions = append(v.Versions, vv)
+	}
+	return v, nil
+}
+
+// Build builds the status of every key, the open rotations and the ten most
+// recent ones.
+func Build(ctx context.Context, s rekey.Store, now time.Time) (Status, error) {
+	keys, err := s.ListKeys(ctx)
+	if err != nil {
+		return Status{}, fmt.Errorf("list keys: %w", err)
+	}
+	st := Status{Time: rekey.NormalizeTime(now), Keys: make([]KeyView, 0, len(keys)), Rotations: []RotationView{}, Recent: []RotationView{}}
+	for _, k := range keys {
+		v, err := keyView(ctx, s, k, now)
+		if err != nil {
+			return Status{}, err
+		}
+		st.Keys = append(st.Keys, v)
+	}
+	open, err := s.ListRotations(ctx, rekey.RotationQuery{OpenOnly: true})
+	if err != nil {
+		return Status{}, fmt.Errorf("list rotations: %w", err)
+	}
+	for _, r := range open {
+		st.Rotations = append(st.Rotations, NewRotationView(r))
+	}
+	recent, err := s.ListRotations(ctx, rekey.RotationQuery{Limit: 10})
+	if err != nil {
+		return Status{}, fmt.Errorf("list rotations: %w", err)
+	}
+	for _, r := range recent {
+		st.Recent = append(st.Recent, NewRotationView(r))
+	}
+	return st, nil
+}
