@@ -56,6 +56,20 @@ func (c *cli) printStatus(st status.Status) {
 		}
 		tw.Flush()
 	}
+	if len(st.Recent) > 0 {
+		fmt.Fprintln(c.stdout, "recent rotations:")
+		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  KEY\tFROM→TO\tREASON\tSTATE\tDEKS\tSTARTED\tFINISHED")
+		for _, r := range st.Recent {
+			fin := "-"
+			if !r.FinishedAt.IsZero() {
+				fin = r.FinishedAt.Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "  %s\tv%d→v%d\t%s\t%s\t%d\t%s\t%s\n", r.Key, r.FromVersion, r.ToVersion, r.Reason, r.State, r.Done,
+				r.StartedAt.Format(time.RFC3339), fin)
+		}
+		tw.Flush()
+	}
 	for _, r := range st.Recent {
 		if len(r.FailedDEKs) > 0 {
 			fmt.Fprintf(c.stdout, "rotation %s of key %s (v%d→v%d): %d DEK(s) could not be unwrapped and block retirement of their version: %v\n",
