@@ -1,0 +1,169 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// readyCheck is one component /readyz asks: the store or a backend.
+type readyCheck struct {
+	component string // "store" or "backend:NAME"
+	ping      func(context.Context) error
+}
+
+// newReadyChecks returns the store's check and one per backend that
+// implements rekey.Pinger, ordered by backend name.
+func newReadyChecks(store rekey.Store, backends map[string]rekey.KMS) ([]readyCheck, error) {
+	checks := []readyCheck{{component: "store", ping: store.Ping}}
+	names := make([]string, 0, len(backends))
+	for name := range backends {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		b := backends[name]
+		if b == nil {
+			return nil, rekey.Invalidf("httpapi: Config.Backends[%q] is nil", name)
+		}
+		if p, ok := b.(rekey.Pinger); ok {
+			checks = append(checks, readyCheck{component: "backend:" + name, ping: p.Ping})
+		}
+	}
+	return checks, nil
+}
+
+// checkResult is the outcome of one readiness check, as ?format=json shows it.
+type checkResult struct {
+	Component string  `json:"component"`
+	OK        bool    `json:"ok"`
+	Error     string  `json:"error,omitempty"`
+	Seconds   float64 `json:"duration_seconds"`
+}
+
+// readyReport is the JSON body of /readyz?format=json.
+type readyReport struct {
+	Ready  bool          `json:"ready"`
+	Checks []checkResult `json:"checks"`
+}
+
+// checkReady runs every check at once, each bounded by the ready timeout,
+// and returns their results in check order. Nothing is cached: a store that
+// went away a moment ago fails now.
+func (s *Server) checkReady(ctx context.Context) readyReport {
+	results := make([]checkResult, len(s.checks))
+	var wg sync.WaitGroup
+	for i, c := range s.checks {
+		wg.Go(func() { results[i] = s.runCheck(ctx, c) })
+	}
+	wg.Wait()
+	rep := readyReport{Ready: true, Checks: results}
+	for _, r := range results {
+		rep.Ready = rep.Ready && r.OK
+	}
+	return rep
+}
+
+// runCheck runs one check within the ready timeout. A Ping that ignores its
+// context is abandoned (it finishes in the background) rather than waited
+// for: the probe must answer in time.
+func (s *Server) runCheck(ctx context.Context, c readyCheck) checkResult {
+	ctx, cancel := context.WithTimeout(ctx, s.readyTimeout)
+	defer cancel()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		defer func() {
+			if p := recover(); p != nil {
+				done <- fmt.Errorf("ping panicked: %v", p)
+			}
+		}()
+		done <- c.ping(ctx)
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	res := checkResult{Component: c.component, OK: err == nil, Seconds: time.Since(start).Seconds()}
+	if err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			res.Error = fmt.Sprintf("no answer within %s", s.readyTimeout)
+			if err != context.DeadlineExceeded {
+				res.Error += ": " + cleanError(err)
+			}
+		} else {
+			res.Error = cleanError(err)
+		}
+	}
+	return res
+}
+
+// serveReadyz answers 200 when every check passes and 503 otherwise, in
+// plain text (one line per failing component) or, with ?format=json, as a
+// readyReport listing every check.
+func (s *Server) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	rep := s.checkReady(r.Context())
+	s.readiness.record(s.log, rep)
+	code := http.StatusOK
+	if !rep.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	if r.URL.Query().Get("format") == "json" {
+		body, _ := json.MarshalIndent(rep, "", "  ")
+		writeBody(w, code, "application/json", append(body, '\n'))
+		return
+	}
+	var b strings.Builder
+	if rep.Ready {
+		b.WriteString("ready\n")
+		for _, c := range rep.Checks {
+			fmt.Fprintf(&b, "ok %s\n", c.Component)
+		}
+	} else {
+		b.WriteString("not ready\n")
+		for _, c := range rep.Checks {
+			if !c.OK {
+				fmt.Fprintf(&b, "FAIL %s: %s\n", c.Component, c.Error)
+			}
+		}
+	}
+	writeBody(w, code, "text/plain; charset=utf-8", []byte(b.String()))
+}
+
+// readinessLog logs changes of readiness, not every probe: a probe every
+// few seconds during an outage would otherwise flood the log.
+type readinessLog struct {
+	last atomic.Int32 // 0 unknown, 1 ready, 2 not ready
+}
+
+func (l *readinessLog) record(log *slog.Logger, rep readyReport) {
+	now := int32(1)
+	if !rep.Ready {
+		now = 2
+	}
+	if l.last.Swap(now) == now {
+		return
+	}
+	if rep.Ready {
+		log.Info("ready: the store and every pingable backend answer")
+		return
+	}
+	var failing []string
+	for _, c := range rep.Checks {
+		if !c.OK {
+			failing = append(failing, c.Component+": "+c.Error)
+		}
+	}
+	log.Warn("not ready", "failing", failing)
+}
