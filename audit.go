@@ -99,3 +99,21 @@ func (e *AuditEvent) Chain(prevSeq int64, prevHash string) {
 	e.Time = NormalizeTime(e.Time)
 	e.Hash = e.ComputeHash()
 }
+
+// AuditCheckpoint is a MAC over the audit chain head at Seq, computed by a
+// backend (see MACer) with a key the store does not hold. Because every
+// event's hash covers the one before it, a valid checkpoint at Seq vouches
+// for events 1..Seq: rewriting any of them, even with every later hash
+// recomputed, changes the hash at Seq, and a new matching MAC cannot be
+// made without the backend. The audit package makes and checks
+// checkpoints; stores only keep them.
+type AuditCheckpoint struct {
+	Seq  int64  `json:"seq"`  // the event checkpointed (the head when it was made)
+	Hash string `json:"hash"` // that event's Hash
+	MAC  []byte `json:"mac"`  // the backend's MAC over (Seq, Hash)
+	// KeyID says which backend and purpose made the MAC (for example
+	// "local/audit.checkpoint"). It is informational: a verifier checks
+	// every checkpoint with the key it is given, whatever KeyID says.
+	KeyID     string    `json:"key_id"`
+	CreatedAt time.Time `json:"created_at"`
+}

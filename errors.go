@@ -19,6 +19,8 @@ var (
 	ErrDEKNotFound = errors.New("dek not found")
 	// ErrRotationNotFound means no (open) rotation matched.
 	ErrRotationNotFound = errors.New("rotation not found")
+	// ErrCheckpointNotFound means the audit trail has no checkpoint (yet).
+	ErrCheckpointNotFound = errors.New("audit checkpoint not found")
 	// ErrConflict means a write broke a uniqueness rule (a duplicate id, a
 	// second open rotation for one key, a version number used twice).
 	ErrConflict = errors.New("conflict")

@@ -163,6 +163,20 @@ type Store interface {
 	// ListAudit returns audit events matching q in seq order.
 	ListAudit(ctx context.Context, q AuditQuery) ([]AuditEvent, error)
 
+	// AppendAuditCheckpoint stores cp, a MAC'd checkpoint of the audit
+	// chain (see AuditCheckpoint). The trail must hold an event with seq
+	// cp.Seq and hash cp.Hash, and cp must carry a MAC (else
+	// ErrInvalidArgument); a zero CreatedAt is set to now. It returns
+	// ErrConflict if a checkpoint with that seq exists. Checkpoints, like
+	// events, are never changed or deleted.
+	AppendAuditCheckpoint(ctx context.Context, cp AuditCheckpoint) error
+	// ListAuditCheckpoints returns up to limit checkpoints with a seq
+	// greater than afterSeq, in ascending seq order; limit <= 0 means 1000.
+	ListAuditCheckpoints(ctx context.Context, afterSeq int64, limit int) ([]AuditCheckpoint, error)
+	// LastAuditCheckpoint returns the checkpoint with the greatest seq, or
+	// ErrCheckpointNotFound when there is none.
+	LastAuditCheckpoint(ctx context.Context) (AuditCheckpoint, error)
+
 	// Ping returns nil when the database answers.
 	Ping(ctx context.Context) error
 	// Close releases the store's resources.

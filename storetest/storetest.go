@@ -22,6 +22,9 @@
 //   - Audit events get Seq 1, 2, 3, … with no gap, PrevHash linking each to
 //     the one before (rekey.GenesisHash for the first) and Hash ==
 //     ComputeHash(); a zero event Time is set by the store.
+//   - Audit checkpoints are kept by seq (one per seq), only for an event the
+//     trail holds with that hash, and come back with their MAC and KeyID
+//     as written; the store never shares a MAC slice with its caller.
 package storetest
 
 import (
@@ -79,6 +82,8 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"Audit/Fields", testAuditFields},
 		{"Audit/Query", testAuditQuery},
 		{"Audit/FailedWritesAppendNothing", testAuditFailedWrites},
+		{"Audit/Checkpoints/RoundTrip", testCheckpointsRoundTrip},
+		{"Audit/Checkpoints/Errors", testCheckpointsErrors},
 		{"Concurrency/InsertSwapAudit", testConcurrency},
 		{"Concurrency/Counter", testConcurrentCounter},
 		{"Property/DEKModel", testPropertyDEKModel},

@@ -2,6 +2,7 @@ package storetest_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"strings"
@@ -90,20 +91,42 @@ func (s rotationsOldestFirst) ListRotations(ctx context.Context, q rekey.Rotatio
 	return rs, err
 }
 
+type lastCheckpointIsFirst struct{ *memstore.Store }
+
+func (s lastCheckpointIsFirst) LastAuditCheckpoint(ctx context.Context) (rekey.AuditCheckpoint, error) {
+	cps, err := s.ListAuditCheckpoints(ctx, 0, 1)
+	if err != nil || len(cps) == 0 {
+		return s.Store.LastAuditCheckpoint(ctx)
+	}
+	return cps[0], nil
+}
+
+type checkpointDuplicateIgnored struct{ *memstore.Store }
+
+// AppendAuditCheckpoint reports success for a seq already checkpointed.
+func (s checkpointDuplicateIgnored) AppendAuditCheckpoint(ctx context.Context, cp rekey.AuditCheckpoint) error {
+	if err := s.Store.AppendAuditCheckpoint(ctx, cp); err != nil && !errors.Is(err, rekey.ErrConflict) {
+		return err
+	}
+	return nil
+}
+
 var mutants = map[string]struct {
 	store   func() rekey.Store
 	catches string // the subtest that must fail
 }{
-	"swap-ignores-old":       {func() rekey.Store { return swapIgnoresOld{memstore.New()} }, "Swap/CompareAndSwap"},
-	"swap-ignores-old-race":  {func() rekey.Store { return swapIgnoresOld{memstore.New()} }, "Concurrency/InsertSwapAudit"},
-	"insert-partial":         {func() rekey.Store { return insertPartial{memstore.New()} }, "DEKs/InsertErrors"},
-	"list-ignores-after":     {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "DEKs/ListPaging"},
-	"list-ignores-after-pbt": {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "Property/DEKModel"},
-	"count-skips-version-2":  {func() rekey.Store { return countSkipsVersion2{memstore.New()} }, "DEKs/Count"},
-	"ignores-require-unused": {func() rekey.Store { return ignoresRequireUnused{memstore.New()} }, "Versions/RequireUnused"},
-	"audit-drops-first":      {func() rekey.Store { return auditDropsFirst{memstore.New()} }, "Audit/Chain"},
-	"lease-never-held":       {func() rekey.Store { return leaseNeverHeld{memstore.New()} }, "Leases/Lifecycle"},
-	"rotations-oldest-first": {func() rekey.Store { return rotationsOldestFirst{memstore.New()} }, "Rotations/Query"},
+	"swap-ignores-old":             {func() rekey.Store { return swapIgnoresOld{memstore.New()} }, "Swap/CompareAndSwap"},
+	"swap-ignores-old-race":        {func() rekey.Store { return swapIgnoresOld{memstore.New()} }, "Concurrency/InsertSwapAudit"},
+	"insert-partial":               {func() rekey.Store { return insertPartial{memstore.New()} }, "DEKs/InsertErrors"},
+	"list-ignores-after":           {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "DEKs/ListPaging"},
+	"list-ignores-after-pbt":       {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "Property/DEKModel"},
+	"count-skips-version-2":        {func() rekey.Store { return countSkipsVersion2{memstore.New()} }, "DEKs/Count"},
+	"ignores-require-unused":       {func() rekey.Store { return ignoresRequireUnused{memstore.New()} }, "Versions/RequireUnused"},
+	"audit-drops-first":            {func() rekey.Store { return auditDropsFirst{memstore.New()} }, "Audit/Chain"},
+	"lease-never-held":             {func() rekey.Store { return leaseNeverHeld{memstore.New()} }, "Leases/Lifecycle"},
+	"rotations-oldest-first":       {func() rekey.Store { return rotationsOldestFirst{memstore.New()} }, "Rotations/Query"},
+	"last-checkpoint-is-first":     {func() rekey.Store { return lastCheckpointIsFirst{memstore.New()} }, "Audit/Checkpoints/RoundTrip"},
+	"checkpoint-duplicate-ignored": {func() rekey.Store { return checkpointDuplicateIgnored{memstore.New()} }, "Audit/Checkpoints/Errors"},
 }
 
 // TestMutant runs the suite against the mutant named by STORETEST_MUTANT;

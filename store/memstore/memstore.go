@@ -43,6 +43,7 @@ type Store struct {
 	open      map[string]string // key name -> id of its open rotation
 	leases    map[string]*leaseRecord
 	audit     []rekey.AuditEvent
+	auditCPs  []rekey.AuditCheckpoint // ascending seq
 }
 
 type keyRecord struct {

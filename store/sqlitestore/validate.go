@@ -212,3 +212,22 @@ func mergeRotation(cur, upd rekey.Rotation, fence rekey.Lease, now time.Time) re
 	}
 	return normRotation(next)
 }
+
+// prepareCheckpoint checks a new audit checkpoint, copies its MAC (the
+// caller's slice is never kept) and sets a zero CreatedAt to now.
+func prepareCheckpoint(cp rekey.AuditCheckpoint, now time.Time) (rekey.AuditCheckpoint, error) {
+	switch {
+	case cp.Seq <= 0:
+		return cp, fmt.Errorf("%w: checkpoint seq must be positive, got %d", rekey.ErrInvalidArgument, cp.Seq)
+	case cp.Hash == "":
+		return cp, fmt.Errorf("%w: checkpoint of seq %d has no hash", rekey.ErrInvalidArgument, cp.Seq)
+	case len(cp.MAC) == 0:
+		return cp, fmt.Errorf("%w: checkpoint of seq %d has no MAC", rekey.ErrInvalidArgument, cp.Seq)
+	}
+	cp.MAC = slices.Clone(cp.MAC)
+	if cp.CreatedAt.IsZero() {
+		cp.CreatedAt = now
+	}
+	cp.CreatedAt = rekey.NormalizeTime(cp.CreatedAt)
+	return cp, nil
+}
