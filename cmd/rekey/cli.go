@@ -89,8 +89,12 @@ func (e exitError) Error() string { return e.msg }
 // isCobraUsage recognises cobra's own argument and flag errors.
 func isCobraUsage(err error) bool {
 	s := err.Error()
+	// Flag parse errors arrive as usageError (SetFlagErrorFunc) and argument
+	// counts through exactArgs; this catches what cobra reports itself. A
+	// library error matching rekey.ErrInvalidArgument is not a usage error:
+	// the command line was fine, the state refused it (exit 1).
 	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "flag needs an argument",
-		"invalid argument", "accepts ", "requires at least", "required flag", "if any flags in the group"} {
+		"required flag", "if any flags in the group"} {
 		if strings.Contains(s, p) {
 			return true
 		}

@@ -28,6 +28,9 @@ syntax plus d for days: 90d, 12h, 3s.`,
 		Example: "  rekey key create payments\n  rekey key create demo --period 3s --rotate-within 1s --grace 0s",
 		Args:    exactArgs(1, "NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := rekey.ValidateKeyName(args[0]); err != nil {
+				return usagef("%v", err)
+			}
 			a, err := c.open(cmd.Context())
 			if err != nil {
 				return err

@@ -5,13 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"reflect"
 	"strconv"
 	"time"
 
 	"github.com/rekeyhq/rekey"
-	"github.com/rekeyhq/rekey/config"
 	"github.com/rekeyhq/rekey/failpoint"
 	"github.com/rekeyhq/rekey/rotation"
 	"github.com/spf13/cobra"
@@ -129,7 +127,9 @@ func (c *cli) runWorker(ctx context.Context, once bool, listen string, listenSet
 	}
 	// The worker logs at the config's level (info by default).
 	a.logger = c.newLogger(a.cfg, slog.LevelInfo)
-	if !listenSet {
+	if !listenSet && !once {
+		// --once serves nothing unless asked: a one-shot run has no
+		// scraper, and must not fight a daemon for its port.
 		listen = a.cfg.HTTP.Listen
 	}
 	w, err := c.newWorker(ctx, a, listen, once)
@@ -289,6 +289,3 @@ func (c *cli) retireCommand() *cobra.Command {
 		},
 	}
 }
-
-var _ = os.Getpid
-var _ = config.FileName

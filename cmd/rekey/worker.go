@@ -3,23 +3,39 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rekeyhq/rekey/httpapi"
+	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/rotation"
 )
 
 // worker is `rekey run`: the engine on a timer, with declared keys
-// reconciled at start.
+// reconciled at start, metrics refreshed from the store after every cycle,
+// and the HTTP endpoints.
 type worker struct {
 	c        *cli
 	a        *app
 	eng      *rotation.Engine
+	reg      *prometheus.Registry
+	metrics  *metrics.Metrics
+	listen   string
 	interval time.Duration
 }
 
 func (c *cli) newWorker(ctx context.Context, a *app, listen string, once bool) (*worker, error) {
-	w := &worker{c: c, a: a, interval: a.cfg.Worker.CheckInterval}
-	eng, err := c.engine(a, nil)
+	w := &worker{c: c, a: a, interval: a.cfg.Worker.CheckInterval, listen: listen, reg: prometheus.NewRegistry()}
+	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m, err := metrics.New(w.reg)
+	if err != nil {
+		return nil, err
+	}
+	w.metrics = m
+	eng, err := c.engine(a, m)
 	if err != nil {
 		return nil, err
 	}
@@ -27,9 +43,60 @@ func (c *cli) newWorker(ctx context.Context, a *app, listen string, once bool) (
 	return w, nil
 }
 
-// cycle runs one engine cycle and logs it.
+// initMetrics creates every series whose labels are known now (each key,
+// each backend and operation) and sets the gauges from the store.
+func (w *worker) initMetrics(ctx context.Context) {
+	var keys []string
+	if ks, err := w.a.store.ListKeys(ctx); err == nil {
+		for _, k := range ks {
+			keys = append(keys, k.Name)
+		}
+	}
+	for _, k := range w.a.cfg.Keys {
+		keys = append(keys, k.Name)
+	}
+	types := map[string]string{}
+	for name, b := range w.a.cfg.Backends {
+		types[name] = b.Type
+	}
+	w.metrics.Init(keys, types, nil)
+	w.refreshMetrics(ctx)
+}
+
+func (w *worker) refreshMetrics(ctx context.Context) {
+	if err := w.metrics.Refresh(ctx, w.a.store, w.a.now()); err != nil {
+		w.a.logger.Error("refreshing metrics from the store", "error", err.Error())
+	}
+}
+
+// cycle runs one engine cycle and brings the gauges up to date.
 func (w *worker) cycle(ctx context.Context) rotation.CycleReport {
-	return w.eng.RunCycle(ctx)
+	r := w.eng.RunCycle(ctx)
+	w.refreshMetrics(context.WithoutCancel(ctx))
+	return r
+}
+
+// serveHTTP starts the endpoints on w.listen; the listener is bound before
+// it returns, so a taken port is a start-up error, not a log line.
+func (w *worker) serveHTTP(ctx context.Context, wg *sync.WaitGroup) error {
+	srv, err := httpapi.New(httpapi.Config{Store: w.a.store, Backends: w.a.backends, Gatherer: w.reg, Logger: w.a.logger, Now: w.a.now})
+	if err != nil {
+		return err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", w.listen)
+	if err != nil {
+		return fmt.Errorf("--listen %s: %w (choose another address with --listen or http.listen, or --listen \"\" to serve nothing)", w.listen, err)
+	}
+	w.a.logger.Info("serving /metrics, /healthz, /readyz, /api/v1/status and the status page", "address", ln.Addr().String())
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ctx, ln); err != nil {
+			w.a.logger.Error("http server stopped", "error", err.Error())
+		}
+	}()
+	return nil
 }
 
 func (w *worker) run(ctx context.Context, once bool) error {
@@ -40,6 +107,16 @@ func (w *worker) run(ctx context.Context, once bool) error {
 		// A declared key that cannot be reconciled is that key's problem:
 		// the others still rotate.
 		l.Error("reconciling declared keys", "error", err.Error())
+	}
+	w.initMetrics(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait() // the HTTP server shuts down when ctx ends
+	httpCtx, stopHTTP := context.WithCancel(ctx)
+	defer stopHTTP()
+	if w.listen != "" {
+		if err := w.serveHTTP(httpCtx, &wg); err != nil {
+			return err
+		}
 	}
 	if once {
 		r := w.cycle(ctx)
