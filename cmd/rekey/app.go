@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/audit"
 	"github.com/rekeyhq/rekey/config"
 	"github.com/rekeyhq/rekey/kms/localkms"
 	"github.com/rekeyhq/rekey/store/sqlitestore"
@@ -30,6 +31,9 @@ type app struct {
 	keyring    *rekey.Keyring
 	logger     *slog.Logger
 	now        func() time.Time
+	// auditHead is the audit trail's last seq when the app opened: a
+	// command that moved it checkpoints the new head before it exits.
+	auditHead int64
 }
 
 // Close releases the store and the backends.
@@ -80,6 +84,9 @@ func (c *cli) open(ctx context.Context) (*app, error) {
 		return nil, err
 	}
 	a.keyring = rekey.NewKeyring(a.store, a.backends, rekey.WithActor(c.actor()))
+	if a.auditHead, err = audit.HeadSeq(ctx, a.store); err != nil {
+		return nil, err
+	}
 	return a, nil
 }
 

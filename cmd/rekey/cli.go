@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/audit"
 	"github.com/spf13/cobra"
 )
 
@@ -54,6 +55,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if c.app != nil && c.app.keyring != nil {
+		// Whatever the command wrote to the audit trail gets a MACed
+		// checkpoint before the process exits.
+		cctx := context.WithoutCancel(ctx)
+		if head, herr := audit.HeadSeq(cctx, c.app.store); herr == nil && head > c.app.auditHead {
+			if cerr := c.app.checkpointAudit(cctx); cerr != nil {
+				fmt.Fprintf(stderr, "rekey: warning: %v\n", cerr)
+			}
+		}
+	}
 	if c.app != nil {
 		if cerr := c.app.Close(); err == nil && cerr != nil {
 			err = cerr
@@ -132,6 +143,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 		c.decryptCommand(),
 		c.statusCommand(),
 		c.configCommand(),
+		c.auditCommand(),
 	)
 	c.addEngineCommands(root)
 	return root

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rekeyhq/rekey/audit"
 	"github.com/rekeyhq/rekey/httpapi"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/rotation"
@@ -25,7 +27,14 @@ type worker struct {
 	metrics  *metrics.Metrics
 	listen   string
 	interval time.Duration
+	// auditSeq is the last audit event forwarded to the log.
+	auditSeq   int64
+	lastVerify time.Time
 }
+
+// auditVerifyEvery is how often the worker re-verifies the whole audit
+// chain (and sets rekey_audit_chain_valid); also once at start.
+const auditVerifyEvery = time.Hour
 
 func (c *cli) newWorker(ctx context.Context, a *app, listen string, once bool) (*worker, error) {
 	w := &worker{c: c, a: a, interval: a.cfg.Worker.CheckInterval, listen: listen, reg: prometheus.NewRegistry()}
@@ -69,11 +78,52 @@ func (w *worker) refreshMetrics(ctx context.Context) {
 	}
 }
 
-// cycle runs one engine cycle and brings the gauges up to date.
+// cycle runs one engine cycle, forwards the audit events it wrote to the
+// log, checkpoints the audit trail, and brings the gauges up to date.
 func (w *worker) cycle(ctx context.Context) rotation.CycleReport {
 	r := w.eng.RunCycle(ctx)
-	w.refreshMetrics(context.WithoutCancel(ctx))
+	// Bookkeeping runs even when a signal ended the cycle: it is short, and
+	// the events of the interrupted rotation deserve their checkpoint.
+	bctx := context.WithoutCancel(ctx)
+	w.auditBookkeeping(bctx)
+	w.refreshMetrics(bctx)
 	return r
+}
+
+// auditBookkeeping sends new audit events to the JSON log (for a SIEM),
+// checkpoints the chain head, and re-verifies the chain when due.
+func (w *worker) auditBookkeeping(ctx context.Context) {
+	l := w.a.logger
+	if seq, err := audit.LogSince(ctx, l, w.a.store, w.auditSeq); err != nil {
+		l.Error("forwarding audit events to the log", "error", err.Error())
+	} else {
+		w.auditSeq = seq
+	}
+	if err := w.a.checkpointAudit(ctx); err != nil {
+		l.Error("audit checkpoint refused", "error", err.Error())
+		if errors.Is(err, audit.ErrInvalidChain) {
+			w.metrics.SetAuditChainValid(false)
+		}
+	}
+	if w.a.now().Sub(w.lastVerify) >= auditVerifyEvery {
+		w.verifyAudit(ctx)
+	}
+}
+
+func (w *worker) verifyAudit(ctx context.Context) {
+	m, _ := w.a.auditMACer()
+	res, err := audit.Verify(ctx, w.a.store, m, audit.Purpose)
+	if err != nil {
+		w.a.logger.Error("verifying the audit chain", "error", err.Error())
+		return
+	}
+	w.lastVerify = w.a.now()
+	w.metrics.SetAuditChainValid(res.Valid)
+	if !res.Valid {
+		w.a.logger.Error("audit chain INVALID", "first_bad", res.FirstBad.String())
+		return
+	}
+	w.a.logger.Info("audit chain verified", "events", res.Events, "checkpoints", res.Checkpoints)
 }
 
 // serveHTTP starts the endpoints on w.listen; the listener is bound before
@@ -108,7 +158,9 @@ func (w *worker) run(ctx context.Context, once bool) error {
 		// the others still rotate.
 		l.Error("reconciling declared keys", "error", err.Error())
 	}
+	w.auditSeq = w.a.auditHead
 	w.initMetrics(ctx)
+	w.verifyAudit(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait() // the HTTP server shuts down when ctx ends
 	httpCtx, stopHTTP := context.WithCancel(ctx)
