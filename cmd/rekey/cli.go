@@ -144,6 +144,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 		c.statusCommand(),
 		c.configCommand(),
 		c.auditCommand(),
+		c.reportCommand(),
 	)
 	c.addEngineCommands(root)
 	return root
