@@ -33,6 +33,9 @@ var (
 	ErrFenced = errors.New("lease lost: another worker holds this key")
 	// ErrLeaseHeld means another worker holds an unexpired lease on the key.
 	ErrLeaseHeld = errors.New("lease held by another worker")
+	// ErrLeaseNotFound means nobody holds a lease on the key: it was never
+	// leased, or its last lease was released or broken.
+	ErrLeaseNotFound = errors.New("lease not found")
 	// ErrVersionNotActive means a new DEK was to be stored under a version
 	// that is no longer the active one (a rotation committed meanwhile).
 	// Re-read the key and wrap again.

@@ -141,6 +141,22 @@ type Store interface {
 	// ReleaseLease gives l up; releasing a lease that is no longer current
 	// is a no-op.
 	ReleaseLease(ctx context.Context, l Lease) error
+	// GetLease returns the current lease on key: the last one acquired and
+	// neither released nor broken, whether or not it has expired (compare
+	// ExpiresAt with the time yourself). It returns ErrLeaseNotFound when
+	// there is none.
+	GetLease(ctx context.Context, key string) (Lease, error)
+	// BreakLease ends l, a lease held by another worker, before its expiry.
+	// It is a compare-and-swap: it applies only if l is still exactly the
+	// current lease of l.Key — same owner, epoch and expiry, not released
+	// (a renewal since l was read proves that its holder lives) — and
+	// otherwise returns ErrStale and changes nothing. now is recorded as
+	// the lease's end. After a break the key is free: the next
+	// AcquireLease, by any owner (l's included), gets a higher epoch, so
+	// every write fenced by l fails with ErrFenced from then on. Use it to
+	// take over from a worker known to be dead; breaking a live worker's
+	// lease is still safe (its writes are fenced) but stops its work.
+	BreakLease(ctx context.Context, l Lease, now time.Time) error
 
 	// CreateRotation stores a new rotation in state claimed. It returns
 	// ErrConflict if the key already has an open rotation, ErrKeyNotFound,

@@ -44,7 +44,12 @@
 //     cannot retire.
 //  7. A lease per key, renewed every LeaseTTL/3 in the background, is the
 //     fence of every write; ErrFenced (from a write or a renewal) stops the
-//     work on the key at once, and nothing more is written.
+//     work on the key at once, and nothing more is written. A lease held
+//     by a worker with the default owner id (DefaultOwner) of this host
+//     whose process no longer exists is broken (rekey.Store.BreakLease, a
+//     compare-and-swap) and taken over at once, so that a run right after
+//     a crash resumes instead of waiting for the expiry; the dead holder's
+//     fence is void from then on.
 //  8. State and audit events travel in one store call (one transaction).
 //  9. A cancelled context stops between batches: the batch whose backend
 //     work is done is written and checkpointed on a context of its own, a

@@ -161,8 +161,75 @@ func TestEndToEndCrashAtEveryFailpoint(t *testing.T) {
 	}
 }
 
+// The acceptance scenario: a worker with the default owner id crashes
+// (exit 137) holding its lease, and the next process, started at once —
+// the clock has not moved, the lease is far from expiry — takes the lease
+// of the dead worker over and finishes the rotation.
+func TestEndToEndCrashThenImmediateResume(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a process per failpoint")
+	}
+	host := hostname(t)
+	t.Parallel()
+	for _, spec := range []string{failpoint.RotationAfterClaim + "=crash", failpoint.RewrapAfterBatchCommit + "=crash@2"} {
+		t.Run(spec, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			e := openSQLite(t, dir, newClock().Now())
+			p := testPolicy()
+			p.Grace = 0
+			e.createKey(t, "k", p)
+			e.addDEKs(t, "k", 35)
+			e.makeDue(t, "k")
+			now := e.clock.Now()
+			e.close()
+
+			cmd := exec.Command(os.Args[0], "-test.run=^TestEndToEndChild$", "-test.count=1")
+			cmd.Env = append(os.Environ(), "REKEY_E2E_DIR="+dir, "REKEY_E2E_NOW="+strconv.FormatInt(now.UnixMicro(), 10),
+				"REKEY_E2E_DEFAULT_OWNER=1", failpoint.EnvVar+"="+spec)
+			out, err := cmd.CombinedOutput()
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != failpoint.CrashStatus {
+				t.Fatalf("child: %v\n%s", err, out)
+			}
+
+			e2 := openSQLite(t, dir, now.Add(time.Second))
+			e2.plain = e.plain
+			held, err := e2.store.GetLease(e2.ctx, "k")
+			if err != nil || held.Owner != fmt.Sprintf("%s-%d", host, cmd.ProcessState.Pid()) || !held.ExpiresAt.After(e2.clock.Now()) {
+				t.Fatalf("lease left by the crash = %+v, %v; want the child's, unexpired", held, err)
+			}
+			rep := e2.engine(t, defaultOwner).RunCycle(e2.ctx)
+			if kr := keyReport(t, rep, "k"); !rep.OK() || kr.Outcome != rotation.OutcomeRotated {
+				t.Fatalf("cycle right after the crash = %+v\n%s", rep, e2.logs.String())
+			}
+			if !strings.Contains(e2.logs.String(), "taking over the lease of a dead worker") {
+				t.Fatalf("no takeover logged:\n%s", e2.logs.String())
+			}
+			if v := e2.backendVersion(t, "k"); v != 2 {
+				t.Fatalf("backend version = %d, want exactly one new version", v)
+			}
+			vs := e2.versions(t, "k")
+			if len(vs) != 2 || vs[2].State != rekey.VersionActive || vs[1].State != rekey.VersionRetired {
+				t.Fatalf("versions = %+v", vs)
+			}
+			if c := e2.counts(t, "k"); c[2] != 35 {
+				t.Fatalf("counts = %v", c)
+			}
+			if rs := e2.rotations(t, "k"); len(rs) != 1 || rs[0].State != rekey.RotationDone || rs[0].Epoch <= held.Epoch {
+				t.Fatalf("rotations = %+v", rs)
+			}
+			if _, err := e2.store.RenewLease(e2.ctx, held, time.Hour, e2.clock.Now()); !errors.Is(err, rekey.ErrFenced) {
+				t.Fatalf("RenewLease of the crashed worker's lease = %v, want ErrFenced", err)
+			}
+			e2.checkDEKs(t, "k")
+		})
+	}
+}
+
 // TestEndToEndChild is the crashing process of
-// TestEndToEndCrashAtEveryFailpoint; on its own it does nothing.
+// TestEndToEndCrashAtEveryFailpoint and TestEndToEndCrashThenImmediateResume;
+// on its own it does nothing.
 func TestEndToEndChild(t *testing.T) {
 	dir := os.Getenv("REKEY_E2E_DIR")
 	if dir == "" {
@@ -180,6 +247,9 @@ func TestEndToEndChild(t *testing.T) {
 	eng := e.engine(t, func(c *rotation.Config) {
 		c.Failpoints = set
 		c.Owner = "crashing-child"
+		if os.Getenv("REKEY_E2E_DEFAULT_OWNER") != "" {
+			c.Owner = "" // hostname-pid, as rekey run without REKEY_WORKER_ID
+		}
 		c.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	})
 	rep := eng.RunCycle(e.ctx)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"sync"
 	"time"
 
@@ -44,7 +43,12 @@ type Config struct {
 	// time.Now.
 	Now func() time.Time
 	// Owner names this worker in leases, rotations and audit events;
-	// empty means hostname-pid.
+	// empty means DefaultOwner() (hostname-pid). A lease held by an owner
+	// of that form, from this host, whose process no longer exists (a
+	// crash, kill -9) is taken over at once instead of at its expiry;
+	// host names must then be unique among the workers sharing a store,
+	// else set a unique Owner per worker. Leases of any other owner are
+	// only taken over when they expire.
 	Owner string
 	// BatchSize is how many DEKs one re-wrap batch lists, re-wraps and
 	// swaps (one checkpoint each); 0 means 1000.
@@ -198,11 +202,7 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.Owner == "" {
-		host, err := os.Hostname()
-		if err != nil || host == "" {
-			host = "rekey"
-		}
-		cfg.Owner = fmt.Sprintf("%s-%d", host, os.Getpid())
+		cfg.Owner = DefaultOwner()
 	}
 	if cfg.BatchSize == 0 {
 		cfg.BatchSize = DefaultBatchSize

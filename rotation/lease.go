@@ -54,18 +54,44 @@ func (kl *keyLease) lostErr() error {
 // graceful stop): nothing was half-written, and it is not a failure.
 var errStopped = errors.New("stopped")
 
-// withKey acquires the lease on key (rekey.ErrLeaseHeld when another worker
-// has it), renews it every LeaseTTL/3 while fn runs, and releases it after.
-// fn's context is cancelled as soon as a renewal finds the lease taken over;
-// withKey then returns an error matching rekey.ErrFenced. A write that
-// returns ErrFenced ends fn the same way, by returning it.
+// acquireLease acquires the lease on key. When another worker holds it and
+// that worker is provably dead (a process of this host that no longer
+// exists, see deadOwner), its lease is broken and acquired at once rather
+// than at its expiry; otherwise the result is rekey.ErrLeaseHeld, as
+// before. A failure to check the holder is logged and leaves ErrLeaseHeld.
+func (e *Engine) acquireLease(ctx context.Context, key string) (rekey.Lease, error) {
+	acquire := func() (rekey.Lease, error) {
+		var l rekey.Lease
+		err := e.retry(ctx, func(ctx context.Context) error {
+			var err error
+			l, err = e.store.AcquireLease(ctx, key, e.owner, e.cfg.LeaseTTL, e.now())
+			return err
+		})
+		return l, err
+	}
+	l, err := acquire()
+	if !errors.Is(err, rekey.ErrLeaseHeld) {
+		return l, err
+	}
+	again, berr := e.breakDeadHolder(ctx, key)
+	if berr != nil {
+		e.log.Warn("could not check whether the lease holder is alive; waiting for its lease to expire",
+			"key_id", key, "error", berr)
+	}
+	if !again {
+		return l, err
+	}
+	return acquire()
+}
+
+// withKey acquires the lease on key (rekey.ErrLeaseHeld when another live
+// worker has it, see acquireLease), renews it every LeaseTTL/3 while fn
+// runs, and releases it after. fn's context is cancelled as soon as a
+// renewal finds the lease taken over; withKey then returns an error
+// matching rekey.ErrFenced. A write that returns ErrFenced ends fn the same
+// way, by returning it.
 func (e *Engine) withKey(ctx context.Context, key string, fn func(ctx context.Context, kl *keyLease) error) error {
-	var l rekey.Lease
-	err := e.retry(ctx, func(ctx context.Context) error {
-		var err error
-		l, err = e.store.AcquireLease(ctx, key, e.owner, e.cfg.LeaseTTL, e.now())
-		return err
-	})
+	l, err := e.acquireLease(ctx, key)
 	if err != nil {
 		if errors.Is(err, rekey.ErrLeaseHeld) {
 			return fmt.Errorf("key %s is busy (another worker holds its lease; try again when it is done): %w", key, err)

@@ -15,7 +15,11 @@
 //   - A lease stays current until another owner acquires the key (which
 //     increments the epoch) or it is released; expiry alone lets another
 //     owner acquire, it does not fence. Writes fenced by a released lease
-//     fail with ErrFenced.
+//     fail with ErrFenced. GetLease shows the current lease, expired or
+//     not, and none once released or broken. BreakLease is a
+//     compare-and-swap on the whole lease (owner, epoch, expiry): anything
+//     else is ErrStale and changes nothing; a broken lease fences like a
+//     released one, and the next owner gets a higher epoch at once.
 //   - SwapDEKs only touches DEKs of fence.Key (others lose); a NewVersion the
 //     key does not have is an error and nothing is written.
 //   - Rotation Owner and Epoch are those of the fence of the last write.
@@ -66,6 +70,8 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"Leases/Lifecycle", testLeasesLifecycle},
 		{"Leases/Release", testLeasesRelease},
 		{"Leases/Invalid", testLeasesInvalid},
+		{"Leases/Get", testLeasesGet},
+		{"Leases/Break", testLeasesBreak},
 		{"Rotations/OneOpenPerKey", testRotationsOneOpen},
 		{"Rotations/CreateErrors", testRotationsCreateErrors},
 		{"Rotations/AdvanceGuards", testRotationsAdvanceGuards},

@@ -81,6 +81,16 @@ func (s leaseNeverHeld) AcquireLease(ctx context.Context, key, owner string, ttl
 	return s.Store.AcquireLease(ctx, key, owner, ttl, now.Add(1000*time.Hour))
 }
 
+type breakAnyHolder struct{ *memstore.Store }
+
+// BreakLease breaks whatever lease the key has: no compare.
+func (s breakAnyHolder) BreakLease(ctx context.Context, l rekey.Lease, now time.Time) error {
+	if cur, err := s.GetLease(ctx, l.Key); err == nil {
+		l = cur
+	}
+	return s.Store.BreakLease(ctx, l, now)
+}
+
 type rotationsOldestFirst struct{ *memstore.Store }
 
 func (s rotationsOldestFirst) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rekey.Rotation, error) {
@@ -124,6 +134,7 @@ var mutants = map[string]struct {
 	"ignores-require-unused":       {func() rekey.Store { return ignoresRequireUnused{memstore.New()} }, "Versions/RequireUnused"},
 	"audit-drops-first":            {func() rekey.Store { return auditDropsFirst{memstore.New()} }, "Audit/Chain"},
 	"lease-never-held":             {func() rekey.Store { return leaseNeverHeld{memstore.New()} }, "Leases/Lifecycle"},
+	"break-any-holder":             {func() rekey.Store { return breakAnyHolder{memstore.New()} }, "Leases/Break"},
 	"rotations-oldest-first":       {func() rekey.Store { return rotationsOldestFirst{memstore.New()} }, "Rotations/Query"},
 	"last-checkpoint-is-first":     {func() rekey.Store { return lastCheckpointIsFirst{memstore.New()} }, "Audit/Checkpoints/RoundTrip"},
 	"checkpoint-duplicate-ignored": {func() rekey.Store { return checkpointDuplicateIgnored{memstore.New()} }, "Audit/Checkpoints/Errors"},

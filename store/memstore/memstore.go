@@ -595,6 +595,43 @@ func (s *Store) ReleaseLease(ctx context.Context, l rekey.Lease) error {
 	return nil
 }
 
+// GetLease implements rekey.Store.
+func (s *Store) GetLease(ctx context.Context, key string) (rekey.Lease, error) {
+	const op = "GetLease"
+	if err := s.begin(op); err != nil {
+		return rekey.Lease{}, err
+	}
+	defer s.mu.Unlock()
+	lr, ok := s.leases[key]
+	if !ok || lr.released {
+		return rekey.Lease{}, wrapErr(op, fmt.Errorf("key %q: %w", key, rekey.ErrLeaseNotFound))
+	}
+	return lr.lease, nil
+}
+
+// BreakLease implements rekey.Store: a broken lease is marked released, so
+// that the next owner gets the next epoch.
+func (s *Store) BreakLease(ctx context.Context, l rekey.Lease, now time.Time) error {
+	const op = "BreakLease"
+	if err := s.begin(op); err != nil {
+		return err
+	}
+	defer s.mu.Unlock()
+	if l.Key == "" || l.Owner == "" {
+		return wrapErr(op, fmt.Errorf("%w: breaking a lease needs its key and owner", rekey.ErrInvalidArgument))
+	}
+	lr, ok := s.leases[l.Key]
+	if !ok || lr.released || lr.lease.Owner != l.Owner || lr.lease.Epoch != l.Epoch ||
+		!lr.lease.ExpiresAt.Equal(rekey.NormalizeTime(l.ExpiresAt)) {
+		return wrapErr(op, fmt.Errorf("key %q owner %s epoch %d is no longer the current lease: %w", l.Key, l.Owner, l.Epoch, rekey.ErrStale))
+	}
+	lr.released = true
+	if now = rekey.NormalizeTime(now); !now.IsZero() && now.Before(lr.lease.ExpiresAt) {
+		lr.lease.ExpiresAt = now
+	}
+	return nil
+}
+
 // checkFenceLocked returns ErrFenced unless fence is the current lease of
 // key: same owner and epoch, not released. Expiry alone does not fence: only
 // another owner acquiring the key (which increments the epoch) does.

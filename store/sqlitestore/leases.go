@@ -121,3 +121,50 @@ func (s *Store) ReleaseLease(ctx context.Context, l rekey.Lease) error {
 		return err
 	})
 }
+
+// GetLease implements rekey.Store.
+func (s *Store) GetLease(ctx context.Context, key string) (rekey.Lease, error) {
+	const op = "get lease"
+	var row leaseRow
+	err := s.r.QueryRowContext(ctx, `SELECT owner, epoch, expires_at, released FROM leases WHERE key = ?`, key).
+		Scan(&row.owner, &row.epoch, &row.expires, &row.released)
+	if err == nil && row.released {
+		err = sql.ErrNoRows
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return rekey.Lease{}, s.fail(op, fmt.Errorf("key %q: %w", key, rekey.ErrLeaseNotFound))
+	}
+	if err != nil {
+		return rekey.Lease{}, s.fail(op, err)
+	}
+	return rekey.Lease{Key: key, Owner: row.owner, Epoch: row.epoch, ExpiresAt: time.UnixMicro(row.expires).UTC()}, nil
+}
+
+// BreakLease implements rekey.Store: one guarded UPDATE marks the lease
+// released (so that the next owner gets the next epoch) and records now as
+// its end.
+func (s *Store) BreakLease(ctx context.Context, l rekey.Lease, now time.Time) error {
+	const op = "break lease"
+	if l.Key == "" || l.Owner == "" {
+		return s.fail(op, fmt.Errorf("%w: breaking a lease needs its key and owner", rekey.ErrInvalidArgument))
+	}
+	expires := rekey.NormalizeTime(l.ExpiresAt).UnixMicro()
+	end := expires
+	if now = rekey.NormalizeTime(now); !now.IsZero() {
+		end = min(end, now.UnixMicro())
+	}
+	return s.write(ctx, op, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE leases SET released = 1, expires_at = ?
+			WHERE key = ? AND owner = ? AND epoch = ? AND expires_at = ? AND released = 0`,
+			end, l.Key, l.Owner, l.Epoch, expires)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return err
+		} else if n == 0 {
+			return fmt.Errorf("key %q owner %s epoch %d is no longer the current lease: %w", l.Key, l.Owner, l.Epoch, rekey.ErrStale)
+		}
+		return nil
+	})
+}
