@@ -451,33 +451,6 @@ func (h *e2eHome) makeDue(key string) {
 	}
 }
 
-// waitLeaseExpired waits until the lease a crashed process left on key has
-// expired (worker.lease_ttl after its last renewal), so that the next
-// worker, with another owner id, may take the key. Without this, a `run
-// --once` right after a crash skips the key ("another worker holds its
-// lease") and exits 0 having done nothing.
-func (h *e2eHome) waitLeaseExpired(key string) {
-	h.t.Helper()
-	var expires int64
-	var released int
-	err := h.sqlDB().QueryRow(`SELECT expires_at, released FROM leases WHERE key = ?`, key).Scan(&expires, &released)
-	if errors.Is(err, sql.ErrNoRows) {
-		return
-	}
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	if released != 0 {
-		return
-	}
-	if d := time.Until(time.UnixMicro(expires)); d > 0 {
-		if d > 10*time.Second {
-			h.t.Fatalf("lease on %s expires in %v: the test's lease_ttl is not in effect", key, d)
-		}
-		time.Sleep(d + 20*time.Millisecond) // the deadline itself is the condition
-	}
-}
-
 // dekRow is a DEK row as stored.
 type dekRow struct {
 	id      string
