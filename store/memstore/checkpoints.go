@@ -7,6 +7,7 @@ import (
 	"slices"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 // AppendAuditCheckpoint implements rekey.Store.
@@ -16,29 +17,22 @@ func (s *Store) AppendAuditCheckpoint(ctx context.Context, cp rekey.AuditCheckpo
 		return err
 	}
 	defer s.mu.Unlock()
-	switch {
-	case cp.Seq <= 0:
-		return wrapErr(op, fmt.Errorf("%w: checkpoint seq must be positive, got %d", rekey.ErrInvalidArgument, cp.Seq))
-	case cp.Hash == "":
-		return wrapErr(op, fmt.Errorf("%w: checkpoint of seq %d has no hash", rekey.ErrInvalidArgument, cp.Seq))
-	case len(cp.MAC) == 0:
-		return wrapErr(op, fmt.Errorf("%w: checkpoint of seq %d has no MAC", rekey.ErrInvalidArgument, cp.Seq))
-	case cp.Seq > int64(len(s.audit)):
-		return wrapErr(op, fmt.Errorf("%w: checkpoint of seq %d: the audit trail has no such event", rekey.ErrInvalidArgument, cp.Seq))
+	cp, err := storecheck.PrepareCheckpoint(cp, s.now())
+	if err != nil {
+		return wrapErr(op, err)
 	}
 	// Seq n is at index n-1.
-	if h := s.audit[cp.Seq-1].Hash; h != cp.Hash {
-		return wrapErr(op, fmt.Errorf("%w: checkpoint of seq %d names hash %s, but that event's hash is %s", rekey.ErrInvalidArgument, cp.Seq, cp.Hash, h))
+	found, hash := cp.Seq <= int64(len(s.audit)), ""
+	if found {
+		hash = s.audit[cp.Seq-1].Hash
+	}
+	if err := storecheck.ValidateCheckpointEvent(cp, found, hash); err != nil {
+		return wrapErr(op, err)
 	}
 	i, found := slices.BinarySearchFunc(s.auditCPs, cp.Seq, func(c rekey.AuditCheckpoint, seq int64) int { return cmp.Compare(c.Seq, seq) })
 	if found {
 		return wrapErr(op, fmt.Errorf("%w: a checkpoint of seq %d exists", rekey.ErrConflict, cp.Seq))
 	}
-	cp.MAC = slices.Clone(cp.MAC)
-	if cp.CreatedAt.IsZero() {
-		cp.CreatedAt = s.now()
-	}
-	cp.CreatedAt = rekey.NormalizeTime(cp.CreatedAt)
 	s.auditCPs = slices.Insert(s.auditCPs, i, cp)
 	return nil
 }
@@ -49,9 +43,7 @@ func (s *Store) ListAuditCheckpoints(ctx context.Context, afterSeq int64, limit 
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	if limit <= 0 {
-		limit = 1000
-	}
+	limit = storecheck.ListLimit(limit)
 	i, _ := slices.BinarySearchFunc(s.auditCPs, afterSeq+1, func(c rekey.AuditCheckpoint, seq int64) int { return cmp.Compare(c.Seq, seq) })
 	var out []rekey.AuditCheckpoint
 	for _, cp := range s.auditCPs[i:] {

@@ -10,6 +10,7 @@
 package memstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 // Store is an in-memory rekey.Store. The zero value is ready to use; New
@@ -112,7 +114,7 @@ func (s *Store) CreateKey(ctx context.Context, k rekey.Key, v rekey.KeyVersion, 
 		return err
 	}
 	defer s.mu.Unlock()
-	k, v, err := prepareNewKey(k, v, s.now())
+	k, v, err := storecheck.PrepareNewKey(k, v, s.now())
 	if err != nil {
 		return wrapErr(op, err)
 	}
@@ -127,62 +129,6 @@ func (s *Store) CreateKey(ctx context.Context, k rekey.Key, v rekey.KeyVersion, 
 	s.keys[k.Name] = &keyRecord{key: k, versions: map[int]*rekey.KeyVersion{v.Version: &vc}}
 	s.appendLocked(evs)
 	return nil
-}
-
-// prepareNewKey fills the defaults of a new key and its first version and
-// checks that they agree.
-func prepareNewKey(k rekey.Key, v rekey.KeyVersion, now time.Time) (rekey.Key, rekey.KeyVersion, error) {
-	if err := rekey.ValidateKeyName(k.Name); err != nil {
-		return k, v, err
-	}
-	if v.Key == "" {
-		v.Key = k.Name
-	}
-	if v.State == "" {
-		v.State = rekey.VersionActive
-	}
-	if k.ActiveVersion == 0 {
-		k.ActiveVersion = v.Version
-	}
-	switch {
-	case v.Key != k.Name:
-		return k, v, fmt.Errorf("%w: version names key %q, not %q", rekey.ErrInvalidArgument, v.Key, k.Name)
-	case v.Version <= 0:
-		return k, v, fmt.Errorf("%w: version must be positive, got %d", rekey.ErrInvalidArgument, v.Version)
-	case k.ActiveVersion != v.Version:
-		return k, v, fmt.Errorf("%w: active version %d is not the first version %d", rekey.ErrInvalidArgument, k.ActiveVersion, v.Version)
-	case v.State != rekey.VersionActive:
-		return k, v, fmt.Errorf("%w: the first version must be active, not %q", rekey.ErrInvalidArgument, v.State)
-	}
-	if k.CreatedAt.IsZero() {
-		k.CreatedAt = now
-	}
-	if k.UpdatedAt.IsZero() {
-		k.UpdatedAt = k.CreatedAt
-	}
-	if v.CreatedAt.IsZero() {
-		v.CreatedAt = k.CreatedAt
-	}
-	if v.ActivatedAt.IsZero() {
-		v.ActivatedAt = v.CreatedAt
-	}
-	return normKey(k), normVersion(v), nil
-}
-
-func normKey(k rekey.Key) rekey.Key {
-	k.ExpiresAt = rekey.NormalizeTime(k.ExpiresAt)
-	k.CreatedAt = rekey.NormalizeTime(k.CreatedAt)
-	k.UpdatedAt = rekey.NormalizeTime(k.UpdatedAt)
-	return k
-}
-
-func normVersion(v rekey.KeyVersion) rekey.KeyVersion {
-	v.CreatedAt = rekey.NormalizeTime(v.CreatedAt)
-	v.ActivatedAt = rekey.NormalizeTime(v.ActivatedAt)
-	v.RetireAfter = rekey.NormalizeTime(v.RetireAfter)
-	v.RetiredAt = rekey.NormalizeTime(v.RetiredAt)
-	v.DestroyedAt = rekey.NormalizeTime(v.DestroyedAt)
-	return v
 }
 
 // GetKey implements rekey.Store.
@@ -209,7 +155,7 @@ func (s *Store) ListKeys(ctx context.Context) ([]rekey.Key, error) {
 	for _, kr := range s.keys {
 		out = append(out, kr.key)
 	}
-	slices.SortFunc(out, func(a, b rekey.Key) int { return compareStrings(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b rekey.Key) int { return cmp.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
@@ -266,7 +212,7 @@ func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, f
 		return err
 	}
 	defer s.mu.Unlock()
-	if err := validateVersionChange(c); err != nil {
+	if err := storecheck.ValidateVersionChange(c); err != nil {
 		return wrapErr(op, err)
 	}
 	evs, err := s.prepareEvents(events)
@@ -319,20 +265,6 @@ func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, f
 	return nil
 }
 
-func validateVersionChange(c rekey.VersionChange) error {
-	switch {
-	case c.Key == "":
-		return fmt.Errorf("%w: version change names no key", rekey.ErrInvalidArgument)
-	case len(c.From) == 0:
-		return fmt.Errorf("%w: version change has no From guard", rekey.ErrInvalidArgument)
-	case !c.To.Valid():
-		return fmt.Errorf("%w: unknown version state %q", rekey.ErrInvalidArgument, c.To)
-	case c.To == rekey.VersionActive:
-		return fmt.Errorf("%w: a version becomes active only by committing a rotation", rekey.ErrInvalidArgument)
-	}
-	return nil
-}
-
 // ---- DEKs ----
 
 // InsertDEKs implements rekey.Store. A zero CreatedAt is set to now and a
@@ -346,8 +278,9 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 	now := s.now()
 	batch := make([]rekey.DEK, len(deks))
 	seen := make(map[string]bool, len(deks))
-	for i, d := range deks {
-		if err := validateNewDEK(d); err != nil {
+	for i := range deks {
+		d, err := storecheck.PrepareNewDEK(deks[i], now)
+		if err != nil {
 			return wrapErr(op, err)
 		}
 		kr, ok := s.keys[d.Key]
@@ -362,14 +295,6 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 		}
 		seen[d.ID] = true
 		d.Wrapped = slices.Clone(d.Wrapped)
-		if d.CreatedAt.IsZero() {
-			d.CreatedAt = now
-		}
-		if d.UpdatedAt.IsZero() {
-			d.UpdatedAt = d.CreatedAt
-		}
-		d.CreatedAt = rekey.NormalizeTime(d.CreatedAt)
-		d.UpdatedAt = rekey.NormalizeTime(d.UpdatedAt)
 		batch[i] = d
 	}
 	for i := range batch {
@@ -377,18 +302,6 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 		s.deks[d.ID] = d
 		kr := s.keys[d.Key]
 		kr.dekIDs = insertSorted(kr.dekIDs, d.ID)
-	}
-	return nil
-}
-
-func validateNewDEK(d rekey.DEK) error {
-	switch {
-	case d.ID == "":
-		return fmt.Errorf("%w: dek has no id", rekey.ErrInvalidArgument)
-	case d.Key == "":
-		return fmt.Errorf("%w: dek %s names no key", rekey.ErrInvalidArgument, d.ID)
-	case len(d.Wrapped) == 0:
-		return fmt.Errorf("%w: dek %s has no wrapped bytes", rekey.ErrInvalidArgument, d.ID)
 	}
 	return nil
 }
@@ -401,16 +314,6 @@ func insertSorted(ids []string, id string) []string {
 	}
 	i := sort.SearchStrings(ids, id)
 	return slices.Insert(ids, i, id)
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func cloneDEK(d *rekey.DEK) rekey.DEK {
@@ -440,13 +343,10 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	if q.Key == "" {
-		return nil, wrapErr(op, fmt.Errorf("%w: dek query names no key", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateDEKQuery(q); err != nil {
+		return nil, wrapErr(op, err)
 	}
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 1000
-	}
+	limit := storecheck.ListLimit(q.Limit)
 	kr, ok := s.keys[q.Key]
 	if !ok {
 		return nil, nil
@@ -478,10 +378,8 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	for _, sw := range swaps {
-		if sw.ID == "" || len(sw.NewWrapped) == 0 || sw.NewVersion <= 0 {
-			return nil, wrapErr(op, fmt.Errorf("%w: swap of dek %q needs an id, new wrapped bytes and a positive version", rekey.ErrInvalidArgument, sw.ID))
-		}
+	if err := storecheck.ValidateSwaps(swaps); err != nil {
+		return nil, wrapErr(op, err)
 	}
 	if err := s.checkFenceLocked(fence.Key, fence); err != nil {
 		return nil, wrapErr(op, err)
@@ -541,8 +439,8 @@ func (s *Store) AcquireLease(ctx context.Context, key, owner string, ttl time.Du
 		return rekey.Lease{}, err
 	}
 	defer s.mu.Unlock()
-	if key == "" || owner == "" || ttl <= 0 {
-		return rekey.Lease{}, wrapErr(op, fmt.Errorf("%w: a lease needs a key, an owner and a positive ttl", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateAcquire(key, owner, ttl); err != nil {
+		return rekey.Lease{}, wrapErr(op, err)
 	}
 	now = rekey.NormalizeTime(now)
 	expires := rekey.NormalizeTime(now.Add(ttl))
@@ -571,8 +469,8 @@ func (s *Store) RenewLease(ctx context.Context, l rekey.Lease, ttl time.Duration
 		return rekey.Lease{}, err
 	}
 	defer s.mu.Unlock()
-	if ttl <= 0 {
-		return rekey.Lease{}, wrapErr(op, fmt.Errorf("%w: ttl must be positive", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateRenew(ttl); err != nil {
+		return rekey.Lease{}, wrapErr(op, err)
 	}
 	if err := s.checkFenceLocked(l.Key, l); err != nil {
 		return rekey.Lease{}, wrapErr(op, err)
@@ -617,8 +515,8 @@ func (s *Store) BreakLease(ctx context.Context, l rekey.Lease, now time.Time) er
 		return err
 	}
 	defer s.mu.Unlock()
-	if l.Key == "" || l.Owner == "" {
-		return wrapErr(op, fmt.Errorf("%w: breaking a lease needs its key and owner", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateBreak(l); err != nil {
+		return wrapErr(op, err)
 	}
 	lr, ok := s.leases[l.Key]
 	if !ok || lr.released || lr.lease.Owner != l.Owner || lr.lease.Epoch != l.Epoch ||
@@ -653,7 +551,7 @@ func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence reke
 		return err
 	}
 	defer s.mu.Unlock()
-	r, err := prepareNewRotation(r, fence, s.now())
+	r, err := storecheck.PrepareNewRotation(r, fence, s.now())
 	if err != nil {
 		return wrapErr(op, err)
 	}
@@ -680,59 +578,10 @@ func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence reke
 	return nil
 }
 
-func prepareNewRotation(r rekey.Rotation, fence rekey.Lease, now time.Time) (rekey.Rotation, error) {
-	if r.State == "" {
-		r.State = rekey.RotationClaimed
-	}
-	switch {
-	case r.ID == "":
-		return r, fmt.Errorf("%w: rotation has no id", rekey.ErrInvalidArgument)
-	case r.Key == "":
-		return r, fmt.Errorf("%w: rotation %s names no key", rekey.ErrInvalidArgument, r.ID)
-	case r.State != rekey.RotationClaimed:
-		return r, fmt.Errorf("%w: a new rotation is claimed, not %q", rekey.ErrInvalidArgument, r.State)
-	}
-	r.Owner, r.Epoch = fence.Owner, fence.Epoch
-	if r.StartedAt.IsZero() {
-		r.StartedAt = now
-	}
-	if r.UpdatedAt.IsZero() {
-		r.UpdatedAt = r.StartedAt
-	}
-	return normRotation(r), nil
-}
-
-func normRotation(r rekey.Rotation) rekey.Rotation {
-	r.StartedAt = rekey.NormalizeTime(r.StartedAt)
-	r.UpdatedAt = rekey.NormalizeTime(r.UpdatedAt)
-	r.FinishedAt = rekey.NormalizeTime(r.FinishedAt)
-	if len(r.FailedDEKs) == 0 {
-		r.FailedDEKs = nil
-	}
-	return r
-}
-
 func cloneRotation(r *rekey.Rotation) rekey.Rotation {
 	c := *r
 	c.FailedDEKs = slices.Clone(r.FailedDEKs)
 	return c
-}
-
-// rotationRank orders rotation states; a rotation never moves backwards.
-func rotationRank(s rekey.RotationState) int {
-	switch s {
-	case rekey.RotationClaimed:
-		return 1
-	case rekey.RotationVersionCreated:
-		return 2
-	case rekey.RotationRewrapping:
-		return 3
-	case rekey.RotationCommitted:
-		return 4
-	case rekey.RotationDone:
-		return 5
-	}
-	return 0
 }
 
 // AdvanceRotation implements rekey.Store. The rotation's id, key,
@@ -747,7 +596,7 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 		return err
 	}
 	defer s.mu.Unlock()
-	if err := validateUpdate(u); err != nil {
+	if err := storecheck.ValidateUpdate(u); err != nil {
 		return wrapErr(op, err)
 	}
 	evs, err := s.prepareEvents(u.Events)
@@ -758,8 +607,8 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 	if !ok {
 		return wrapErr(op, fmt.Errorf("rotation %s: %w", u.Rotation.ID, rekey.ErrRotationNotFound))
 	}
-	if u.Rotation.Key != "" && u.Rotation.Key != cur.Key {
-		return wrapErr(op, fmt.Errorf("%w: rotation %s is of key %q, not %q", rekey.ErrInvalidArgument, cur.ID, cur.Key, u.Rotation.Key))
+	if err := storecheck.ValidateUpdateKey(*cur, u); err != nil {
+		return wrapErr(op, err)
 	}
 	if err := s.checkFenceLocked(cur.Key, fence); err != nil {
 		return wrapErr(op, err)
@@ -768,13 +617,13 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 		return wrapErr(op, fmt.Errorf("rotation %s is %s, not %s: %w", cur.ID, cur.State, u.FromState, rekey.ErrStale))
 	}
 	now := s.now()
-	next := mergeRotation(*cur, u.Rotation, fence, now)
+	next := storecheck.MergeRotation(*cur, u.Rotation, fence, now)
 	kr := s.keys[cur.Key]
 
 	// Check everything before changing anything: all or nothing.
 	var newVersion *rekey.KeyVersion
 	if u.NewVersion != nil {
-		nv, err := prepareNewVersion(*u.NewVersion, cur.Key, now)
+		nv, err := storecheck.PrepareNewVersion(*u.NewVersion, cur.Key, now)
 		if err != nil {
 			return wrapErr(op, err)
 		}
@@ -822,68 +671,6 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 	return nil
 }
 
-func validateUpdate(u rekey.RotationUpdate) error {
-	switch {
-	case u.Rotation.ID == "":
-		return fmt.Errorf("%w: rotation update has no id", rekey.ErrInvalidArgument)
-	case rotationRank(u.Rotation.State) == 0:
-		return fmt.Errorf("%w: unknown rotation state %q", rekey.ErrInvalidArgument, u.Rotation.State)
-	case rotationRank(u.FromState) == 0:
-		return fmt.Errorf("%w: unknown rotation state %q", rekey.ErrInvalidArgument, u.FromState)
-	case rotationRank(u.Rotation.State) < rotationRank(u.FromState):
-		return fmt.Errorf("%w: rotation %s cannot go back from %s to %s", rekey.ErrInvalidArgument, u.Rotation.ID, u.FromState, u.Rotation.State)
-	case u.Activate != nil && u.Activate.Version <= 0:
-		return fmt.Errorf("%w: activation of version %d", rekey.ErrInvalidArgument, u.Activate.Version)
-	}
-	return nil
-}
-
-// mergeRotation returns cur with the mutable fields of upd.
-func mergeRotation(cur, upd rekey.Rotation, fence rekey.Lease, now time.Time) rekey.Rotation {
-	next := cur
-	next.ToVersion = upd.ToVersion
-	next.State = upd.State
-	next.Note = upd.Note
-	next.Compromised = upd.Compromised
-	next.Total = upd.Total
-	next.Done = upd.Done
-	next.Failed = upd.Failed
-	next.Cursor = upd.Cursor
-	next.FailedDEKs = slices.Clone(upd.FailedDEKs)
-	next.UpdatedAt = upd.UpdatedAt
-	next.FinishedAt = upd.FinishedAt
-	next.LastError = upd.LastError
-	next.Owner, next.Epoch = fence.Owner, fence.Epoch
-	if next.UpdatedAt.IsZero() {
-		next.UpdatedAt = now
-	}
-	if next.State == rekey.RotationDone && next.FinishedAt.IsZero() {
-		next.FinishedAt = next.UpdatedAt
-	}
-	return normRotation(next)
-}
-
-func prepareNewVersion(v rekey.KeyVersion, key string, now time.Time) (rekey.KeyVersion, error) {
-	if v.Key == "" {
-		v.Key = key
-	}
-	if v.State == "" {
-		v.State = rekey.VersionCreated
-	}
-	switch {
-	case v.Key != key:
-		return v, fmt.Errorf("%w: new version names key %q, not %q", rekey.ErrInvalidArgument, v.Key, key)
-	case v.Version <= 0:
-		return v, fmt.Errorf("%w: version must be positive, got %d", rekey.ErrInvalidArgument, v.Version)
-	case v.State != rekey.VersionCreated:
-		return v, fmt.Errorf("%w: a new version is created, not %q", rekey.ErrInvalidArgument, v.State)
-	}
-	if v.CreatedAt.IsZero() {
-		v.CreatedAt = now
-	}
-	return normVersion(v), nil
-}
-
 // GetRotation implements rekey.Store.
 func (s *Store) GetRotation(ctx context.Context, id string) (rekey.Rotation, error) {
 	const op = "GetRotation"
@@ -919,10 +706,7 @@ func (s *Store) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rek
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 100
-	}
+	limit := storecheck.RotationLimit(q.Limit)
 	since := rekey.NormalizeTime(q.Since)
 	var out []rekey.Rotation
 	for _, r := range s.rotations {
@@ -935,7 +719,7 @@ func (s *Store) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rek
 		if c := b.StartedAt.Compare(a.StartedAt); c != 0 {
 			return c
 		}
-		return compareStrings(b.ID, a.ID)
+		return cmp.Compare(b.ID, a.ID)
 	})
 	if len(out) > limit {
 		out = out[:limit]
@@ -945,23 +729,13 @@ func (s *Store) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rek
 
 // ---- audit ----
 
-// prepareEvents copies events (the caller's slice is never modified) and
-// sets a zero Time to now.
+// prepareEvents is storecheck.PrepareEvents at the store's now; the clock
+// is read only when there are events.
 func (s *Store) prepareEvents(events []rekey.AuditEvent) ([]rekey.AuditEvent, error) {
 	if len(events) == 0 {
 		return nil, nil
 	}
-	out := slices.Clone(events)
-	now := s.now()
-	for i := range out {
-		if out[i].Type == "" {
-			return nil, fmt.Errorf("%w: audit event %d has no type", rekey.ErrInvalidArgument, i)
-		}
-		if out[i].Time.IsZero() {
-			out[i].Time = now
-		}
-	}
-	return out, nil
+	return storecheck.PrepareEvents(events, s.now())
 }
 
 // appendLocked chains evs after the last event and appends them.
@@ -998,10 +772,7 @@ func (s *Store) ListAudit(ctx context.Context, q rekey.AuditQuery) ([]rekey.Audi
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 1000
-	}
+	limit := storecheck.ListLimit(q.Limit)
 	since := rekey.NormalizeTime(q.Since)
 	// Seq n is at index n-1.
 	start := 0

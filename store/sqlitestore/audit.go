@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 const auditColumns = `seq, time, type, key, from_version, to_version, rotation_id, deks, status,
@@ -60,7 +61,7 @@ func appendEvents(ctx context.Context, tx *sql.Tx, evs []rekey.AuditEvent) error
 // AppendAudit implements rekey.Store. A zero event Time is set to now.
 func (s *Store) AppendAudit(ctx context.Context, events ...rekey.AuditEvent) error {
 	const op = "append audit"
-	evs, err := prepareEvents(events, s.nowTime())
+	evs, err := storecheck.PrepareEvents(events, s.nowTime())
 	if err != nil {
 		return s.fail(op, err)
 	}
@@ -73,10 +74,7 @@ func (s *Store) AppendAudit(ctx context.Context, events ...rekey.AuditEvent) err
 // ListAudit implements rekey.Store.
 func (s *Store) ListAudit(ctx context.Context, q rekey.AuditQuery) ([]rekey.AuditEvent, error) {
 	const op = "list audit"
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 1000
-	}
+	limit := storecheck.ListLimit(q.Limit)
 	where := []string{`seq > ?`}
 	args := []any{max(q.AfterSeq, 0)}
 	if q.Key != "" {

@@ -4,9 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 // AppendAuditCheckpoint implements rekey.Store. The event it names is read
@@ -14,21 +14,19 @@ import (
 // event the trail holds with that hash.
 func (s *Store) AppendAuditCheckpoint(ctx context.Context, cp rekey.AuditCheckpoint) error {
 	const op = "append audit checkpoint"
-	cp, err := prepareCheckpoint(cp, s.nowTime())
+	cp, err := storecheck.PrepareCheckpoint(cp, s.nowTime())
 	if err != nil {
 		return s.fail(op, err)
 	}
 	return s.write(ctx, op, func(tx *sql.Tx) error {
 		var hash string
 		err := tx.QueryRowContext(ctx, `SELECT hash FROM audit_events WHERE seq = ?`, cp.Seq).Scan(&hash)
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("%w: checkpoint of seq %d: the audit trail has no such event", rekey.ErrInvalidArgument, cp.Seq)
-		}
-		if err != nil {
+		found := !errors.Is(err, sql.ErrNoRows)
+		if found && err != nil {
 			return err
 		}
-		if hash != cp.Hash {
-			return fmt.Errorf("%w: checkpoint of seq %d names hash %s, but that event's hash is %s", rekey.ErrInvalidArgument, cp.Seq, cp.Hash, hash)
+		if err := storecheck.ValidateCheckpointEvent(cp, found, hash); err != nil {
+			return err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO audit_checkpoints (seq, hash, mac, key_id, created_at) VALUES (?, ?, ?, ?, ?)`,
 			cp.Seq, cp.Hash, cp.MAC, cp.KeyID, micros(cp.CreatedAt))
@@ -51,9 +49,7 @@ func scanCheckpoint(sc scanner) (rekey.AuditCheckpoint, error) {
 // ListAuditCheckpoints implements rekey.Store.
 func (s *Store) ListAuditCheckpoints(ctx context.Context, afterSeq int64, limit int) ([]rekey.AuditCheckpoint, error) {
 	const op = "list audit checkpoints"
-	if limit <= 0 {
-		limit = 1000
-	}
+	limit = storecheck.ListLimit(limit)
 	rows, err := s.r.QueryContext(ctx, `SELECT `+checkpointColumns+` FROM audit_checkpoints WHERE seq > ? ORDER BY seq LIMIT ?`,
 		max(afterSeq, 0), limit)
 	if err != nil {

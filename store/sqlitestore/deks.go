@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 const dekColumns = `id, key, version, wrapped, label, created_at, updated_at`
@@ -30,17 +31,20 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 	if len(deks) == 0 {
 		return nil
 	}
-	for _, d := range deks {
-		if err := validateNewDEK(d); err != nil {
+	now := s.nowTime()
+	batch := make([]rekey.DEK, len(deks))
+	for i := range deks {
+		d, err := storecheck.PrepareNewDEK(deks[i], now)
+		if err != nil {
 			return s.fail(op, err)
 		}
+		batch[i] = d
 	}
-	now := s.nowTime()
 	return s.write(ctx, op, func(tx *sql.Tx) error {
 		// Check every DEK's version against its key's active version
 		// before writing anything; batches are of one key in practice.
 		active := map[string]int{}
-		for _, d := range deks {
+		for _, d := range batch {
 			v, ok := active[d.Key]
 			if !ok {
 				err := tx.QueryRowContext(ctx, `SELECT active_version FROM keys WHERE name = ?`, d.Key).Scan(&v)
@@ -62,18 +66,11 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 		}
 		defer stmt.Close()
 		rowCtx := batchContext(ctx)
-		for _, d := range deks {
+		for _, d := range batch {
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			created, updated := d.CreatedAt, d.UpdatedAt
-			if created.IsZero() {
-				created = now
-			}
-			if updated.IsZero() {
-				updated = created
-			}
-			if _, err := stmt.ExecContext(rowCtx, d.ID, d.Key, d.Version, d.Wrapped, d.Label, micros(created), micros(updated)); err != nil {
+			if _, err := stmt.ExecContext(rowCtx, d.ID, d.Key, d.Version, d.Wrapped, d.Label, micros(d.CreatedAt), micros(d.UpdatedAt)); err != nil {
 				if errors.Is(mapErr(err), rekey.ErrConflict) {
 					return fmt.Errorf("dek %s exists: %w", d.ID, rekey.ErrConflict)
 				}
@@ -100,13 +97,10 @@ func (s *Store) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
 // or (key, version, id), from the After cursor on.
 func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
 	const op = "list deks"
-	if q.Key == "" {
-		return nil, s.fail(op, fmt.Errorf("%w: dek query names no key", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateDEKQuery(q); err != nil {
+		return nil, s.fail(op, err)
 	}
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 1000
-	}
+	limit := storecheck.ListLimit(q.Limit)
 	var sb strings.Builder
 	sb.WriteString(`SELECT ` + dekColumns + ` FROM deks WHERE key = ?`)
 	args := []any{q.Key}
@@ -150,10 +144,8 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 // written.
 func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease) ([]string, error) {
 	const op = "swap deks"
-	for _, sw := range swaps {
-		if sw.ID == "" || len(sw.NewWrapped) == 0 || sw.NewVersion <= 0 {
-			return nil, s.fail(op, fmt.Errorf("%w: swap of dek %q needs an id, new wrapped bytes and a positive version", rekey.ErrInvalidArgument, sw.ID))
-		}
+	if err := storecheck.ValidateSwaps(swaps); err != nil {
+		return nil, s.fail(op, err)
 	}
 	now := micros(s.nowTime())
 	var lost []string

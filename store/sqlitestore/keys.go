@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 const keyColumns = `name, backend, backend_ref, active_version, expires_at,
@@ -60,11 +61,11 @@ func insertVersion(ctx context.Context, tx *sql.Tx, v rekey.KeyVersion) error {
 func (s *Store) CreateKey(ctx context.Context, k rekey.Key, v rekey.KeyVersion, events ...rekey.AuditEvent) error {
 	const op = "create key"
 	now := s.nowTime()
-	k, v, err := prepareNewKey(k, v, now)
+	k, v, err := storecheck.PrepareNewKey(k, v, now)
 	if err != nil {
 		return s.fail(op, err)
 	}
-	evs, err := prepareEvents(events, now)
+	evs, err := storecheck.PrepareEvents(events, now)
 	if err != nil {
 		return s.fail(op, err)
 	}
@@ -124,7 +125,7 @@ func (s *Store) ListKeys(ctx context.Context) ([]rekey.Key, error) {
 func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy, expiresAt time.Time, events ...rekey.AuditEvent) error {
 	const op = "update key policy"
 	now := s.nowTime()
-	evs, err := prepareEvents(events, now)
+	evs, err := storecheck.PrepareEvents(events, now)
 	if err != nil {
 		return s.fail(op, err)
 	}
@@ -180,11 +181,11 @@ func (s *Store) ListVersions(ctx context.Context, key string) ([]rekey.KeyVersio
 // From guard and the DEK count.
 func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, fence *rekey.Lease, events ...rekey.AuditEvent) error {
 	const op = "change version state"
-	if err := validateVersionChange(c); err != nil {
+	if err := storecheck.ValidateVersionChange(c); err != nil {
 		return s.fail(op, err)
 	}
 	now := s.nowTime()
-	evs, err := prepareEvents(events, now)
+	evs, err := storecheck.PrepareEvents(events, now)
 	if err != nil {
 		return s.fail(op, err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 // leaseRow is a row of leases.
@@ -48,8 +49,8 @@ func checkFence(ctx context.Context, tx *sql.Tx, key string, fence rekey.Lease) 
 // epochs of a key never go down.
 func (s *Store) AcquireLease(ctx context.Context, key, owner string, ttl time.Duration, now time.Time) (rekey.Lease, error) {
 	const op = "acquire lease"
-	if key == "" || owner == "" || ttl <= 0 {
-		return rekey.Lease{}, s.fail(op, fmt.Errorf("%w: a lease needs a key, an owner and a positive ttl", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateAcquire(key, owner, ttl); err != nil {
+		return rekey.Lease{}, s.fail(op, err)
 	}
 	now = rekey.NormalizeTime(now)
 	l := rekey.Lease{Key: key, Owner: owner, ExpiresAt: rekey.NormalizeTime(now.Add(ttl))}
@@ -86,8 +87,8 @@ func (s *Store) AcquireLease(ctx context.Context, key, owner string, ttl time.Du
 // expiry, until another owner acquires the key or it is released.
 func (s *Store) RenewLease(ctx context.Context, l rekey.Lease, ttl time.Duration, now time.Time) (rekey.Lease, error) {
 	const op = "renew lease"
-	if ttl <= 0 {
-		return rekey.Lease{}, s.fail(op, fmt.Errorf("%w: ttl must be positive", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateRenew(ttl); err != nil {
+		return rekey.Lease{}, s.fail(op, err)
 	}
 	next := l
 	next.ExpiresAt = rekey.NormalizeTime(now.Add(ttl))
@@ -145,8 +146,8 @@ func (s *Store) GetLease(ctx context.Context, key string) (rekey.Lease, error) {
 // its end.
 func (s *Store) BreakLease(ctx context.Context, l rekey.Lease, now time.Time) error {
 	const op = "break lease"
-	if l.Key == "" || l.Owner == "" {
-		return s.fail(op, fmt.Errorf("%w: breaking a lease needs its key and owner", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateBreak(l); err != nil {
+		return s.fail(op, err)
 	}
 	expires := rekey.NormalizeTime(l.ExpiresAt).UnixMicro()
 	end := expires

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 const rotationColumns = `id, key, from_version, to_version, state, reason, note, compromised,
@@ -55,11 +56,11 @@ func failedJSON(ids []string) (any, error) {
 func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence rekey.Lease, events ...rekey.AuditEvent) error {
 	const op = "create rotation"
 	now := s.nowTime()
-	r, err := prepareNewRotation(r, fence, now)
+	r, err := storecheck.PrepareNewRotation(r, fence, now)
 	if err != nil {
 		return s.fail(op, err)
 	}
-	evs, err := prepareEvents(events, now)
+	evs, err := storecheck.PrepareEvents(events, now)
 	if err != nil {
 		return s.fail(op, err)
 	}
@@ -103,11 +104,11 @@ func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence reke
 // (else ErrStale).
 func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fence rekey.Lease) error {
 	const op = "advance rotation"
-	if err := validateUpdate(u); err != nil {
+	if err := storecheck.ValidateUpdate(u); err != nil {
 		return s.fail(op, err)
 	}
 	now := s.nowTime()
-	evs, err := prepareEvents(u.Events, now)
+	evs, err := storecheck.PrepareEvents(u.Events, now)
 	if err != nil {
 		return s.fail(op, err)
 	}
@@ -119,8 +120,8 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 		if err != nil {
 			return err
 		}
-		if u.Rotation.Key != "" && u.Rotation.Key != cur.Key {
-			return fmt.Errorf("%w: rotation %s is of key %q, not %q", rekey.ErrInvalidArgument, cur.ID, cur.Key, u.Rotation.Key)
+		if err := storecheck.ValidateUpdateKey(cur, u); err != nil {
+			return err
 		}
 		if err := checkFence(ctx, tx, cur.Key, fence); err != nil {
 			return err
@@ -128,10 +129,10 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 		if cur.State != u.FromState {
 			return fmt.Errorf("rotation %s is %s, not %s: %w", cur.ID, cur.State, u.FromState, rekey.ErrStale)
 		}
-		next := mergeRotation(cur, u.Rotation, fence, now)
+		next := storecheck.MergeRotation(cur, u.Rotation, fence, now)
 
 		if u.NewVersion != nil {
-			nv, err := prepareNewVersion(*u.NewVersion, cur.Key, now)
+			nv, err := storecheck.PrepareNewVersion(*u.NewVersion, cur.Key, now)
 			if err != nil {
 				return err
 			}
@@ -233,10 +234,7 @@ func (s *Store) OpenRotation(ctx context.Context, key string) (rekey.Rotation, e
 // are ordered by id, newest first.
 func (s *Store) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rekey.Rotation, error) {
 	const op = "list rotations"
-	limit := q.Limit
-	if limit <= 0 {
-		limit = 100
-	}
+	limit := storecheck.RotationLimit(q.Limit)
 	var where []string
 	var args []any
 	if q.Key != "" {
