@@ -19,6 +19,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -232,14 +233,15 @@ func checkPrivate(path string) error {
 // Path returns the absolute path of the database file.
 func (s *Store) Path() string { return s.path }
 
-// Ping implements rekey.Store: the database answers SELECT 1, and the file
-// it was opened from is still there, the same file, and readable. (SQLite
-// keeps working on an open file that was deleted or made unreadable, so
-// the query alone would not notice.) It costs a query and three system
-// calls.
+// Ping implements rekey.Store: the database answers a query that reads a
+// table, and the file it was opened from is still there, the same file,
+// readable, and still starts with a SQLite header. (SQLite keeps working
+// from open connections and cached pages on a file that was deleted, made
+// unreadable, truncated or overwritten, so the query alone would not
+// notice.) It costs a query, a stat and a 100-byte read.
 func (s *Store) Ping(ctx context.Context) error {
-	var one int
-	if err := s.r.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+	var n int
+	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM (SELECT 1 FROM keys LIMIT 1)").Scan(&n); err != nil {
 		return s.fail("ping", err)
 	}
 	unreachable := func(format string, args ...any) error {
@@ -258,7 +260,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err != nil {
 		return unreachable("database file: %w", err)
 	}
-	_ = f.Close()
+	defer f.Close()
+	var header [100]byte
+	if _, err := io.ReadFull(f, header[:]); err != nil {
+		return unreachable("database file %s is truncated (%v): restore it from backup", s.path, err)
+	}
+	if string(header[:16]) != "SQLite format 3\x00" {
+		return unreachable("database file %s no longer starts with a SQLite header (overwritten or corrupt): restore it from backup", s.path)
+	}
 	return nil
 }
 
