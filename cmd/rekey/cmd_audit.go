@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -34,20 +35,59 @@ func (a *app) auditMACer() (rekey.MACer, string) {
 	return nil, ""
 }
 
+// anchorPath is the file that keeps the newest audit checkpoint outside
+// the database (see audit.AdvanceAnchor): beside the configuration.
+func (a *app) anchorPath() string { return filepath.Join(a.home, "audit.anchor") }
+
+// storeID names the store in the anchor file. A SQLite file is named
+// relative to the anchor's directory, so that a home directory moved or
+// restored elsewhere keeps its anchor.
+func (a *app) storeID() string {
+	dsn := a.cfg.Store.DSN.Value()
+	if a.cfg.Store.Driver == "sqlite" {
+		if abs, err := filepath.Abs(dsn); err == nil {
+			dsn = abs
+			if home, err := filepath.Abs(a.home); err == nil {
+				if rel, err := filepath.Rel(home, abs); err == nil {
+					dsn = rel
+				}
+			}
+		}
+		return "sqlite:" + dsn
+	}
+	return a.cfg.Store.Driver + ":" + a.cfg.Store.RedactedDSN()
+}
+
 // checkpointAudit MACs the head of the audit trail (a no-op when it is
-// already checkpointed). Commands that write events call it before they
-// exit; the worker after every cycle.
+// already checkpointed), after checking the trail still holds the anchored
+// checkpoint, and moves the anchor forward. Commands that write events call
+// it before they exit; the worker after every cycle.
 func (a *app) checkpointAudit(ctx context.Context) error {
 	m, keyID := a.auditMACer()
 	if m == nil {
 		a.logger.Warn("no backend can MAC audit checkpoints: the audit trail is hash-chained but not checkpointed")
 		return nil
 	}
-	_, err := audit.Checkpoint(ctx, a.store, m, audit.Purpose, keyID, a.now())
+	_, err := audit.CheckpointAnchored(ctx, a.store, m, audit.Purpose, keyID, a.now(), a.anchorPath(), a.storeID())
 	if err != nil {
 		return fmt.Errorf("audit checkpoint: %w", err)
 	}
 	return nil
+}
+
+// verifyAudit verifies the whole trail, and against the anchor kept outside
+// the database when there is one.
+func (a *app) verifyAudit(ctx context.Context) (audit.Result, error) {
+	m, _ := a.auditMACer()
+	anchor, ok, err := audit.ReadAnchor(a.anchorPath(), a.storeID())
+	if err != nil {
+		return audit.Result{}, err
+	}
+	var ap *rekey.AuditCheckpoint
+	if ok {
+		ap = &anchor
+	}
+	return audit.VerifyAnchored(ctx, a.store, m, audit.Purpose, ap)
 }
 
 // parseSince reads --since: a duration back from now (7d, 12h) or an RFC 3339
@@ -165,8 +205,7 @@ would only be caught against the next checkpoint. verify says how many.`,
 			if err != nil {
 				return err
 			}
-			m, _ := a.auditMACer()
-			res, err := audit.Verify(cmd.Context(), a.store, m, audit.Purpose)
+			res, err := a.verifyAudit(cmd.Context())
 			if err != nil {
 				return err
 			}

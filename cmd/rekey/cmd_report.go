@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 
-	"github.com/rekeyhq/rekey/audit"
 	"github.com/rekeyhq/rekey/report"
 	"github.com/spf13/cobra"
 )
@@ -43,8 +42,7 @@ RFC 3339 time; default: all history.`,
 			if err != nil {
 				return err
 			}
-			m, _ := a.auditMACer()
-			res, err := audit.Verify(cmd.Context(), a.store, m, audit.Purpose)
+			res, err := a.verifyAudit(cmd.Context())
 			if err != nil {
 				return fmt.Errorf("verify the audit trail: %w", err)
 			}

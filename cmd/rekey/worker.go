@@ -111,8 +111,7 @@ func (w *worker) auditBookkeeping(ctx context.Context) {
 }
 
 func (w *worker) verifyAudit(ctx context.Context) {
-	m, _ := w.a.auditMACer()
-	res, err := audit.Verify(ctx, w.a.store, m, audit.Purpose)
+	res, err := w.a.verifyAudit(ctx)
 	if err != nil {
 		w.a.logger.Error("verifying the audit chain", "error", err.Error())
 		return
