@@ -65,6 +65,10 @@ type Config struct {
 	Failpoints *failpoint.Set
 	// Observer receives metrics hooks; nil means none.
 	Observer Observer
+	// KMSRateLimit caps the requests per second this engine sends to each
+	// backend (a batch re-wrap is one request); 0 means no cap beyond the
+	// backend's own.
+	KMSRateLimit float64
 }
 
 // RetryPolicy says how transient errors are retried: exponential backoff
@@ -176,6 +180,8 @@ type Engine struct {
 	// disabled at the backend (RetireVersion is idempotent; this only
 	// saves calls).
 	disabled map[versionRef]bool
+	// limiters holds one rate limiter per backend name (KMSRateLimit).
+	limiters map[string]*rateLimiter
 }
 
 type versionRef struct {
@@ -189,8 +195,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Store == nil {
 		return nil, fmt.Errorf("%w: rotation: Config.Store is required", rekey.ErrInvalidArgument)
 	}
-	if cfg.BatchSize < 0 || cfg.Concurrency < 0 || cfg.LeaseTTL < 0 {
-		return nil, fmt.Errorf("%w: rotation: BatchSize, Concurrency and LeaseTTL must not be negative", rekey.ErrInvalidArgument)
+	if cfg.BatchSize < 0 || cfg.Concurrency < 0 || cfg.LeaseTTL < 0 || cfg.KMSRateLimit < 0 {
+		return nil, fmt.Errorf("%w: rotation: BatchSize, Concurrency, LeaseTTL and KMSRateLimit must not be negative", rekey.ErrInvalidArgument)
 	}
 	if cfg.DEKs == nil {
 		cfg.DEKs = cfg.Store
@@ -226,6 +232,7 @@ func New(cfg Config) (*Engine, error) {
 		owner:    cfg.Owner,
 		blocked:  make(map[versionRef]int64),
 		disabled: make(map[versionRef]bool),
+		limiters: make(map[string]*rateLimiter),
 	}, nil
 }
 
@@ -294,7 +301,11 @@ func (e *Engine) backendFor(k rekey.Key) (*backend, error) {
 // kmsCall runs one backend operation with the retry policy, reporting each
 // try to the observer.
 func (e *Engine) kmsCall(ctx context.Context, b *backend, op string, fn func(context.Context) error) error {
+	limit := e.limiterFor(b.name)
 	return e.retry(ctx, func(ctx context.Context) error {
+		if err := limit.wait(ctx); err != nil {
+			return err
+		}
 		start := time.Now()
 		err := fn(ctx)
 		result := ResultSuccess
