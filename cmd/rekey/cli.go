@@ -133,7 +133,16 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 	}
 	root.PersistentFlags().StringVar(&c.configPath, "config", "", "config file (default: $REKEY_CONFIG, ./rekey.yaml, or the embedded default in $REKEY_HOME)")
 	root.PersistentFlags().BoolVar(&c.jsonOut, "json", false, "print JSON instead of text")
-	root.PersistentFlags().StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default from config, else info)")
+	root.PersistentFlags().StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default: warn for commands, log.level of the config for run)")
+	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		if c.logLevel != "" {
+			var l slog.Level
+			if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {
+				return usagef("--log-level %q: use debug, info, warn or error", c.logLevel)
+			}
+		}
+		return nil
+	}
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
 		c.initCommand(),
