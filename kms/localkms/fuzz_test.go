@@ -2,6 +2,7 @@ package localkms
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"os"
@@ -41,7 +42,10 @@ func FuzzUnwrap(f *testing.F) {
 	f.Add(0, []byte{})
 	f.Add(-1, []byte{1, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, version int, wrapped []byte) {
-		pt, err := c.Unwrap(t.Context(), ref, version, wrapped)
+		// Not t.Context(): it is cancelled when the fuzzing time is up, and
+		// an Unwrap that re-reads the keyring (unknown version) would then
+		// fail with the context's error, which is not the input's fault.
+		pt, err := c.Unwrap(context.Background(), ref, version, wrapped)
 		if err == nil {
 			if !bytes.Equal(pt, secret) && !bytes.Equal(pt, secret[:1]) {
 				t.Fatalf("Unwrap accepted forged bytes (version %d, %d bytes)", version, len(wrapped))
