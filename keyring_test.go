@@ -130,6 +130,11 @@ func TestKeyringRefusesUnusableVersion(t *testing.T) {
 		rekey.AuditEvent{Type: rekey.AuditVersionCompromised, Key: "payments", Time: b.now}); err != nil {
 		t.Fatal(err)
 	}
+	// While the compromised version is still the active one (the emergency
+	// rotation has not committed), nothing new is wrapped under it.
+	if _, _, err := b.kr.NewDEK(ctx, "payments", ""); !errors.Is(err, rekey.ErrVersionDisabled) {
+		t.Fatalf("NewDEK under a compromised active version: %v", err)
+	}
 	ref, _ := b.store.GetKey(ctx, "payments")
 	if _, err := b.kms.RotateKey(ctx, ref.BackendRef); err != nil {
 		t.Fatal(err)

@@ -125,8 +125,10 @@ type Store interface {
 
 	// InsertDEKs stores new DEKs, all or none. Each DEK's version must be
 	// its key's active version at the time of the write (else
-	// ErrVersionNotActive: re-read the key and wrap again). It returns
-	// ErrConflict for a duplicate id and ErrKeyNotFound for an unknown key.
+	// ErrVersionNotActive: re-read the key and wrap again), and that
+	// version must not be compromised (else ErrVersionDisabled: an
+	// emergency rotation is replacing it). It returns ErrConflict for a
+	// duplicate id and ErrKeyNotFound for an unknown key.
 	InsertDEKs(ctx context.Context, deks []DEK) error
 	// GetDEK returns the DEK with that id, or ErrDEKNotFound.
 	GetDEK(ctx context.Context, id string) (DEK, error)

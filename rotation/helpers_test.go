@@ -157,9 +157,21 @@ func (e *env) key(t T, name string) rekey.Key {
 // application would, and returns their ids.
 func (e *env) addDEKs(t T, key string, n int) []string {
 	t.Helper()
+	ids, err := e.tryAddDEKs(t, key, n)
+	if err != nil {
+		t.Fatalf("insert DEKs: %v", err)
+	}
+	return ids
+}
+
+// tryAddDEKs is addDEKs returning the store's refusal (the DEKs are then
+// forgotten).
+func (e *env) tryAddDEKs(t T, key string, n int) ([]string, error) {
+	t.Helper()
 	k := e.key(t, key)
 	deks := make([]rekey.DEK, n)
 	ids := make([]string, n)
+	pts := make([][]byte, n)
 	for i := range deks {
 		pt := make([]byte, 32)
 		rand.Read(pt)
@@ -168,15 +180,18 @@ func (e *env) addDEKs(t T, key string, n int) []string {
 			t.Fatalf("wrap: %v", err)
 		}
 		ids[i] = rekey.NewID()
+		pts[i] = pt
 		deks[i] = rekey.DEK{ID: ids[i], Key: key, Version: k.ActiveVersion, Wrapped: w}
-		e.mu.Lock()
-		e.plain[ids[i]] = pt
-		e.mu.Unlock()
 	}
 	if err := e.store.InsertDEKs(e.ctx, deks); err != nil {
-		t.Fatalf("insert DEKs: %v", err)
+		return nil, err
 	}
-	return ids
+	e.mu.Lock()
+	for i, id := range ids {
+		e.plain[id] = pts[i]
+	}
+	e.mu.Unlock()
+	return ids, nil
 }
 
 // addCorruptDEK stores a DEK whose wrapped bytes do not authenticate.

@@ -67,6 +67,15 @@ func testDEKsInsertErrors(t *testing.T, f *fixture) {
 	}
 	// The existing DEK was not overwritten.
 	equal(t, "existing dek", normDEK(f.getDEK(t, existing[1].ID)), normDEK(existing[1]))
+
+	// Nothing new is wrapped under a compromised active version: an
+	// emergency rotation is replacing it.
+	if err := f.s.ChangeVersionState(f.ctx, rekey.VersionChange{Key: "a", Version: 1, From: []rekey.VersionState{rekey.VersionActive},
+		To: rekey.VersionCompromised, At: f.at(time.Minute)}, &l); err != nil {
+		t.Fatalf("mark version 1 compromised: %v", err)
+	}
+	wantErr(t, "InsertDEKs under a compromised active version", f.s.InsertDEKs(f.ctx, []rekey.DEK{f.newDEK("a", 1)}), rekey.ErrVersionDisabled)
+	equal(t, "CountDEKs after the refused batch", f.count(t, "a"), map[int]int64{1: 3})
 }
 
 // listFixture stores DEKs of key "a" on versions 1 and 2 (2 active at the

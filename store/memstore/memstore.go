@@ -287,8 +287,12 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 		if !ok {
 			return wrapErr(op, fmt.Errorf("dek %s: key %q: %w", d.ID, d.Key, rekey.ErrKeyNotFound))
 		}
-		if d.Version != kr.key.ActiveVersion {
-			return wrapErr(op, fmt.Errorf("dek %s: key %q version %d (active is %d): %w", d.ID, d.Key, d.Version, kr.key.ActiveVersion, rekey.ErrVersionNotActive))
+		var state rekey.VersionState
+		if v, ok := kr.versions[kr.key.ActiveVersion]; ok {
+			state = v.State
+		}
+		if err := storecheck.CheckNewDEKVersion(d, kr.key.ActiveVersion, state); err != nil {
+			return wrapErr(op, err)
 		}
 		if _, ok := s.deks[d.ID]; ok || seen[d.ID] {
 			return wrapErr(op, fmt.Errorf("dek %s exists: %w", d.ID, rekey.ErrConflict))

@@ -43,21 +43,26 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 	return s.write(ctx, op, func(tx *sql.Tx) error {
 		// Check every DEK's version against its key's active version
 		// before writing anything; batches are of one key in practice.
-		active := map[string]int{}
+		type activeVersion struct {
+			version int
+			state   rekey.VersionState
+		}
+		active := map[string]activeVersion{}
 		for _, d := range batch {
-			v, ok := active[d.Key]
+			av, ok := active[d.Key]
 			if !ok {
-				err := tx.QueryRowContext(ctx, `SELECT active_version FROM keys WHERE name = ?`, d.Key).Scan(&v)
+				err := tx.QueryRowContext(ctx, `SELECT k.active_version, COALESCE(v.state, '') FROM keys k
+					LEFT JOIN key_versions v ON v.key = k.name AND v.version = k.active_version WHERE k.name = ?`, d.Key).Scan(&av.version, &av.state)
 				if errors.Is(err, sql.ErrNoRows) {
 					return fmt.Errorf("dek %s: key %q: %w", d.ID, d.Key, rekey.ErrKeyNotFound)
 				}
 				if err != nil {
 					return err
 				}
-				active[d.Key] = v
+				active[d.Key] = av
 			}
-			if d.Version != v {
-				return fmt.Errorf("dek %s: key %q version %d (active is %d): %w", d.ID, d.Key, d.Version, v, rekey.ErrVersionNotActive)
+			if err := storecheck.CheckNewDEKVersion(d, av.version, av.state); err != nil {
+				return err
 			}
 		}
 		stmt, err := tx.PrepareContext(ctx, `INSERT INTO deks (`+dekColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?)`)

@@ -397,3 +397,19 @@ func ValidateCheckpointEvent(cp rekey.AuditCheckpoint, found bool, hash string) 
 	}
 	return nil
 }
+
+// CheckNewDEKVersion checks that a new DEK is wrapped under its key's
+// active version (else ErrVersionNotActive: a rotation committed meanwhile)
+// and that this version is not compromised (else ErrVersionDisabled: an
+// emergency rotation is replacing it, and nothing new may be wrapped under
+// a key that may be in an attacker's hands).
+func CheckNewDEKVersion(d rekey.DEK, activeVersion int, activeState rekey.VersionState) error {
+	if d.Version != activeVersion {
+		return fmt.Errorf("dek %s: key %q version %d (active is %d): %w", d.ID, d.Key, d.Version, activeVersion, rekey.ErrVersionNotActive)
+	}
+	if activeState == rekey.VersionCompromised {
+		return fmt.Errorf("dek %s: key %q version %d is compromised and an emergency rotation is replacing it: retry once it commits (rekey status): %w",
+			d.ID, d.Key, d.Version, rekey.ErrVersionDisabled)
+	}
+	return nil
+}
