@@ -95,11 +95,7 @@ func (c *cli) keyListCommand() *cobra.Command {
 		Short: "List root keys",
 		Args:  exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := c.open(cmd.Context())
-			if err != nil {
-				return err
-			}
-			st, err := status.Build(cmd.Context(), a.store, a.now())
+			st, err := c.buildStatus(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -15,11 +16,7 @@ func (c *cli) statusCommand() *cobra.Command {
 		Short: "Keys, versions, DEK counts, due/overdue, open rotations",
 		Args:  exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			a, err := c.open(cmd.Context())
-			if err != nil {
-				return err
-			}
-			st, err := status.Build(cmd.Context(), a.store, a.now())
+			st, err := c.buildStatus(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -30,6 +27,16 @@ func (c *cli) statusCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// buildStatus opens the store and builds the status view that status, key
+// list and /api/v1/status print.
+func (c *cli) buildStatus(ctx context.Context) (status.Status, error) {
+	a, err := c.open(ctx)
+	if err != nil {
+		return status.Status{}, err
+	}
+	return status.Build(ctx, a.store, a.now())
 }
 
 func (c *cli) printStatus(st status.Status) {
