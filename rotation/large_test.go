@@ -23,7 +23,7 @@ import (
 func TestLargeRotationMemory(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("REKEY_LARGE_DEKS"))
 	if n <= 0 {
-		t.Skip("set REKEY_LARGE_DEKS to run")
+		t.Skip("off by default (the 1M-DEK run is also in cmd/rekey under REKEY_LONG=1); run: REKEY_LARGE_DEKS=1000000 go test -run TestLargeRotationMemory -v ./rotation")
 	}
 	e := openSQLite(t, t.TempDir(), newClock().Now())
 	k := e.createKey(t, "big", testPolicy())
