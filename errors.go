@@ -46,6 +46,10 @@ var (
 	// ErrInvalidCiphertext means wrapped or sealed bytes failed to parse or
 	// authenticate: truncated, corrupted, or made under another key.
 	ErrInvalidCiphertext = errors.New("invalid ciphertext")
+	// ErrWrongKey means a ciphertext or wrapped DEK belongs to another root
+	// key than the one asked to open it (an AEAD bound to key B given key
+	// A's ciphertext). Nothing is decrypted.
+	ErrWrongKey = errors.New("ciphertext belongs to another root key")
 	// ErrWrongVersion means wrapped bytes name a different key version than
 	// the one asked for.
 	ErrWrongVersion = errors.New("ciphertext was wrapped under another key version")

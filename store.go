@@ -44,6 +44,22 @@ type DEKSource interface {
 	CountDEKs(ctx context.Context, key string) (map[int]int64, error)
 }
 
+// BatchCommitter is a DEKSource that writes a re-wrap batch and the
+// rotation's checkpoint in one transaction, so that a crash can never leave
+// the checkpoint (cursor, counts) behind the DEKs it describes. Both stores
+// implement it; a DEK source in an application's own database cannot, and
+// the engine then writes the swaps and the checkpoint one after the other.
+type BatchCommitter interface {
+	// CommitBatch applies each swap whose row still holds OldWrapped and
+	// then checkpoint (exactly as AdvanceRotation would apply it), in one
+	// transaction fenced by fence. Before applying checkpoint it adds the
+	// number of swaps applied to checkpoint.Rotation.Done and to the DEKs
+	// of each of its events. It returns the ids of swaps that lost. With
+	// ErrFenced or ErrStale (the rotation left checkpoint.FromState)
+	// nothing is written.
+	CommitBatch(ctx context.Context, swaps []DEKSwap, fence Lease, checkpoint RotationUpdate) (lost []string, err error)
+}
+
 // Activation makes a version active at commit: the key's active version
 // and expiry change, the new version becomes active, the previous active
 // version becomes pending_retirement (unless it is compromised, which it

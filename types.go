@@ -110,9 +110,15 @@ type KeyVersion struct {
 	State       VersionState `json:"state"`
 	CreatedAt   time.Time    `json:"created_at"`
 	ActivatedAt time.Time    `json:"activated_at,omitzero"`
-	RetireAfter time.Time    `json:"retire_after,omitzero"` // set when it becomes pending_retirement
-	RetiredAt   time.Time    `json:"retired_at,omitzero"`
-	DestroyedAt time.Time    `json:"destroyed_at,omitzero"`
+	// ExpiresAt is when this version's rotation period ends (or ended): set
+	// when it becomes active (activation + the rotation_period in force),
+	// moved by a policy change while it is active, kept afterwards. It is
+	// the typed record of "the period in force" that lateness is judged
+	// against; zero for a version that was never active.
+	ExpiresAt   time.Time `json:"expires_at,omitzero"`
+	RetireAfter time.Time `json:"retire_after,omitzero"` // set when it becomes pending_retirement
+	RetiredAt   time.Time `json:"retired_at,omitzero"`
+	DestroyedAt time.Time `json:"destroyed_at,omitzero"`
 }
 
 // DEK is a data-encryption key as stored: wrapped under one version of one
@@ -152,6 +158,8 @@ const (
 	ReasonScheduled RotationReason = "scheduled"
 	ReasonManual    RotationReason = "manual"
 	ReasonEmergency RotationReason = "emergency"
+	ReasonUsage     RotationReason = "usage"
+	ReasonMove      RotationReason = "move"
 )
 
 // Rotation is the persisted record of one rotation of one key.
