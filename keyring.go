@@ -195,10 +195,19 @@ func (kr *Keyring) OpenDEK(ctx context.Context, id string) ([]byte, error) {
 }
 
 func (kr *Keyring) openDEK(ctx context.Context, id string) ([]byte, DEK, error) {
+	return kr.openDEKOf(ctx, id, "")
+}
+
+// openDEKOf is openDEK; a non-empty key refuses a DEK of another root key
+// with ErrWrongKey.
+func (kr *Keyring) openDEKOf(ctx context.Context, id, key string) ([]byte, DEK, error) {
 	fail := func(err error) ([]byte, DEK, error) { return nil, DEK{}, &DEKError{ID: id, Op: "open", Err: err} }
 	d, err := kr.store.GetDEK(ctx, id)
 	if err != nil {
 		return fail(err)
+	}
+	if key != "" && d.Key != key {
+		return fail(fmt.Errorf("%w: the envelope was sealed under key %s, not %s", ErrWrongKey, d.Key, key))
 	}
 	k, err := kr.store.GetKey(ctx, d.Key)
 	if err != nil {
@@ -261,11 +270,18 @@ func SealStreamWith(dst io.Writer, src io.Reader, dekID string, dek, aad []byte)
 // each segment authenticates; on error dst may hold a prefix of the data, so
 // write to a temporary file and keep it only on success.
 func (kr *Keyring) OpenStream(ctx context.Context, dst io.Writer, src io.Reader, aad []byte) (string, error) {
+	return kr.openStream(ctx, dst, src, aad, "")
+}
+
+// openStream is OpenStream; a non-empty key refuses (ErrWrongKey) an
+// envelope whose DEK belongs to another root key, before anything is
+// unwrapped.
+func (kr *Keyring) openStream(ctx context.Context, dst io.Writer, src io.Reader, aad []byte, key string) (string, error) {
 	h, err := ReadEnvelopeHeader(src)
 	if err != nil {
 		return "", err
 	}
-	dek, _, err := kr.openDEK(ctx, h.DEKID)
+	dek, _, err := kr.openDEKOf(ctx, h.DEKID, key)
 	if err != nil {
 		return h.DEKID, err
 	}
@@ -280,7 +296,11 @@ func (kr *Keyring) OpenStream(ctx context.Context, dst io.Writer, src io.Reader,
 	return h.DEKID, nil
 }
 
-// Seal seals plaintext under a new DEK of key and returns the envelope.
+// Seal seals plaintext under a new DEK of key and returns the envelope. Each
+// call creates and stores one DEK (a row in the store, re-wrapped by every
+// rotation): for many small messages under one DEK, open it once with
+// NewDEK/OpenDEK and use SealEnvelope, or keep data keys yourself with
+// GenerateDataKey.
 func (kr *Keyring) Seal(ctx context.Context, key string, plaintext, aad []byte) ([]byte, error) {
 	id, dek, err := kr.NewDEK(ctx, key, "")
 	if err != nil {
