@@ -196,6 +196,18 @@ func (s *Server) pageData(ctx context.Context) (pageData, error) {
 	return buildPage(st, recent, s.hasMetrics), nil
 }
 
+// blockedText says why v, reported blocked, has not left service: a
+// compromised version is disabled once unused, any other retires once its
+// grace is over and no DEK references it.
+func blockedText(v status.VersionView, now time.Time) string {
+	if v.State == rekey.VersionCompromised || v.RetireAfter == nil {
+		return fmt.Sprintf("%s DEK(s) still reference this version and no rotation is re-wrapping them; it is disabled at the backend once none is left",
+			formatCount(v.DEKs))
+	}
+	return fmt.Sprintf("grace ended %s, but %s DEK(s) still reference this version; they are re-wrapped before it can retire",
+		relative(*v.RetireAfter, now), formatCount(v.DEKs))
+}
+
 // buildPage turns the status view into the page's view model.
 func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics bool) pageData {
 	now := st.Time
@@ -257,8 +269,7 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 			}
 			if v.RetirementBlocked {
 				c.Blocked++
-				row.BlockedText = fmt.Sprintf("grace ended %s, but %s DEK(s) still reference this version; they are re-wrapped before it can retire",
-					relative(*v.RetireAfter, now), formatCount(v.DEKs))
+				row.BlockedText = blockedText(v, now)
 			}
 			c.Versions = append(c.Versions, row)
 		}

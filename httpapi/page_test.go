@@ -317,3 +317,30 @@ func statusOf(k rekey.Key) status.Status {
 		Due: k.Due(testNow), DueSoon: k.DueSoon(testNow), Overdue: k.Overdue(testNow),
 	}}}
 }
+
+// TestBlockedCompromisedVersion: a compromised version that status reports
+// blocked has no retire_after; the page says why it is blocked instead of
+// failing on the missing time.
+func TestBlockedCompromisedVersion(t *testing.T) {
+	t.Parallel()
+	retire := testNow.Add(-time.Hour)
+	st := status.Status{Time: testNow, Keys: []status.KeyView{{
+		Name: "k", ActiveVersion: 3, ExpiresAt: testNow.Add(rekey.Day),
+		Versions: []status.VersionView{
+			{Version: 1, State: rekey.VersionPendingRetirement, DEKs: 2, RetireAfter: &retire, RetirementBlocked: true},
+			{Version: 2, State: rekey.VersionCompromised, DEKs: 1500, RetirementBlocked: true},
+			{Version: 3, State: rekey.VersionActive},
+		},
+	}}}
+	d := buildPage(st, nil, false)
+	rows := d.Keys[0].Versions // newest first
+	if d.Keys[0].Blocked != 2 || !rows[1].Blocked || !rows[2].Blocked || rows[0].Blocked {
+		t.Fatalf("blocked rows: %+v", rows)
+	}
+	if got := rows[1].BlockedText; !strings.Contains(got, "1,500 DEK(s)") || !strings.Contains(got, "disabled at the backend") {
+		t.Errorf("compromised v2: %q", got)
+	}
+	if got := rows[2].BlockedText; !strings.Contains(got, "grace ended 1h 0m ago") || !strings.Contains(got, "2 DEK(s)") {
+		t.Errorf("pending v1: %q", got)
+	}
+}

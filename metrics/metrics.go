@@ -2,18 +2,25 @@
 // labels of DESIGN.md, "Metrics") on a registry the caller passes in. It
 // never touches the global registry.
 //
-// A *Metrics is fed from two sides:
-//   - the rotation engine calls its Observer methods (RotationStarted,
-//     RotationFinished, DEKsRewrapped, Progress, KMSCall, RetirementBlocked,
-//     CycleDone) as things happen: counters, histograms, the worker's
-//     dead-man's switch;
-//   - Refresh reads the store and sets the gauges that describe state (active
-//     version, expiry, DEKs per version and state, retirement blocked,
-//     rotation progress), so that they are right after a restart and agree
-//     with the store whichever replica did the work.
+// A *Metrics is one prometheus.Collector with two kinds of series:
+//   - state, read from the store at scrape time: every scrape reads one
+//     snapshot (ListKeys, then for each key ListVersions, CountDEKs and
+//     OpenRotation) and emits rekey_key_version,
+//     rekey_key_expiry_timestamp_seconds, rekey_deks,
+//     rekey_rotation_progress_ratio and rekey_retirement_blocked as const
+//     metrics. Nothing is remembered between scrapes, so a key that left the
+//     store leaves the gauges with it, and a restarted process (or another
+//     replica) reports what the store says. The rules are the root
+//     package's: rekey.Rotation.Progress and rekey.DecideVersion.
+//   - events, fed by the engine, the KMS middleware and the worker through
+//     RotationFinished, DEKsRewrapped, KMSCall, CycleDone and
+//     SetAuditChainValid: counters, histograms and the worker's dead-man's
+//     switch, each with one writer.
 //
-// Init pre-creates the counter series whose labels are known at start, at 0,
-// so that rate() and increase() see the first event.
+// Every counter series whose labels are known exists from the first scrape
+// at 0, so that rate() and increase() see the first event: the per-backend
+// kms series are made by New, the per-key rotation series by each scrape
+// for every key of the snapshot (before the counters are collected).
 //
 // Labels hold only key names, version numbers, version states, backend
 // names, backend operations and results — never key material.
@@ -23,9 +30,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
+	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,7 +55,6 @@ const (
 	NameWorkerLastCycle    = "rekey_worker_last_cycle_timestamp_seconds"
 	NameWorkerLastSuccess  = "rekey_worker_last_success_timestamp_seconds"
 	NameAuditChainValid    = "rekey_audit_chain_valid"
-	NameBackendInfo        = "rekey_backend_info" // extension: backend name -> type
 )
 
 const (
@@ -58,9 +63,13 @@ const (
 	stateUnknown  = "unknown" // the state label of DEKs on a version the store does not list
 )
 
-// DefaultKMSOps returns the backend operations the rotation engine reports
-// through KMSCall (rotation.Observer's documentation lists them). Init uses
-// them when it is given none.
+// scrapeTimeout bounds the store reads of one scrape: a store that hangs
+// costs that scrape its state gauges, not the whole /metrics endpoint.
+const scrapeTimeout = 10 * time.Second
+
+// DefaultKMSOps returns the backend operations reported through KMSCall
+// (the engine's and the KMS middleware's documentation list them). New
+// uses them when Options.KMSOps is nil.
 func DefaultKMSOps() []string {
 	return []string{
 		"current_version", "rotate_key", "wrap", "unwrap", "rewrap",
@@ -82,52 +91,69 @@ func KMSDurationBuckets() []float64 {
 	return []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 }
 
+// Options configures New.
+type Options struct {
+	// Store is read at scrape time for the state gauges. Nil means no state
+	// gauges (the event metrics are still exported).
+	Store rekey.Store
+	// Now is the clock of the retirement decision; nil means time.Now.
+	Now func() time.Time
+	// Backends are the backend names whose kms series New creates at 0.
+	Backends []string
+	// KMSOps are the operation names of those series; nil means
+	// DefaultKMSOps().
+	KMSOps []string
+	// Logger receives store errors met at scrape time; nil discards them.
+	Logger *slog.Logger
+}
+
 // Metrics holds rekey's collectors. Its methods are safe for concurrent use
-// and never block on anything but a short internal lock; the Observer
-// methods never panic on odd label values (they drop the sample instead).
+// and never block; they never panic on odd label values (they drop the
+// sample instead).
 //
-// *Metrics has the method set of rotation.Observer, so it can be passed as
-// the engine's Observer.
+// *Metrics has the method set of rotation.Observer (RotationFinished,
+// DEKsRewrapped, CycleDone) and of kmsmw.Observer (KMSCall), and it is the
+// prometheus.Collector that New registers.
 type Metrics struct {
-	rotationFailures  *prometheus.CounterVec
-	rotations         *prometheus.CounterVec
-	rotationDuration  *prometheus.HistogramVec
-	keyExpiry         *prometheus.GaugeVec
-	keyVersion        *prometheus.GaugeVec
-	deks              *prometheus.GaugeVec
-	rewrapped         *prometheus.CounterVec
-	progress          *prometheus.GaugeVec
-	retirementBlocked *prometheus.GaugeVec
-	kmsRequests       *prometheus.CounterVec
-	kmsDuration       *prometheus.HistogramVec
-	lastCycle         prometheus.Gauge
-	lastSuccess       prometheus.Gauge
-	auditValid        *prometheus.GaugeVec // no labels: exported only once set
-	backendInfo       *prometheus.GaugeVec
+	store  rekey.Store
+	now    func() time.Time
+	logger *slog.Logger
 
-	mu   sync.Mutex
-	keys map[string]*keySeries // keys with series, and what Refresh set for them
+	rotationFailures *prometheus.CounterVec
+	rotations        *prometheus.CounterVec
+	rotationDuration *prometheus.HistogramVec
+	rewrapped        *prometheus.CounterVec
+	kmsRequests      *prometheus.CounterVec
+	kmsDuration      *prometheus.HistogramVec
+	lastCycle        prometheus.Gauge
+	lastSuccess      prometheus.Gauge
+	auditValid       *prometheus.GaugeVec // no labels: exported only once set
+
+	keyExpiry  *prometheus.Desc
+	keyVersion *prometheus.Desc
+	deks       *prometheus.Desc
+	progress   *prometheus.Desc
+	blocked    *prometheus.Desc
 }
 
-// keySeries remembers the label values of one key's per-version series, so
-// that Refresh can delete those that no longer match the store.
-type keySeries struct {
-	deks    map[dekLabels]bool // (version, state) of rekey_deks
-	blocked map[string]bool    // version of rekey_retirement_blocked
-}
+var _ prometheus.Collector = (*Metrics)(nil)
 
-type dekLabels struct{ version, state string }
-
-// New creates rekey's collectors and registers them on reg. A nil reg means
-// a private registry nobody scrapes (the metrics are kept, not exported).
-// It returns an error, and leaves reg as it was, when a collector cannot be
-// registered — for instance because New was already called with reg
-// (prometheus.AlreadyRegisteredError is in the chain).
-func New(reg prometheus.Registerer) (*Metrics, error) {
+// New creates rekey's metrics and registers them on reg as one collector.
+// A nil reg means a private registry nobody scrapes (the metrics are kept,
+// not exported). It creates rekey_kms_requests_total{backend,op,result} at
+// 0 (and an empty rekey_kms_request_duration_seconds{backend,op}) for each
+// of o.Backends × o.KMSOps. It returns an error, and leaves reg as it was,
+// when the collector cannot be registered — for instance because New was
+// already called with reg (prometheus.AlreadyRegisteredError is in the
+// chain).
+func New(reg prometheus.Registerer, o Options) (*Metrics, error) {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
 	m := &Metrics{
+		store:  o.Store,
+		now:    o.Now,
+		logger: o.Logger,
 		rotationFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: NameRotationFailures,
 			Help: "Rotations of the key that failed (each failed attempt counts; the rotation resumes next cycle).",
@@ -141,30 +167,10 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Help:    "Time the engine spent driving a rotation of the key to done, in the attempt that finished it.",
 			Buckets: RotationDurationBuckets(),
 		}, []string{"key"}),
-		keyExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: NameKeyExpiry,
-			Help: "Unix time at which the active version's rotation period ends (0 if the store has none).",
-		}, []string{"key"}),
-		keyVersion: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: NameKeyVersion,
-			Help: "Active version of the key.",
-		}, []string{"key"}),
-		deks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: NameDEKs,
-			Help: "DEKs wrapped under each version of the key; state is the version's state.",
-		}, []string{"key", "version", "state"}),
 		rewrapped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: NameRewrappedDEKs,
 			Help: "DEKs re-wrapped under a newer version of the key.",
 		}, []string{"key"}),
-		progress: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: NameRotationProgress,
-			Help: "Re-wrap progress of the key's open rotation, 0..1 ((done+failed)/total); 0 when none is open.",
-		}, []string{"key"}),
-		retirementBlocked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: NameRetirementBlocked,
-			Help: "1 when the version should retire (grace over, or compromised) but DEKs still reference it; else 0.",
-		}, []string{"key", "version"}),
 		kmsRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: NameKMSRequests,
 			Help: "Calls to a KMS/HSM backend, by backend name, operation and result.",
@@ -186,50 +192,33 @@ func New(reg prometheus.Registerer) (*Metrics, error) {
 			Name: NameAuditChainValid,
 			Help: "1 when the last verification of the audit hash chain passed, 0 when it failed; absent until the first verification.",
 		}, nil),
-		backendInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: NameBackendInfo,
-			Help: "Always 1: the type of each configured backend (join on backend).",
-		}, []string{"backend", "type"}),
-		keys: map[string]*keySeries{},
+		keyExpiry: prometheus.NewDesc(NameKeyExpiry,
+			"Unix time at which the active version's rotation period ends (0 if the store has none).",
+			[]string{"key"}, nil),
+		keyVersion: prometheus.NewDesc(NameKeyVersion,
+			"Active version of the key.",
+			[]string{"key"}, nil),
+		deks: prometheus.NewDesc(NameDEKs,
+			"DEKs wrapped under each version of the key; state is the version's state.",
+			[]string{"key", "version", "state"}, nil),
+		progress: prometheus.NewDesc(NameRotationProgress,
+			"Re-wrap progress of the key's open rotation, 0..1 ((done+failed)/total, 1 once committed); 0 when none is open.",
+			[]string{"key"}, nil),
+		blocked: prometheus.NewDesc(NameRetirementBlocked,
+			"1 when the version should retire (grace over, or compromised) but DEKs still reference it and no rotation is re-wrapping them; else 0.",
+			[]string{"key", "version"}, nil),
 	}
-	collectors := []prometheus.Collector{
-		m.rotationFailures, m.rotations, m.rotationDuration, m.keyExpiry,
-		m.keyVersion, m.deks, m.rewrapped, m.progress, m.retirementBlocked,
-		m.kmsRequests, m.kmsDuration, m.lastCycle, m.lastSuccess,
-		m.auditValid, m.backendInfo,
+	if m.now == nil {
+		m.now = time.Now
 	}
-	for i, c := range collectors {
-		if err := reg.Register(c); err != nil {
-			for _, done := range collectors[:i] {
-				reg.Unregister(done)
-			}
-			return nil, fmt.Errorf("metrics: register rekey collectors: %w", err)
-		}
+	if m.logger == nil {
+		m.logger = slog.New(slog.DiscardHandler)
 	}
-	return m, nil
-}
-
-// Init pre-creates every series whose labels are known at start: for each
-// key, rekey_rotations_total{result="success"|"failure"},
-// rekey_rotation_failures_total and rekey_rewrapped_deks_total at 0 (and an
-// empty rekey_rotation_duration_seconds); for each backend × op × result,
-// rekey_kms_requests_total at 0 (and an empty duration histogram per
-// backend × op); rekey_backend_info{backend,type} for each backend. backends
-// maps a backend name to its type ("local", "awskms", ...). ops nil means
-// DefaultKMSOps. Init may be called again (after a config change); it only
-// adds series. Keys created later get their series from Refresh or from the
-// first Observer call that names them.
-func (m *Metrics) Init(keys []string, backends map[string]string, ops []string) {
-	if len(ops) == 0 {
+	ops := o.KMSOps
+	if ops == nil {
 		ops = DefaultKMSOps()
 	}
-	for _, k := range keys {
-		m.ensureKey(k)
-	}
-	for name, typ := range backends {
-		if g, err := m.backendInfo.GetMetricWithLabelValues(name, typ); err == nil {
-			g.Set(1)
-		}
+	for _, name := range o.Backends {
 		for _, op := range ops {
 			for _, result := range []string{resultSuccess, resultFailure} {
 				_, _ = m.kmsRequests.GetMetricWithLabelValues(name, op, result)
@@ -237,21 +226,152 @@ func (m *Metrics) Init(keys []string, backends map[string]string, ops []string) 
 			_, _ = m.kmsDuration.GetMetricWithLabelValues(name, op)
 		}
 	}
+	if err := reg.Register(m); err != nil {
+		return nil, fmt.Errorf("metrics: register rekey collector: %w", err)
+	}
+	return m, nil
 }
 
-// ensureKey creates key's counters at 0 (a no-op for those that exist) and
-// remembers the key, so that Refresh deletes its series once the store no
-// longer has it.
-func (m *Metrics) ensureKey(key string) {
-	m.mu.Lock()
-	_, known := m.keys[key]
-	if !known {
-		m.keys[key] = &keySeries{deks: map[dekLabels]bool{}, blocked: map[string]bool{}}
+// eventCollectors are the collectors with a writer (the engine, the KMS
+// middleware, the worker).
+func (m *Metrics) eventCollectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		m.rotationFailures, m.rotations, m.rotationDuration, m.rewrapped,
+		m.kmsRequests, m.kmsDuration, m.lastCycle, m.lastSuccess, m.auditValid,
 	}
-	m.mu.Unlock()
-	if known {
+}
+
+// Describe implements prometheus.Collector: every metric of the package.
+func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, c := range m.eventCollectors() {
+		c.Describe(ch)
+	}
+	for _, d := range []*prometheus.Desc{m.keyExpiry, m.keyVersion, m.deks, m.progress, m.blocked} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector. It reads one snapshot of the
+// store, makes sure every key of it has its counters (at 0 when new), then
+// emits the event metrics and the state gauges of the snapshot. When the
+// store cannot be read, the error is logged and this scrape has no state
+// gauges; the event metrics are still emitted.
+func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
+	var snap []keySnapshot
+	if m.store != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+		var err error
+		snap, err = readSnapshot(ctx, m.store)
+		cancel()
+		if err != nil {
+			m.logger.Error("metrics: reading the store at scrape time; the state gauges are left out of this scrape", "error", err.Error())
+			snap = nil
+		}
+	}
+	for _, ks := range snap {
+		m.ensureKey(ks.key.Name)
+	}
+	for _, c := range m.eventCollectors() {
+		c.Collect(ch)
+	}
+	now := m.now()
+	for _, ks := range snap {
+		m.collectKey(ch, ks, now)
+	}
+}
+
+// keySnapshot is what one scrape read from the store about one key.
+type keySnapshot struct {
+	key      rekey.Key
+	versions []rekey.KeyVersion
+	counts   map[int]int64
+	open     *rekey.Rotation
+}
+
+// readSnapshot reads every key of s. A key deleted between ListKeys and
+// its other reads is left out; any other error fails the whole snapshot,
+// so that a scrape never shows half the store.
+func readSnapshot(ctx context.Context, s rekey.Store) ([]keySnapshot, error) {
+	keys, err := s.ListKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	out := make([]keySnapshot, 0, len(keys))
+	for _, k := range keys {
+		ks, err := readKey(ctx, s, k)
+		switch {
+		case errors.Is(err, rekey.ErrKeyNotFound):
+			continue
+		case err != nil:
+			return nil, fmt.Errorf("key %s: %w", k.Name, err)
+		}
+		out = append(out, ks)
+	}
+	return out, nil
+}
+
+func readKey(ctx context.Context, s rekey.Store, k rekey.Key) (keySnapshot, error) {
+	ks := keySnapshot{key: k}
+	var err error
+	if ks.versions, err = s.ListVersions(ctx, k.Name); err != nil {
+		return ks, fmt.Errorf("list versions: %w", err)
+	}
+	if ks.counts, err = s.CountDEKs(ctx, k.Name); err != nil {
+		return ks, fmt.Errorf("count DEKs: %w", err)
+	}
+	r, err := s.OpenRotation(ctx, k.Name)
+	switch {
+	case err == nil:
+		ks.open = &r
+	case errors.Is(err, rekey.ErrRotationNotFound):
+	default:
+		return ks, fmt.Errorf("open rotation: %w", err)
+	}
+	return ks, nil
+}
+
+// collectKey emits the state gauges of one key.
+func (m *Metrics) collectKey(ch chan<- prometheus.Metric, ks keySnapshot, now time.Time) {
+	k := ks.key
+	m.emit(ch, m.keyVersion, float64(k.ActiveVersion), k.Name)
+	m.emit(ch, m.keyExpiry, unixSeconds(k.ExpiresAt), k.Name)
+	ratio := 0.0
+	if ks.open != nil {
+		ratio = ks.open.Progress()
+	}
+	m.emit(ch, m.progress, ratio, k.Name)
+
+	listed := make(map[int]bool, len(ks.versions))
+	for _, v := range ks.versions {
+		listed[v.Version] = true
+		ver := strconv.Itoa(v.Version)
+		n := ks.counts[v.Version]
+		m.emit(ch, m.deks, float64(n), k.Name, ver, string(v.State))
+		d := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: n, RotationOpen: ks.open != nil}, now)
+		m.emit(ch, m.blocked, boolFloat(d.RetirementBlocked()), k.Name, ver)
+	}
+	// DEKs on a version the store does not list should not exist; show them
+	// rather than hide them.
+	for version, n := range ks.counts {
+		if !listed[version] && n != 0 {
+			m.emit(ch, m.deks, float64(n), k.Name, strconv.Itoa(version), stateUnknown)
+		}
+	}
+}
+
+// emit sends one gauge; a label value Prometheus refuses (not UTF-8) drops
+// the sample rather than failing the scrape.
+func (m *Metrics) emit(ch chan<- prometheus.Metric, d *prometheus.Desc, v float64, labels ...string) {
+	c, err := prometheus.NewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	if err != nil {
+		m.logger.Warn("metrics: sample dropped", "metric", d.String(), "error", err.Error())
 		return
 	}
+	ch <- c
+}
+
+// ensureKey creates key's counters at 0; a no-op for those that exist.
+func (m *Metrics) ensureKey(key string) {
 	for _, result := range []string{resultSuccess, resultFailure} {
 		_, _ = m.rotations.GetMetricWithLabelValues(key, result)
 	}
@@ -260,15 +380,10 @@ func (m *Metrics) ensureKey(key string) {
 	_, _ = m.rotationDuration.GetMetricWithLabelValues(key)
 }
 
-// RotationStarted implements rotation.Observer: it makes sure key's
-// counters exist.
-func (m *Metrics) RotationStarted(key string) { m.ensureKey(key) }
-
 // RotationFinished implements rotation.Observer. It counts the attempt in
 // rekey_rotations_total{result}; a failure (any result but "success") also
 // counts in rekey_rotation_failures_total; a success observes d in
-// rekey_rotation_duration_seconds and sets the progress back to 0 (no
-// rotation is open any more).
+// rekey_rotation_duration_seconds.
 func (m *Metrics) RotationFinished(key, result string, d time.Duration) {
 	m.ensureKey(key)
 	if result != resultSuccess {
@@ -286,9 +401,6 @@ func (m *Metrics) RotationFinished(key, result string, d time.Duration) {
 	if h, err := m.rotationDuration.GetMetricWithLabelValues(key); err == nil {
 		h.Observe(d.Seconds())
 	}
-	if g, err := m.progress.GetMetricWithLabelValues(key); err == nil {
-		g.Set(0)
-	}
 }
 
 // DEKsRewrapped implements rotation.Observer: it adds n (when positive) to
@@ -303,16 +415,7 @@ func (m *Metrics) DEKsRewrapped(key string, n int) {
 	}
 }
 
-// Progress implements rotation.Observer: it sets
-// rekey_rotation_progress_ratio{key}, clamped to 0..1 (NaN counts as 0).
-func (m *Metrics) Progress(key string, ratio float64) {
-	m.ensureKey(key)
-	if g, err := m.progress.GetMetricWithLabelValues(key); err == nil {
-		g.Set(clampRatio(ratio))
-	}
-}
-
-// KMSCall implements rotation.Observer: it counts the call in
+// KMSCall implements kmsmw.Observer: it counts the call in
 // rekey_kms_requests_total{backend,op,result} (any result but "success"
 // counts as "failure") and observes d in
 // rekey_kms_request_duration_seconds{backend,op}.
@@ -326,23 +429,6 @@ func (m *Metrics) KMSCall(backend, op, result string, d time.Duration) {
 	if h, err := m.kmsDuration.GetMetricWithLabelValues(backend, op); err == nil {
 		h.Observe(d.Seconds())
 	}
-}
-
-// RetirementBlocked implements rotation.Observer: it sets
-// rekey_retirement_blocked{key,version} to 1 or 0.
-func (m *Metrics) RetirementBlocked(key string, version int, blocked bool) {
-	m.ensureKey(key)
-	v := strconv.Itoa(version)
-	g, err := m.retirementBlocked.GetMetricWithLabelValues(key, v)
-	if err != nil {
-		return
-	}
-	g.Set(boolFloat(blocked))
-	m.mu.Lock()
-	if ks := m.keys[key]; ks != nil {
-		ks.blocked[v] = true
-	}
-	m.mu.Unlock()
 }
 
 // CycleDone implements rotation.Observer: it sets
@@ -364,189 +450,6 @@ func (m *Metrics) SetAuditChainValid(ok bool) {
 	if g, err := m.auditValid.GetMetricWithLabelValues(); err == nil {
 		g.Set(boolFloat(ok))
 	}
-}
-
-// keySnapshot is what Refresh read from the store about one key.
-type keySnapshot struct {
-	key      rekey.Key
-	versions []rekey.KeyVersion
-	counts   map[int]int64
-	open     *rekey.Rotation
-}
-
-// Refresh sets the state gauges from the store s, as of now:
-// rekey_key_version, rekey_key_expiry_timestamp_seconds,
-// rekey_rotation_progress_ratio ((done+failed)/total of the open rotation,
-// 0 when none), and for each version rekey_deks{key,version,state} and
-// rekey_retirement_blocked{key,version} (1 for a pending_retirement version
-// whose retire_after has passed, or a compromised version with no open
-// rotation, while DEKs still reference it). Series of versions that left a
-// state, and every series of a key the store no longer has, are deleted.
-//
-// Refresh reads the store before it changes anything. If listing the keys
-// fails it returns that error and changes nothing; if reading one key
-// fails, that key's series are left as they were, the other keys are
-// refreshed, and the errors are returned joined.
-func (m *Metrics) Refresh(ctx context.Context, s rekey.Store, now time.Time) error {
-	keys, err := s.ListKeys(ctx)
-	if err != nil {
-		return fmt.Errorf("metrics: refresh: list keys: %w", err)
-	}
-	var (
-		errs    []error
-		snaps   []keySnapshot
-		inStore = make(map[string]bool, len(keys))
-	)
-	for _, k := range keys {
-		inStore[k.Name] = true
-		snap, err := readKey(ctx, s, k)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("metrics: refresh key %s: %w", k.Name, err))
-			continue
-		}
-		snaps = append(snaps, snap)
-	}
-	for _, snap := range snaps {
-		m.ensureKey(snap.key.Name)
-		m.applyKey(snap, now)
-	}
-	m.deleteKeysNotIn(inStore)
-	return errors.Join(errs...)
-}
-
-func readKey(ctx context.Context, s rekey.Store, k rekey.Key) (keySnapshot, error) {
-	snap := keySnapshot{key: k}
-	var err error
-	if snap.versions, err = s.ListVersions(ctx, k.Name); err != nil {
-		return snap, fmt.Errorf("list versions: %w", err)
-	}
-	if snap.counts, err = s.CountDEKs(ctx, k.Name); err != nil {
-		return snap, fmt.Errorf("count DEKs: %w", err)
-	}
-	r, err := s.OpenRotation(ctx, k.Name)
-	switch {
-	case err == nil:
-		snap.open = &r
-	case errors.Is(err, rekey.ErrRotationNotFound):
-	default:
-		return snap, fmt.Errorf("open rotation: %w", err)
-	}
-	return snap, nil
-}
-
-// applyKey sets one key's gauges from snap and deletes its per-version
-// series that snap no longer has. It holds m.mu throughout (it does no I/O),
-// so that concurrent Refresh calls apply whole snapshots one at a time.
-func (m *Metrics) applyKey(snap keySnapshot, now time.Time) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	k := snap.key
-	setGauge(m.keyVersion, float64(k.ActiveVersion), k.Name)
-	setGauge(m.keyExpiry, unixSeconds(k.ExpiresAt), k.Name)
-	ratio := 0.0
-	if r := snap.open; r != nil && r.Total > 0 {
-		ratio = clampRatio(float64(r.Done+r.Failed) / float64(r.Total))
-	}
-	setGauge(m.progress, ratio, k.Name)
-
-	deks := make(map[dekLabels]bool, len(snap.versions))
-	blocked := make(map[string]bool, len(snap.versions))
-	listed := make(map[int]bool, len(snap.versions))
-	for _, v := range snap.versions {
-		listed[v.Version] = true
-		ver := strconv.Itoa(v.Version)
-		n := snap.counts[v.Version]
-		l := dekLabels{ver, string(v.State)}
-		deks[l] = true
-		setGauge(m.deks, float64(n), k.Name, l.version, l.state)
-		blocked[ver] = true
-		setGauge(m.retirementBlocked, boolFloat(retirementBlocked(v, n, snap.open != nil, now)), k.Name, ver)
-	}
-	// DEKs on a version the store does not list should not exist; show them
-	// rather than hide them.
-	for version, n := range snap.counts {
-		if listed[version] || n == 0 {
-			continue
-		}
-		l := dekLabels{strconv.Itoa(version), stateUnknown}
-		deks[l] = true
-		setGauge(m.deks, float64(n), k.Name, l.version, l.state)
-	}
-
-	ks := m.keys[k.Name]
-	if ks == nil { // deleted meanwhile by a concurrent Refresh
-		ks = &keySeries{}
-		m.keys[k.Name] = ks
-	}
-	for l := range ks.deks {
-		if !deks[l] {
-			m.deks.DeleteLabelValues(k.Name, l.version, l.state)
-		}
-	}
-	for ver := range ks.blocked {
-		if !blocked[ver] {
-			m.retirementBlocked.DeleteLabelValues(k.Name, ver)
-		}
-	}
-	ks.deks, ks.blocked = deks, blocked
-}
-
-// retirementBlocked reports whether version v, referenced by n DEKs, should
-// have left them behind by now: a pending_retirement version whose grace is
-// over, or a compromised version once no rotation is re-wrapping it away.
-func retirementBlocked(v rekey.KeyVersion, n int64, rotationOpen bool, now time.Time) bool {
-	if n <= 0 {
-		return false
-	}
-	switch v.State {
-	case rekey.VersionPendingRetirement:
-		return !v.RetireAfter.After(now)
-	case rekey.VersionCompromised:
-		return !rotationOpen
-	}
-	return false
-}
-
-// deleteKeysNotIn deletes every series of the keys this Metrics knows that
-// are not in inStore.
-func (m *Metrics) deleteKeysNotIn(inStore map[string]bool) {
-	m.mu.Lock()
-	var gone []string
-	for k := range m.keys {
-		if !inStore[k] {
-			gone = append(gone, k)
-			delete(m.keys, k)
-		}
-	}
-	m.mu.Unlock()
-	for _, k := range gone {
-		l := prometheus.Labels{"key": k}
-		m.rotationFailures.DeletePartialMatch(l)
-		m.rotations.DeletePartialMatch(l)
-		m.rotationDuration.DeletePartialMatch(l)
-		m.keyExpiry.DeletePartialMatch(l)
-		m.keyVersion.DeletePartialMatch(l)
-		m.deks.DeletePartialMatch(l)
-		m.rewrapped.DeletePartialMatch(l)
-		m.progress.DeletePartialMatch(l)
-		m.retirementBlocked.DeletePartialMatch(l)
-	}
-}
-
-func setGauge(v *prometheus.GaugeVec, x float64, labels ...string) {
-	if g, err := v.GetMetricWithLabelValues(labels...); err == nil {
-		g.Set(x)
-	}
-}
-
-func clampRatio(r float64) float64 {
-	switch {
-	case math.IsNaN(r) || r < 0:
-		return 0
-	case r > 1:
-		return 1
-	}
-	return r
 }
 
 func boolFloat(b bool) float64 {

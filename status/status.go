@@ -6,6 +6,7 @@ package status
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -44,8 +45,10 @@ type VersionView struct {
 	CreatedAt   time.Time          `json:"created_at"`
 	RetireAfter *time.Time         `json:"retire_after"`
 	RetiredAt   *time.Time         `json:"retired_at,omitempty"`
-	// RetirementBlocked is set for a pending_retirement version whose grace
-	// has passed while DEKs still reference it.
+	// RetirementBlocked is rekey.DecideVersion's verdict (the same as the
+	// rekey_retirement_blocked metric): the version should have retired
+	// (grace over) or, compromised, been disabled, but DEKs still reference
+	// it and no rotation of the key is re-wrapping them.
 	RetirementBlocked bool `json:"retirement_blocked,omitempty"`
 }
 
@@ -70,19 +73,12 @@ type KeyView struct {
 // RotationView is a rotation with its progress.
 type RotationView struct {
 	rekey.Rotation
-	Progress float64 `json:"progress"` // 0..1
+	Progress float64 `json:"progress"` // 0..1, r.Progress()
 }
 
-// NewRotationView renders r.
+// NewRotationView renders r; its progress is rekey.Rotation.Progress.
 func NewRotationView(r rekey.Rotation) RotationView {
-	v := RotationView{Rotation: r}
-	switch {
-	case r.State == rekey.RotationDone || r.State == rekey.RotationCommitted:
-		v.Progress = 1
-	case r.Total > 0:
-		v.Progress = min(1, float64(r.Done+r.Failed)/float64(r.Total))
-	}
-	return v
+	return RotationView{Rotation: r, Progress: r.Progress()}
 }
 
 // Status is what `rekey status --json` and /api/v1/status print.
@@ -94,16 +90,27 @@ type Status struct {
 }
 
 // Key builds the view of the key called name. It returns
-// rekey.ErrKeyNotFound for an unknown name.
+// rekey.ErrKeyNotFound for an unknown name, and the store's error when a
+// read fails.
 func Key(ctx context.Context, s rekey.Store, name string, now time.Time) (KeyView, error) {
 	k, err := s.GetKey(ctx, name)
 	if err != nil {
 		return KeyView{}, fmt.Errorf("key %s: %w", name, err)
 	}
-	return keyView(ctx, s, k, now)
+	open := true
+	switch _, err := s.OpenRotation(ctx, name); {
+	case errors.Is(err, rekey.ErrRotationNotFound):
+		open = false
+	case err != nil:
+		return KeyView{}, fmt.Errorf("key %s: open rotation: %w", name, err)
+	}
+	return keyView(ctx, s, k, open, now)
 }
 
-func keyView(ctx context.Context, s rekey.Store, k rekey.Key, now time.Time) (KeyView, error) {
+// keyView builds k's view; rotationOpen says whether a rotation of k is
+// open (it re-wraps the DEKs of older versions, which are then not
+// blocked).
+func keyView(ctx context.Context, s rekey.Store, k rekey.Key, rotationOpen bool, now time.Time) (KeyView, error) {
 	versions, err := s.ListVersions(ctx, k.Name)
 	if err != nil {
 		return KeyView{}, fmt.Errorf("key %s: versions: %w", k.Name, err)
@@ -128,7 +135,7 @@ func keyView(ctx context.Context, s rekey.Store, k rekey.Key, now time.Time) (Ke
 			t := kv.RetiredAt
 			vv.RetiredAt = &t
 		}
-		vv.RetirementBlocked = kv.State == rekey.VersionPendingRetirement && !kv.RetireAfter.After(now) && vv.DEKs > 0
+		vv.RetirementBlocked = rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: kv, DEKs: vv.DEKs, RotationOpen: rotationOpen}, now).RetirementBlocked()
 		v.DEKs += vv.DEKs
 		v.Versions = append(v.Versions, vv)
 	}
@@ -136,26 +143,28 @@ func keyView(ctx context.Context, s rekey.Store, k rekey.Key, now time.Time) (Ke
 }
 
 // Build builds the status of every key, the open rotations and the ten most
-// recent ones.
+// recent ones. It returns the store's error when a read fails.
 func Build(ctx context.Context, s rekey.Store, now time.Time) (Status, error) {
 	keys, err := s.ListKeys(ctx)
 	if err != nil {
 		return Status{}, fmt.Errorf("list keys: %w", err)
 	}
 	st := Status{Time: rekey.NormalizeTime(now), Keys: make([]KeyView, 0, len(keys)), Rotations: []RotationView{}, Recent: []RotationView{}}
-	for _, k := range keys {
-		v, err := keyView(ctx, s, k, now)
-		if err != nil {
-			return Status{}, err
-		}
-		st.Keys = append(st.Keys, v)
-	}
 	open, err := s.ListRotations(ctx, rekey.RotationQuery{OpenOnly: true})
 	if err != nil {
 		return Status{}, fmt.Errorf("list rotations: %w", err)
 	}
+	rotating := make(map[string]bool, len(open))
 	for _, r := range open {
+		rotating[r.Key] = true
 		st.Rotations = append(st.Rotations, NewRotationView(r))
+	}
+	for _, k := range keys {
+		v, err := keyView(ctx, s, k, rotating[k.Name], now)
+		if err != nil {
+			return Status{}, err
+		}
+		st.Keys = append(st.Keys, v)
 	}
 	recent, err := s.ListRotations(ctx, rekey.RotationQuery{Limit: 10})
 	if err != nil {

@@ -74,3 +74,73 @@ func TestBuildCountsAndDue(t *testing.T) {
 		t.Fatal("empty rotation lists must encode as [], not null")
 	}
 }
+
+// TestRetirementBlockedIsDecideVersion: status reports a version blocked
+// exactly when rekey.DecideVersion does — past its grace with DEKs left
+// and no rotation re-wrapping them, or compromised with DEKs left — in
+// both Build and Key.
+func TestRetirementBlockedIsDecideVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s := memstore.New()
+	if err := s.CreateKey(ctx, rekey.Key{Name: "k", Backend: "mem", ActiveVersion: 1, ExpiresAt: now, Policy: rekey.DefaultPolicy()},
+		rekey.KeyVersion{Key: "k", Version: 1, State: rekey.VersionActive, ExpiresAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InsertDEKs(ctx, []rekey.DEK{{ID: "d1", Key: "k", Version: 1, Wrapped: []byte{1}}, {ID: "d2", Key: "k", Version: 1, Wrapped: []byte{2}}}); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := s.AcquireLease(ctx, "k", "w", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rekey.Rotation{ID: "r", Key: "k", FromVersion: 1, Reason: rekey.ReasonScheduled, StartedAt: now}
+	if err := s.CreateRotation(ctx, r, lease); err != nil {
+		t.Fatal(err)
+	}
+	r.State, r.ToVersion, r.Total, r.Done, r.Failed = rekey.RotationCommitted, 2, 2, 0, 2
+	if err := s.AdvanceRotation(ctx, rekey.RotationUpdate{Rotation: r, FromState: rekey.RotationClaimed,
+		NewVersion: &rekey.KeyVersion{Version: 2},
+		Activate:   &rekey.Activation{Version: 2, ExpiresAt: now.Add(90 * rekey.Day), Previous: 1, RetireAfter: now.Add(rekey.Day)}}, lease); err != nil {
+		t.Fatal(err)
+	}
+	blocked := func(at time.Time) (fromBuild, fromKey bool, progress float64) {
+		t.Helper()
+		st, err := status.Build(ctx, s, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv, err := status.Key(ctx, s, "k", at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		progress = -1
+		if len(st.Rotations) == 1 {
+			progress = st.Rotations[0].Progress
+		}
+		return st.Keys[0].Versions[0].RetirementBlocked, kv.Versions[0].RetirementBlocked, progress
+	}
+	// The rotation is open (committed): not blocked, even past the grace.
+	if b, k, p := blocked(now.Add(2 * rekey.Day)); b || k || p != 1 {
+		t.Errorf("rotation open: blocked %v/%v progress %v, want false/false 1", b, k, p)
+	}
+	r.State = rekey.RotationDone
+	if err := s.AdvanceRotation(ctx, rekey.RotationUpdate{Rotation: r, FromState: rekey.RotationCommitted}, lease); err != nil {
+		t.Fatal(err)
+	}
+	if b, k, _ := blocked(now.Add(time.Hour)); b || k {
+		t.Errorf("within the grace: blocked %v/%v", b, k)
+	}
+	if b, k, _ := blocked(now.Add(2 * rekey.Day)); !b || !k {
+		t.Errorf("grace over, 2 DEKs left, no rotation: blocked %v/%v, want true", b, k)
+	}
+	// Compromised with DEKs and no rotation: blocked at once.
+	if err := s.ChangeVersionState(ctx, rekey.VersionChange{Key: "k", Version: 1, From: []rekey.VersionState{rekey.VersionPendingRetirement},
+		To: rekey.VersionCompromised, At: now}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if b, k, _ := blocked(now.Add(time.Hour)); !b || !k {
+		t.Errorf("compromised with DEKs: blocked %v/%v, want true", b, k)
+	}
+}

@@ -17,8 +17,8 @@ import (
 )
 
 // worker is `rekey run`: the engine on a timer, with declared keys
-// reconciled at start, metrics refreshed from the store after every cycle,
-// and the HTTP endpoints.
+// reconciled at start, metrics read from the store at scrape time, and the
+// HTTP endpoints.
 type worker struct {
 	c        *cli
 	a        *app
@@ -39,12 +39,16 @@ const auditVerifyEvery = time.Hour
 func (c *cli) newWorker(ctx context.Context, a *app, listen string, once bool) (*worker, error) {
 	w := &worker{c: c, a: a, interval: a.cfg.Worker.CheckInterval, listen: listen, reg: prometheus.NewRegistry()}
 	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	m, err := metrics.New(w.reg)
+	backends := make([]string, 0, len(a.cfg.Backends))
+	for name := range a.cfg.Backends {
+		backends = append(backends, name)
+	}
+	m, err := metrics.New(w.reg, metrics.Options{Store: a.store, Now: a.now, Backends: backends, Logger: a.logger})
 	if err != nil {
 		return nil, err
 	}
 	w.metrics = m
-	eng, err := c.engine(a, m)
+	eng, err := c.engine(a, engineObserver{m: m})
 	if err != nil {
 		return nil, err
 	}
@@ -52,41 +56,31 @@ func (c *cli) newWorker(ctx context.Context, a *app, listen string, once bool) (
 	return w, nil
 }
 
-// initMetrics creates every series whose labels are known now (each key,
-// each backend and operation) and sets the gauges from the store.
-func (w *worker) initMetrics(ctx context.Context) {
-	var keys []string
-	if ks, err := w.a.store.ListKeys(ctx); err == nil {
-		for _, k := range ks {
-			keys = append(keys, k.Name)
-		}
-	}
-	for _, k := range w.a.cfg.Keys {
-		keys = append(keys, k.Name)
-	}
-	types := map[string]string{}
-	for name, b := range w.a.cfg.Backends {
-		types[name] = b.Type
-	}
-	w.metrics.Init(keys, types, nil)
-	w.refreshMetrics(ctx)
+// engineObserver passes the engine's events that metrics counts on to it;
+// the state gauges are read from the store at scrape time, so the others
+// are dropped. (Stopgap until rotation.Observer has the new shape.)
+type engineObserver struct {
+	rotation.NopObserver
+	m *metrics.Metrics
 }
 
-func (w *worker) refreshMetrics(ctx context.Context) {
-	if err := w.metrics.Refresh(ctx, w.a.store, w.a.now()); err != nil {
-		w.a.logger.Error("refreshing metrics from the store", "error", err.Error())
-	}
+func (o engineObserver) RotationFinished(key, result string, d time.Duration) {
+	o.m.RotationFinished(key, result, d)
 }
+func (o engineObserver) DEKsRewrapped(key string, n int) { o.m.DEKsRewrapped(key, n) }
+func (o engineObserver) KMSCall(backend, op, result string, d time.Duration) {
+	o.m.KMSCall(backend, op, result, d)
+}
+func (o engineObserver) CycleDone(at time.Time, ok bool) { o.m.CycleDone(at, ok) }
 
 // cycle runs one engine cycle, forwards the audit events it wrote to the
-// log, checkpoints the audit trail, and brings the gauges up to date.
+// log and checkpoints the audit trail (the gauges are read at scrape time).
 func (w *worker) cycle(ctx context.Context) rotation.CycleReport {
 	r := w.eng.RunCycle(ctx)
 	// Bookkeeping runs even when a signal ended the cycle: it is short, and
 	// the events of the interrupted rotation deserve their checkpoint.
 	bctx := context.WithoutCancel(ctx)
 	w.auditBookkeeping(bctx)
-	w.refreshMetrics(bctx)
 	return r
 }
 
@@ -158,7 +152,6 @@ func (w *worker) run(ctx context.Context, once bool) error {
 		l.Error("reconciling declared keys", "error", err.Error())
 	}
 	w.auditSeq = w.a.auditHead
-	w.initMetrics(ctx)
 	w.verifyAudit(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait() // the HTTP server shuts down when ctx ends
