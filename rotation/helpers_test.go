@@ -115,7 +115,7 @@ func (e *env) engine(t T, mod ...func(*rotation.Config)) *rotation.Engine {
 		Owner:       fmt.Sprintf("worker-%d", e.owners.Add(1)),
 		BatchSize:   10,
 		Concurrency: 4,
-		Retry:       rotation.RetryPolicy{Attempts: 4, Base: time.Millisecond, Max: 4 * time.Millisecond},
+		RotateRetry: rotation.RotatePolicy{Attempts: 4, Base: time.Millisecond, Max: 4 * time.Millisecond},
 	}
 	for _, m := range mod {
 		m(&cfg)
