@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/retry"
 )
 
 // Defaults of Config.
@@ -65,8 +67,8 @@ type Config struct {
 	// limit) belongs to the middleware the backends and the store are
 	// wrapped in where they are opened (kms/kmsmw, store/retrystore); the
 	// engine never retries a call itself. Zero values take the policy's
-	// defaults (5 rounds).
-	RotateRetry RotatePolicy
+	// defaults (5 rounds, backoff from 200ms).
+	RotateRetry retry.Policy
 	// Failpoints, when set, injects crashes and errors (see package
 	// failpoint).
 	Failpoints *failpoint.Set
@@ -135,6 +137,11 @@ type Engine struct {
 	// per version, so that a still-blocked version is audited when its
 	// count changes rather than every cycle.
 	blocked map[versionRef]int64
+	// noCommitBatch is set once the DEK source refused CommitBatch with
+	// rekey.ErrUnsupported (a store decorator offers the method whatever
+	// the store behind it can do): swaps and checkpoints are then written
+	// one after the other.
+	noCommitBatch atomic.Bool
 	// disabled remembers compromised versions this process already
 	// disabled at the backend (RetireVersion is idempotent; this only
 	// saves calls).
@@ -176,7 +183,6 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
-	cfg.RotateRetry = cfg.RotateRetry.withDefaults()
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
