@@ -44,26 +44,32 @@ type DEKSource interface {
 	CountDEKs(ctx context.Context, key string) (map[int]int64, error)
 }
 
-// BatchCommitter is a DEKSource that writes a re-wrap batch and the
-// rotation's checkpoint in one transaction, so that a crash can never leave
-// the checkpoint (cursor, counts) behind the DEKs it describes. Both stores
-// implement it; a DEK source in an application's own database cannot, and
-// the engine then writes the swaps and the checkpoint one after the other.
+// BatchCommitter writes a re-wrap batch and the rotation's checkpoint in
+// one transaction, so that a crash can never leave the checkpoint (cursor,
+// counts) behind the DEKs it describes. Every Store implements it; a
+// DEKSource in an application's own database cannot, and the engine then
+// writes the swaps (SwapDEKs) and the checkpoint (AdvanceRotation) one
+// after the other.
 type BatchCommitter interface {
 	// CommitBatch applies each swap whose row still holds OldWrapped and
 	// then checkpoint (exactly as AdvanceRotation would apply it), in one
-	// transaction fenced by fence. Before applying checkpoint it adds the
-	// number of swaps applied to checkpoint.Rotation.Done and to the DEKs
-	// of each of its events. It returns the ids of swaps that lost. With
-	// ErrFenced or ErrStale (the rotation left checkpoint.FromState)
-	// nothing is written.
+	// transaction fenced by fence. The swaps follow the rules of SwapDEKs:
+	// only DEKs of fence.Key (others lose), and a NewVersion the key lacks
+	// is ErrVersionNotFound. Before applying checkpoint it adds the number
+	// of swaps applied to checkpoint.Rotation.Done and to the DEKs of each
+	// of its events. It returns the ids of swaps that lost; those rows are
+	// unchanged. On any error nothing is written, swaps included: ErrFenced
+	// (fence is not the current lease of the rotation's key), ErrStale (the
+	// rotation left checkpoint.FromState, or an activation's guards
+	// failed), ErrRotationNotFound, ErrVersionNotFound, ErrConflict and
+	// ErrInvalidArgument as for SwapDEKs and AdvanceRotation.
 	CommitBatch(ctx context.Context, swaps []DEKSwap, fence Lease, checkpoint RotationUpdate) (lost []string, err error)
 }
 
 // Activation makes a version active at commit: the key's active version
-// and expiry change, the new version becomes active, the previous active
-// version becomes pending_retirement (unless it is compromised, which it
-// stays).
+// and expiry change, the new version becomes active with ExpiresAt as its
+// own expiry, the previous active version becomes pending_retirement
+// (unless it is compromised, which it stays) and keeps its expiry.
 type Activation struct {
 	Version     int
 	ExpiresAt   time.Time
@@ -111,25 +117,39 @@ type AuditQuery struct {
 
 // Store holds keys, versions, DEKs, rotations, leases and the audit trail.
 // Implementations are safe for concurrent use by many goroutines and, where
-// the database allows, many processes. Every method may return an
-// *UnreachableError when the database cannot be reached.
+// the database allows, many processes.
 //
 // Methods that take audit events append them, with their hash chain, in the
 // same transaction as the change they record.
+//
+// Retry contract: every method may return an *UnreachableError (IsTransient
+// reports true) when the database cannot be reached or answers with a
+// transient failure (a lock held past the busy timeout, a lost connection),
+// and only when nothing was written: the call can be repeated as it was,
+// and a store-retry decorator does so. A write whose outcome is unknown (the
+// connection dropped or the disk failed during COMMIT) returns another
+// error, never an *UnreachableError: read the state again before writing.
+//
+// Every Store also commits a re-wrap batch and its checkpoint in one
+// transaction (BatchCommitter).
 type Store interface {
 	DEKSource
+	BatchCommitter
 
-	// CreateKey stores a new key and its first version. It returns
+	// CreateKey stores a new key and its first version, which must be
+	// active; a zero v.ExpiresAt is stored as k.ExpiresAt. It returns
 	// ErrKeyExists if the name is taken.
 	CreateKey(ctx context.Context, k Key, v KeyVersion, events ...AuditEvent) error
 	// GetKey returns the key called name, or ErrKeyNotFound.
 	GetKey(ctx context.Context, name string) (Key, error)
 	// ListKeys returns every key, ordered by name.
 	ListKeys(ctx context.Context) ([]Key, error)
-	// UpdateKeyPolicy sets a key's policy and expiry. It returns
-	// ErrKeyNotFound.
+	// UpdateKeyPolicy sets a key's policy and expiry, and in the same
+	// transaction the ExpiresAt of its active version (other versions keep
+	// theirs). It returns ErrKeyNotFound.
 	UpdateKeyPolicy(ctx context.Context, name string, p Policy, expiresAt time.Time, events ...AuditEvent) error
-	// ListVersions returns the versions of key in ascending order, or
+	// ListVersions returns the versions of key in ascending order, their
+	// times (ExpiresAt included) normalised as NormalizeTime does, or
 	// ErrKeyNotFound.
 	ListVersions(ctx context.Context, key string) ([]KeyVersion, error)
 	// ChangeVersionState applies c if the version's state is one of c.From

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"testing"
@@ -104,10 +105,10 @@ func listFixture(t *testing.T, f *fixture) (onV1, onV2 []rekey.DEK) {
 func testDEKsList(t *testing.T, f *fixture) {
 	onV1, onV2 := listFixture(t, f)
 	all := append(slices.Clone(onV1), onV2...)
-	slices.SortFunc(all, func(a, b rekey.DEK) int { return compareIDs(a.ID, b.ID) })
+	slices.SortFunc(all, func(a, b rekey.DEK) int { return cmp.Compare(a.ID, b.ID) })
 	sorted := func(ds []rekey.DEK) []rekey.DEK {
 		out := slices.Clone(ds)
-		slices.SortFunc(out, func(a, b rekey.DEK) int { return compareIDs(a.ID, b.ID) })
+		slices.SortFunc(out, func(a, b rekey.DEK) int { return cmp.Compare(a.ID, b.ID) })
 		return out
 	}
 	tests := []struct {
@@ -145,16 +146,6 @@ func testDEKsList(t *testing.T, f *fixture) {
 		_, err := f.s.ListDEKs(f.ctx, rekey.DEKQuery{})
 		wantErr(t, "ListDEKs without key", err, rekey.ErrInvalidArgument)
 	})
-}
-
-func compareIDs(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func testDEKsListPaging(t *testing.T, f *fixture) {

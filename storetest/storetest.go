@@ -376,6 +376,7 @@ func normKey(k rekey.Key) rekey.Key {
 func normVersion(v rekey.KeyVersion) rekey.KeyVersion {
 	v.CreatedAt = rekey.NormalizeTime(v.CreatedAt)
 	v.ActivatedAt = rekey.NormalizeTime(v.ActivatedAt)
+	v.ExpiresAt = rekey.NormalizeTime(v.ExpiresAt)
 	v.RetireAfter = rekey.NormalizeTime(v.RetireAfter)
 	v.RetiredAt = rekey.NormalizeTime(v.RetiredAt)
 	v.DestroyedAt = rekey.NormalizeTime(v.DestroyedAt)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -95,9 +96,7 @@ type rotationsOldestFirst struct{ *memstore.Store }
 
 func (s rotationsOldestFirst) ListRotations(ctx context.Context, q rekey.RotationQuery) ([]rekey.Rotation, error) {
 	rs, err := s.Store.ListRotations(ctx, q)
-	for i, j := 0, len(rs)-1; i < j; i, j = i+1, j-1 {
-		rs[i], rs[j] = rs[j], rs[i]
-	}
+	slices.Reverse(rs)
 	return rs, err
 }
 

@@ -10,12 +10,13 @@
 package memstore
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
-	"sort"
 	"sync"
 	"time"
 
@@ -59,7 +60,10 @@ type leaseRecord struct {
 	released bool
 }
 
-var _ rekey.Store = (*Store)(nil)
+var (
+	_ rekey.Store          = (*Store)(nil)
+	_ rekey.BatchCommitter = (*Store)(nil)
+)
 
 // errClosed is returned by every method after Close.
 var errClosed = &rekey.UnreachableError{Service: "store:memory", Err: errors.New("store is closed")}
@@ -152,14 +156,14 @@ func (s *Store) ListKeys(ctx context.Context) ([]rekey.Key, error) {
 	}
 	defer s.mu.Unlock()
 	out := make([]rekey.Key, 0, len(s.keys))
-	for _, kr := range s.keys {
-		out = append(out, kr.key)
+	for _, name := range slices.Sorted(maps.Keys(s.keys)) {
+		out = append(out, s.keys[name].key)
 	}
-	slices.SortFunc(out, func(a, b rekey.Key) int { return cmp.Compare(a.Name, b.Name) })
 	return out, nil
 }
 
-// UpdateKeyPolicy implements rekey.Store.
+// UpdateKeyPolicy implements rekey.Store. The key's active version gets
+// expiresAt too; its other versions keep theirs.
 func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy, expiresAt time.Time, events ...rekey.AuditEvent) error {
 	const op = "UpdateKeyPolicy"
 	if err := s.begin(op); err != nil {
@@ -177,6 +181,9 @@ func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy
 	kr.key.Policy = p
 	kr.key.ExpiresAt = rekey.NormalizeTime(expiresAt)
 	kr.key.UpdatedAt = s.now()
+	if v, ok := kr.versions[kr.key.ActiveVersion]; ok {
+		v.ExpiresAt = kr.key.ExpiresAt
+	}
 	s.appendLocked(evs)
 	return nil
 }
@@ -193,10 +200,9 @@ func (s *Store) ListVersions(ctx context.Context, key string) ([]rekey.KeyVersio
 		return nil, wrapErr(op, fmt.Errorf("key %q: %w", key, rekey.ErrKeyNotFound))
 	}
 	out := make([]rekey.KeyVersion, 0, len(kr.versions))
-	for _, v := range kr.versions {
-		out = append(out, *v)
+	for _, n := range slices.Sorted(maps.Keys(kr.versions)) {
+		out = append(out, *kr.versions[n])
 	}
-	slices.SortFunc(out, func(a, b rekey.KeyVersion) int { return a.Version - b.Version })
 	return out, nil
 }
 
@@ -316,7 +322,7 @@ func insertSorted(ids []string, id string) []string {
 	if n := len(ids); n == 0 || ids[n-1] < id {
 		return append(ids, id)
 	}
-	i := sort.SearchStrings(ids, id)
+	i, _ := slices.BinarySearch(ids, id)
 	return slices.Insert(ids, i, id)
 }
 
@@ -357,7 +363,10 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 	}
 	start := 0
 	if q.After != "" {
-		start = sort.Search(len(kr.dekIDs), func(i int) bool { return kr.dekIDs[i] > q.After })
+		var found bool
+		if start, found = slices.BinarySearch(kr.dekIDs, q.After); found {
+			start++
+		}
 	}
 	var out []rekey.DEK
 	for _, id := range kr.dekIDs[start:] {
@@ -385,26 +394,33 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 	if err := storecheck.ValidateSwaps(swaps); err != nil {
 		return nil, wrapErr(op, err)
 	}
+	lost, err := s.swapLocked(swaps, fence, s.now())
+	return lost, wrapErr(op, err)
+}
+
+// swapLocked applies swaps as SwapDEKs documents, with now as the DEKs'
+// UpdatedAt, and returns the ids of the swaps that lost. It checks
+// everything before it changes anything: on an error nothing is written.
+func (s *Store) swapLocked(swaps []rekey.DEKSwap, fence rekey.Lease, now time.Time) ([]string, error) {
 	if err := s.checkFenceLocked(fence.Key, fence); err != nil {
-		return nil, wrapErr(op, err)
+		return nil, err
 	}
 	if len(swaps) == 0 {
 		return nil, nil
 	}
 	kr, ok := s.keys[fence.Key]
 	if !ok {
-		return nil, wrapErr(op, fmt.Errorf("key %q: %w", fence.Key, rekey.ErrKeyNotFound))
+		return nil, fmt.Errorf("key %q: %w", fence.Key, rekey.ErrKeyNotFound)
 	}
 	for _, sw := range swaps {
 		if _, ok := kr.versions[sw.NewVersion]; !ok {
-			return nil, wrapErr(op, fmt.Errorf("dek %s: key %q version %d: %w", sw.ID, fence.Key, sw.NewVersion, rekey.ErrVersionNotFound))
+			return nil, fmt.Errorf("dek %s: key %q version %d: %w", sw.ID, fence.Key, sw.NewVersion, rekey.ErrVersionNotFound)
 		}
 	}
-	now := s.now()
 	var lost []string
 	for _, sw := range swaps {
 		d, ok := s.deks[sw.ID]
-		if !ok || d.Key != fence.Key || !bytesEqual(d.Wrapped, sw.OldWrapped) {
+		if !ok || d.Key != fence.Key || !bytes.Equal(d.Wrapped, sw.OldWrapped) {
 			lost = append(lost, sw.ID)
 			continue
 		}
@@ -414,8 +430,6 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 	}
 	return lost, nil
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // CountDEKs implements rekey.DEKSource.
 func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
@@ -593,7 +607,8 @@ func cloneRotation(r *rekey.Rotation) rekey.Rotation {
 // taken from fence; the state may stay or move forward, never back
 // (ErrInvalidArgument). With Activate, the version to activate must be in
 // state created (else ErrStale) and the key's active version must still be
-// Activate.Previous (else ErrStale).
+// Activate.Previous (else ErrStale); the version activated gets
+// Activate.ExpiresAt.
 func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fence rekey.Lease) error {
 	const op = "AdvanceRotation"
 	if err := s.begin(op); err != nil {
@@ -607,58 +622,123 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 	if err != nil {
 		return wrapErr(op, err)
 	}
-	cur, ok := s.rotations[u.Rotation.ID]
-	if !ok {
-		return wrapErr(op, fmt.Errorf("rotation %s: %w", u.Rotation.ID, rekey.ErrRotationNotFound))
-	}
-	if err := storecheck.ValidateUpdateKey(*cur, u); err != nil {
+	p, err := s.planAdvanceLocked(u, fence, s.now())
+	if err != nil {
 		return wrapErr(op, err)
 	}
-	if err := s.checkFenceLocked(cur.Key, fence); err != nil {
-		return wrapErr(op, err)
+	p.evs = evs
+	s.applyAdvanceLocked(p)
+	return nil
+}
+
+// CommitBatch implements rekey.BatchCommitter: the checkpoint is checked
+// as AdvanceRotation checks it, then the swaps are applied as SwapDEKs
+// applies them, then the checkpoint, with the number of swaps applied
+// added to checkpoint.Rotation.Done and to the DEKs of each event. On any
+// error (ErrFenced, ErrStale, ErrVersionNotFound, … as for those two
+// methods) nothing is written, swaps included.
+func (s *Store) CommitBatch(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease, checkpoint rekey.RotationUpdate) ([]string, error) {
+	const op = "CommitBatch"
+	if err := s.begin(op); err != nil {
+		return nil, err
 	}
-	if cur.State != u.FromState {
-		return wrapErr(op, fmt.Errorf("rotation %s is %s, not %s: %w", cur.ID, cur.State, u.FromState, rekey.ErrStale))
+	defer s.mu.Unlock()
+	if err := storecheck.ValidateSwaps(swaps); err != nil {
+		return nil, wrapErr(op, err)
+	}
+	if err := storecheck.ValidateUpdate(checkpoint); err != nil {
+		return nil, wrapErr(op, err)
+	}
+	evs, err := s.prepareEvents(checkpoint.Events)
+	if err != nil {
+		return nil, wrapErr(op, err)
 	}
 	now := s.now()
-	next := storecheck.MergeRotation(*cur, u.Rotation, fence, now)
-	kr := s.keys[cur.Key]
+	// Everything the checkpoint needs is checked before the swaps write,
+	// and the swaps change nothing it checks: all or nothing.
+	p, err := s.planAdvanceLocked(checkpoint, fence, now)
+	if err != nil {
+		return nil, wrapErr(op, err)
+	}
+	lost, err := s.swapLocked(swaps, fence, now)
+	if err != nil {
+		return nil, wrapErr(op, err)
+	}
+	p.next, p.evs = storecheck.AddApplied(p.next, evs, len(swaps)-len(lost))
+	s.applyAdvanceLocked(p)
+	return lost, nil
+}
 
-	// Check everything before changing anything: all or nothing.
-	var newVersion *rekey.KeyVersion
+// advancePlan is a rotation update that passed every check of
+// AdvanceRotation, ready for applyAdvanceLocked.
+type advancePlan struct {
+	cur        *rekey.Rotation
+	next       rekey.Rotation
+	kr         *keyRecord
+	newVersion *rekey.KeyVersion
+	activate   *rekey.Activation
+	evs        []rekey.AuditEvent
+}
+
+// planAdvanceLocked checks u as AdvanceRotation does (the fence before the
+// state guard) and returns what applying it writes, events aside. It
+// changes nothing.
+func (s *Store) planAdvanceLocked(u rekey.RotationUpdate, fence rekey.Lease, now time.Time) (*advancePlan, error) {
+	cur, ok := s.rotations[u.Rotation.ID]
+	if !ok {
+		return nil, fmt.Errorf("rotation %s: %w", u.Rotation.ID, rekey.ErrRotationNotFound)
+	}
+	if err := storecheck.ValidateUpdateKey(*cur, u); err != nil {
+		return nil, err
+	}
+	if err := s.checkFenceLocked(cur.Key, fence); err != nil {
+		return nil, err
+	}
+	if cur.State != u.FromState {
+		return nil, fmt.Errorf("rotation %s is %s, not %s: %w", cur.ID, cur.State, u.FromState, rekey.ErrStale)
+	}
+	p := &advancePlan{cur: cur, next: storecheck.MergeRotation(*cur, u.Rotation, fence, now), kr: s.keys[cur.Key], activate: u.Activate}
 	if u.NewVersion != nil {
 		nv, err := storecheck.PrepareNewVersion(*u.NewVersion, cur.Key, now)
 		if err != nil {
-			return wrapErr(op, err)
+			return nil, err
 		}
-		if _, ok := kr.versions[nv.Version]; ok {
-			return wrapErr(op, fmt.Errorf("key %q version %d exists: %w", cur.Key, nv.Version, rekey.ErrConflict))
+		if _, ok := p.kr.versions[nv.Version]; ok {
+			return nil, fmt.Errorf("key %q version %d exists: %w", cur.Key, nv.Version, rekey.ErrConflict)
 		}
-		newVersion = &nv
+		p.newVersion = &nv
 	}
 	if a := u.Activate; a != nil {
-		target, ok := kr.versions[a.Version]
-		if newVersion != nil && newVersion.Version == a.Version {
-			target, ok = newVersion, true
+		target, ok := p.kr.versions[a.Version]
+		if p.newVersion != nil && p.newVersion.Version == a.Version {
+			target, ok = p.newVersion, true
 		}
 		if !ok {
-			return wrapErr(op, fmt.Errorf("activate key %q version %d: %w", cur.Key, a.Version, rekey.ErrVersionNotFound))
+			return nil, fmt.Errorf("activate key %q version %d: %w", cur.Key, a.Version, rekey.ErrVersionNotFound)
 		}
 		if target.State != rekey.VersionCreated {
-			return wrapErr(op, fmt.Errorf("activate key %q version %d: it is %s, not created: %w", cur.Key, a.Version, target.State, rekey.ErrStale))
+			return nil, fmt.Errorf("activate key %q version %d: it is %s, not created: %w", cur.Key, a.Version, target.State, rekey.ErrStale)
 		}
-		if kr.key.ActiveVersion != a.Previous {
-			return wrapErr(op, fmt.Errorf("activate key %q: active version is %d, not %d: %w", cur.Key, kr.key.ActiveVersion, a.Previous, rekey.ErrStale))
+		if p.kr.key.ActiveVersion != a.Previous {
+			return nil, fmt.Errorf("activate key %q: active version is %d, not %d: %w", cur.Key, p.kr.key.ActiveVersion, a.Previous, rekey.ErrStale)
 		}
 	}
+	return p, nil
+}
 
-	if newVersion != nil {
-		kr.versions[newVersion.Version] = newVersion
+// applyAdvanceLocked writes p: the new version, the activation (the
+// version activated gets the activation's expiry, the previous one keeps
+// its own), the rotation's next values and p.evs.
+func (s *Store) applyAdvanceLocked(p *advancePlan) {
+	kr, next := p.kr, p.next
+	if p.newVersion != nil {
+		kr.versions[p.newVersion.Version] = p.newVersion
 	}
-	if a := u.Activate; a != nil {
+	if a := p.activate; a != nil {
 		target := kr.versions[a.Version]
 		target.State = rekey.VersionActive
 		target.ActivatedAt = next.UpdatedAt
+		target.ExpiresAt = rekey.NormalizeTime(a.ExpiresAt)
 		if prev, ok := kr.versions[a.Previous]; ok && a.Previous != a.Version && prev.State == rekey.VersionActive {
 			prev.State = rekey.VersionPendingRetirement
 			prev.RetireAfter = rekey.NormalizeTime(a.RetireAfter)
@@ -667,12 +747,11 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 		kr.key.ExpiresAt = rekey.NormalizeTime(a.ExpiresAt)
 		kr.key.UpdatedAt = next.UpdatedAt
 	}
-	*cur = next
+	*p.cur = next
 	if !next.State.Open() {
-		delete(s.open, cur.Key)
+		delete(s.open, next.Key)
 	}
-	s.appendLocked(evs)
-	return nil
+	s.appendLocked(p.evs)
 }
 
 // GetRotation implements rekey.Store.

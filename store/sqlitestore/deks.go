@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/store/internal/storecheck"
@@ -152,46 +153,55 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 	if err := storecheck.ValidateSwaps(swaps); err != nil {
 		return nil, s.fail(op, err)
 	}
-	now := micros(s.nowTime())
+	now := s.nowTime()
 	var lost []string
-	err := s.write(ctx, op, func(tx *sql.Tx) error {
-		lost = lost[:0]
-		if err := checkFence(ctx, tx, fence.Key, fence); err != nil {
-			return err
-		}
-		if len(swaps) == 0 {
-			return nil
-		}
-		if err := checkVersionsExist(ctx, tx, fence.Key, swaps); err != nil {
-			return err
-		}
-		stmt, err := tx.PrepareContext(ctx, `UPDATE deks SET wrapped = ?, version = ?, updated_at = ?
-			WHERE id = ? AND key = ? AND wrapped = ?`)
-		if err != nil {
-			return err
-		}
-		defer stmt.Close()
-		rowCtx := batchContext(ctx)
-		for _, sw := range swaps {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			res, err := stmt.ExecContext(rowCtx, sw.NewWrapped, sw.NewVersion, now, sw.ID, fence.Key, sw.OldWrapped)
-			if err != nil {
-				return err
-			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				lost = append(lost, sw.ID)
-			}
-		}
-		return nil
+	err := s.write(ctx, op, func(tx *sql.Tx) (err error) {
+		lost, err = swapDEKs(ctx, tx, swaps, fence, now)
+		return err
 	})
 	if err != nil {
 		return nil, err
+	}
+	return lost, nil
+}
+
+// swapDEKs applies swaps in tx as SwapDEKs documents, with now as the
+// DEKs' UpdatedAt, and returns the ids of the swaps that lost. On an error
+// the caller rolls tx back.
+func swapDEKs(ctx context.Context, tx *sql.Tx, swaps []rekey.DEKSwap, fence rekey.Lease, now time.Time) ([]string, error) {
+	if err := checkFence(ctx, tx, fence.Key, fence); err != nil {
+		return nil, err
+	}
+	if len(swaps) == 0 {
+		return nil, nil
+	}
+	if err := checkVersionsExist(ctx, tx, fence.Key, swaps); err != nil {
+		return nil, err
+	}
+	stmt, err := tx.PrepareContext(ctx, `UPDATE deks SET wrapped = ?, version = ?, updated_at = ?
+		WHERE id = ? AND key = ? AND wrapped = ?`)
+	if err != nil {
+		return nil, err
+	}
+	defer stmt.Close()
+	at := micros(now)
+	rowCtx := batchContext(ctx)
+	var lost []string
+	for _, sw := range swaps {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		res, err := stmt.ExecContext(rowCtx, sw.NewWrapped, sw.NewVersion, at, sw.ID, fence.Key, sw.OldWrapped)
+		if err != nil {
+			return nil, err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			lost = append(lost, sw.ID)
+		}
 	}
 	return lost, nil
 }

@@ -35,29 +35,30 @@ func scanKey(sc scanner) (rekey.Key, error) {
 	return k, nil
 }
 
-const versionColumns = `key, version, state, created_at, activated_at, retire_after, retired_at, destroyed_at`
+const versionColumns = `key, version, state, created_at, activated_at, expires_at, retire_after, retired_at, destroyed_at`
 
 func scanVersion(sc scanner) (rekey.KeyVersion, error) {
 	var v rekey.KeyVersion
-	var created, activated, retireAfter, retired, destroyed sql.NullInt64
-	if err := sc.Scan(&v.Key, &v.Version, &v.State, &created, &activated, &retireAfter, &retired, &destroyed); err != nil {
+	var created, activated, expires, retireAfter, retired, destroyed sql.NullInt64
+	if err := sc.Scan(&v.Key, &v.Version, &v.State, &created, &activated, &expires, &retireAfter, &retired, &destroyed); err != nil {
 		return rekey.KeyVersion{}, err
 	}
-	v.CreatedAt, v.ActivatedAt, v.RetireAfter = fromMicros(created), fromMicros(activated), fromMicros(retireAfter)
-	v.RetiredAt, v.DestroyedAt = fromMicros(retired), fromMicros(destroyed)
+	v.CreatedAt, v.ActivatedAt, v.ExpiresAt = fromMicros(created), fromMicros(activated), fromMicros(expires)
+	v.RetireAfter, v.RetiredAt, v.DestroyedAt = fromMicros(retireAfter), fromMicros(retired), fromMicros(destroyed)
 	return v, nil
 }
 
 func insertVersion(ctx context.Context, tx *sql.Tx, v rekey.KeyVersion) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		v.Key, v.Version, string(v.State), micros(v.CreatedAt), micros(v.ActivatedAt),
+	_, err := tx.ExecContext(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		v.Key, v.Version, string(v.State), micros(v.CreatedAt), micros(v.ActivatedAt), micros(v.ExpiresAt),
 		micros(v.RetireAfter), micros(v.RetiredAt), micros(v.DestroyedAt))
 	return err
 }
 
 // CreateKey implements rekey.Store. The first version must be active and
 // be k.ActiveVersion (empty State and zero ActiveVersion are filled in so);
-// zero CreatedAt/UpdatedAt are set to now.
+// zero CreatedAt/UpdatedAt are set to now, and a zero version ExpiresAt to
+// k.ExpiresAt.
 func (s *Store) CreateKey(ctx context.Context, k rekey.Key, v rekey.KeyVersion, events ...rekey.AuditEvent) error {
 	const op = "create key"
 	now := s.nowTime()
@@ -121,7 +122,8 @@ func (s *Store) ListKeys(ctx context.Context) ([]rekey.Key, error) {
 	return out, nil
 }
 
-// UpdateKeyPolicy implements rekey.Store.
+// UpdateKeyPolicy implements rekey.Store. The key's active version gets
+// expiresAt too, in the same transaction; its other versions keep theirs.
 func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy, expiresAt time.Time, events ...rekey.AuditEvent) error {
 	const op = "update key policy"
 	now := s.nowTime()
@@ -142,11 +144,17 @@ func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy
 		} else if n == 0 {
 			return fmt.Errorf("key %q: %w", name, rekey.ErrKeyNotFound)
 		}
+		if _, err := tx.ExecContext(ctx, `UPDATE key_versions SET expires_at = ?
+			WHERE key = ? AND version = (SELECT active_version FROM keys WHERE name = ?)`,
+			micros(expiresAt), name, name); err != nil {
+			return err
+		}
 		return appendEvents(ctx, tx, evs)
 	})
 }
 
-// ListVersions implements rekey.Store.
+// ListVersions implements rekey.Store. Times, ExpiresAt included, come
+// back as rekey.NormalizeTime gives them.
 func (s *Store) ListVersions(ctx context.Context, key string) ([]rekey.KeyVersion, error) {
 	const op = "list versions"
 	rows, err := s.r.QueryContext(ctx, `SELECT `+versionColumns+` FROM key_versions WHERE key = ? ORDER BY version`, key)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/store/internal/storecheck"
@@ -101,7 +102,7 @@ func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence reke
 // (ErrInvalidArgument). The fence is checked before the state guard. With
 // Activate, the version to activate must be in state created (else
 // ErrStale) and the key's active version must still be Activate.Previous
-// (else ErrStale).
+// (else ErrStale); the version activated gets Activate.ExpiresAt.
 func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fence rekey.Lease) error {
 	const op = "advance rotation"
 	if err := storecheck.ValidateUpdate(u); err != nil {
@@ -113,62 +114,89 @@ func (s *Store) AdvanceRotation(ctx context.Context, u rekey.RotationUpdate, fen
 		return s.fail(op, err)
 	}
 	return s.write(ctx, op, func(tx *sql.Tx) error {
-		cur, err := scanRotation(tx.QueryRowContext(ctx, `SELECT `+rotationColumns+` FROM rotations WHERE id = ?`, u.Rotation.ID))
-		if errors.Is(err, sql.ErrNoRows) {
-			return fmt.Errorf("rotation %s: %w", u.Rotation.ID, rekey.ErrRotationNotFound)
-		}
+		p, err := planAdvance(ctx, tx, u, fence, now)
 		if err != nil {
 			return err
 		}
-		if err := storecheck.ValidateUpdateKey(cur, u); err != nil {
-			return err
-		}
-		if err := checkFence(ctx, tx, cur.Key, fence); err != nil {
-			return err
-		}
-		if cur.State != u.FromState {
-			return fmt.Errorf("rotation %s is %s, not %s: %w", cur.ID, cur.State, u.FromState, rekey.ErrStale)
-		}
-		next := storecheck.MergeRotation(cur, u.Rotation, fence, now)
-
-		if u.NewVersion != nil {
-			nv, err := storecheck.PrepareNewVersion(*u.NewVersion, cur.Key, now)
-			if err != nil {
-				return err
-			}
-			if err := insertVersion(ctx, tx, nv); err != nil {
-				if errors.Is(mapErr(err), rekey.ErrConflict) {
-					return fmt.Errorf("key %q version %d exists: %w", cur.Key, nv.Version, rekey.ErrConflict)
-				}
-				return err
-			}
-		}
-		if u.Activate != nil {
-			if err := activate(ctx, tx, cur.Key, *u.Activate, next); err != nil {
-				return err
-			}
-		}
-
-		failed, err := failedJSON(next.FailedDEKs)
-		if err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE rotations SET to_version = ?, state = ?, note = ?, compromised = ?,
-			deks_total = ?, deks_done = ?, deks_failed = ?, cursor = ?, failed_deks = ?, updated_at = ?,
-			finished_at = ?, owner = ?, epoch = ?, last_error = ? WHERE id = ?`,
-			next.ToVersion, string(next.State), next.Note, next.Compromised,
-			next.Total, next.Done, next.Failed, next.Cursor, failed, micros(next.UpdatedAt),
-			micros(next.FinishedAt), next.Owner, next.Epoch, next.LastError, next.ID)
-		if err != nil {
-			return err
-		}
-		return appendEvents(ctx, tx, evs)
+		return applyAdvance(ctx, tx, p, evs)
 	})
 }
 
+// advancePlan is a rotation update that passed its guards (the rotation
+// exists, fence is current, the rotation is still in FromState), with the
+// rotation's next values merged, ready for applyAdvance in the same
+// transaction.
+type advancePlan struct {
+	u    rekey.RotationUpdate
+	cur  rekey.Rotation
+	next rekey.Rotation
+	now  time.Time
+}
+
+// planAdvance reads the rotation u names in tx and checks the guards of
+// AdvanceRotation, fence before state. It writes nothing.
+func planAdvance(ctx context.Context, tx *sql.Tx, u rekey.RotationUpdate, fence rekey.Lease, now time.Time) (advancePlan, error) {
+	cur, err := scanRotation(tx.QueryRowContext(ctx, `SELECT `+rotationColumns+` FROM rotations WHERE id = ?`, u.Rotation.ID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return advancePlan{}, fmt.Errorf("rotation %s: %w", u.Rotation.ID, rekey.ErrRotationNotFound)
+	}
+	if err != nil {
+		return advancePlan{}, err
+	}
+	if err := storecheck.ValidateUpdateKey(cur, u); err != nil {
+		return advancePlan{}, err
+	}
+	if err := checkFence(ctx, tx, cur.Key, fence); err != nil {
+		return advancePlan{}, err
+	}
+	if cur.State != u.FromState {
+		return advancePlan{}, fmt.Errorf("rotation %s is %s, not %s: %w", cur.ID, cur.State, u.FromState, rekey.ErrStale)
+	}
+	return advancePlan{u: u, cur: cur, next: storecheck.MergeRotation(cur, u.Rotation, fence, now), now: now}, nil
+}
+
+// applyAdvance writes p in tx: the new version, the activation, the
+// rotation's next values and evs. It fails (and the caller rolls back) on
+// a version number that exists and on an activation whose guards fail.
+func applyAdvance(ctx context.Context, tx *sql.Tx, p advancePlan, evs []rekey.AuditEvent) error {
+	key, next := p.cur.Key, p.next
+	if p.u.NewVersion != nil {
+		nv, err := storecheck.PrepareNewVersion(*p.u.NewVersion, key, p.now)
+		if err != nil {
+			return err
+		}
+		if err := insertVersion(ctx, tx, nv); err != nil {
+			if errors.Is(mapErr(err), rekey.ErrConflict) {
+				return fmt.Errorf("key %q version %d exists: %w", key, nv.Version, rekey.ErrConflict)
+			}
+			return err
+		}
+	}
+	if p.u.Activate != nil {
+		if err := activate(ctx, tx, key, *p.u.Activate, next); err != nil {
+			return err
+		}
+	}
+	failed, err := failedJSON(next.FailedDEKs)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE rotations SET to_version = ?, state = ?, note = ?, compromised = ?,
+		deks_total = ?, deks_done = ?, deks_failed = ?, cursor = ?, failed_deks = ?, updated_at = ?,
+		finished_at = ?, owner = ?, epoch = ?, last_error = ? WHERE id = ?`,
+		next.ToVersion, string(next.State), next.Note, next.Compromised,
+		next.Total, next.Done, next.Failed, next.Cursor, failed, micros(next.UpdatedAt),
+		micros(next.FinishedAt), next.Owner, next.Epoch, next.LastError, next.ID)
+	if err != nil {
+		return err
+	}
+	return appendEvents(ctx, tx, evs)
+}
+
 // activate commits a rotation: the key's active version and expiry, the
-// new version active, the previous one pending retirement unless it is no
-// longer active (a compromised version stays compromised).
+// new version active with that expiry, the previous one pending retirement
+// unless it is no longer active (a compromised version stays compromised;
+// either way it keeps its own expiry).
 func activate(ctx context.Context, tx *sql.Tx, key string, a rekey.Activation, r rekey.Rotation) error {
 	var state rekey.VersionState
 	err := tx.QueryRowContext(ctx, `SELECT state FROM key_versions WHERE key = ? AND version = ?`, key, a.Version).Scan(&state)
@@ -193,8 +221,8 @@ func activate(ctx context.Context, tx *sql.Tx, key string, a rekey.Activation, r
 		a.Version, micros(a.ExpiresAt), at, key); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE key_versions SET state = 'active', activated_at = ? WHERE key = ? AND version = ?`,
-		at, key, a.Version); err != nil {
+	if _, err := tx.ExecContext(ctx, `UPDATE key_versions SET state = 'active', activated_at = ?, expires_at = ? WHERE key = ? AND version = ?`,
+		at, micros(a.ExpiresAt), key, a.Version); err != nil {
 		return err
 	}
 	if a.Previous != a.Version {

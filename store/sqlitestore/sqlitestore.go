@@ -288,6 +288,16 @@ func (s *Store) Close() error {
 
 // write runs fn in a write transaction (BEGIN IMMEDIATE) and commits it,
 // or rolls it back when fn fails.
+//
+// It keeps the retry contract of rekey.Store: an *rekey.UnreachableError
+// only when nothing was written. Failing to begin (SQLITE_BUSY past the
+// busy timeout), and any failure inside fn, leave nothing behind: fn's
+// statements are rolled back (SQLite rolls back an interrupted
+// transaction on its own, in WAL mode uncommitted frames are never read).
+// A failed COMMIT is the one ambiguous case: SQLITE_BUSY or SQLITE_LOCKED
+// there means it did not happen (the driver rolls back), but an I/O error
+// or a full disk during COMMIT may leave it applied or not, so that error
+// is returned as is, not as an UnreachableError, and says so.
 func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
@@ -298,9 +308,24 @@ func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error)
 		return s.fail(op, err)
 	}
 	if err := tx.Commit(); err != nil {
-		return s.fail(op, err)
+		if notCommitted(err) {
+			return s.fail(op, err)
+		}
+		return fmt.Errorf("sqlitestore: %s: commit failed and may or may not have been applied: read the state again before retrying: %w", op, err)
 	}
 	return nil
+}
+
+// notCommitted reports whether err, from COMMIT, proves that nothing was
+// written: SQLITE_BUSY or SQLITE_LOCKED (the lock was not obtained; the
+// driver rolls the transaction back), or a context or database/sql error
+// raised before COMMIT reached SQLite (database/sql rolls back).
+func notCommitted(err error) bool {
+	var se sqlite3.Error
+	if errors.As(err, &se) {
+		return se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked
+	}
+	return true
 }
 
 // batchContext returns the context for the statements a batch executes
@@ -319,7 +344,8 @@ func (s *Store) fail(op string, err error) error {
 // mapErr maps driver errors to rekey's: uniqueness → ErrConflict, other
 // constraints → ErrInvalidArgument, lock timeouts and I/O failures →
 // *rekey.UnreachableError. Other errors (already rekey's, or context
-// errors) are returned as they are.
+// errors) are returned as they are. It is for errors after which nothing
+// was written; write keeps an ambiguous COMMIT failure away from it.
 func mapErr(err error) error {
 	if err == nil {
 		return nil

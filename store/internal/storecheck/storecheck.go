@@ -53,7 +53,8 @@ func RotationLimit(limit int) int {
 // in their defaults: the version's Key is the key's name, its State is
 // active, the key's ActiveVersion is the version; a zero key CreatedAt is
 // now, a zero UpdatedAt the key's CreatedAt, a zero version CreatedAt the
-// key's CreatedAt and a zero ActivatedAt the version's CreatedAt. The first
+// key's CreatedAt, a zero ActivatedAt the version's CreatedAt and a zero
+// version ExpiresAt the key's ExpiresAt (the period in force). The first
 // version must be active, positive and the key's active version.
 func PrepareNewKey(k rekey.Key, v rekey.KeyVersion, now time.Time) (rekey.Key, rekey.KeyVersion, error) {
 	if err := rekey.ValidateKeyName(k.Name); err != nil {
@@ -90,13 +91,17 @@ func PrepareNewKey(k rekey.Key, v rekey.KeyVersion, now time.Time) (rekey.Key, r
 	if v.ActivatedAt.IsZero() {
 		v.ActivatedAt = v.CreatedAt
 	}
+	if v.ExpiresAt.IsZero() {
+		v.ExpiresAt = k.ExpiresAt
+	}
 	return NormKey(k), NormVersion(v), nil
 }
 
 // PrepareNewVersion checks a version that a rotation adds to key
 // (RotationUpdate.NewVersion) and fills in its defaults: an empty Key is
 // key, an empty State is created, a zero CreatedAt is now. The version
-// must be of key, positive and in state created.
+// must be of key, positive, in state created and without an ExpiresAt (a
+// version gets one when it becomes active).
 func PrepareNewVersion(v rekey.KeyVersion, key string, now time.Time) (rekey.KeyVersion, error) {
 	if v.Key == "" {
 		v.Key = key
@@ -111,6 +116,8 @@ func PrepareNewVersion(v rekey.KeyVersion, key string, now time.Time) (rekey.Key
 		return v, fmt.Errorf("%w: version must be positive, got %d", rekey.ErrInvalidArgument, v.Version)
 	case v.State != rekey.VersionCreated:
 		return v, fmt.Errorf("%w: a new version is created, not %q", rekey.ErrInvalidArgument, v.State)
+	case !v.ExpiresAt.IsZero():
+		return v, fmt.Errorf("%w: new version %d has an expiry: a version gets one when it becomes active", rekey.ErrInvalidArgument, v.Version)
 	}
 	if v.CreatedAt.IsZero() {
 		v.CreatedAt = now
@@ -147,6 +154,7 @@ func NormKey(k rekey.Key) rekey.Key {
 func NormVersion(v rekey.KeyVersion) rekey.KeyVersion {
 	v.CreatedAt = rekey.NormalizeTime(v.CreatedAt)
 	v.ActivatedAt = rekey.NormalizeTime(v.ActivatedAt)
+	v.ExpiresAt = rekey.NormalizeTime(v.ExpiresAt)
 	v.RetireAfter = rekey.NormalizeTime(v.RetireAfter)
 	v.RetiredAt = rekey.NormalizeTime(v.RetiredAt)
 	v.DestroyedAt = rekey.NormalizeTime(v.DestroyedAt)
@@ -327,6 +335,18 @@ func MergeRotation(cur, upd rekey.Rotation, fence rekey.Lease, now time.Time) re
 		next.FinishedAt = next.UpdatedAt
 	}
 	return NormRotation(next)
+}
+
+// AddApplied returns the checkpoint of a batch (BatchCommitter.CommitBatch)
+// with the swaps it applied counted: next.Done and the DEKs of each event
+// increased by applied. evs is copied, not changed.
+func AddApplied(next rekey.Rotation, evs []rekey.AuditEvent, applied int) (rekey.Rotation, []rekey.AuditEvent) {
+	next.Done += int64(applied)
+	out := slices.Clone(evs)
+	for i := range out {
+		out[i].DEKs += int64(applied)
+	}
+	return next, out
 }
 
 // NormRotation returns r with its times normalised (rekey.NormalizeTime)
