@@ -41,11 +41,10 @@ func (e *Engine) claim(ctx context.Context, kl *keyLease, k rekey.Key, reason re
 	}
 	ev := e.rotationEvent(rekey.AuditRotationStarted, r)
 	ev.Status = string(rekey.RotationClaimed)
-	err := e.retry(ctx, func(ctx context.Context) error {
-		return e.store.CreateRotation(ctx, r, kl.fence(), ev)
-	})
+	err := e.store.CreateRotation(ctx, r, kl.fence(), ev)
 	if errors.Is(err, rekey.ErrConflict) {
-		// Someone opened one first (or our own earlier try did commit):
+		// Someone opened one first (or an earlier try of the store
+		// middleware did commit):
 		// resume whatever is open, never open a second.
 		open, oerr := e.store.OpenRotation(ctx, k.Name)
 		if oerr != nil {
@@ -71,7 +70,6 @@ func (e *Engine) claim(ctx context.Context, kl *keyLease, k rekey.Key, reason re
 // state the store accepted, also on error.
 func (e *Engine) drive(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, r rekey.Rotation) (rekey.Rotation, error) {
 	d := &driver{e: e, kl: kl, key: k, b: b, r: r, start: time.Now()}
-	e.obs.RotationStarted(k.Name)
 	err := d.run(ctx)
 	dur := time.Since(d.start)
 	switch {
@@ -133,77 +131,82 @@ func (d *driver) advance(ctx context.Context, u rekey.RotationUpdate) error {
 	return nil
 }
 
-// advanceRotation is AdvanceRotation with retries. A retry that finds the
-// row already moved checks whether an earlier try did commit (a transient
-// error can hide a success) before reporting ErrStale or ErrConflict.
+// advanceRotation is AdvanceRotation. The store middleware retries
+// transient errors, and a try whose success was hidden behind a transient
+// error makes the next try find the row already moved: on ErrStale or
+// ErrConflict the rotation is read back, and if it is exactly where u
+// would have put it, the step did commit.
 func (e *Engine) advanceRotation(ctx context.Context, kl *keyLease, u rekey.RotationUpdate) error {
-	tries := 0
-	return e.retry(ctx, func(ctx context.Context) error {
-		tries++
-		err := e.store.AdvanceRotation(ctx, u, kl.fence())
-		if err != nil && tries > 1 && (errors.Is(err, rekey.ErrStale) || errors.Is(err, rekey.ErrConflict)) {
-			got, gerr := e.store.GetRotation(ctx, u.Rotation.ID)
-			if gerr == nil && got.State == u.Rotation.State && got.ToVersion == u.Rotation.ToVersion &&
-				got.Cursor == u.Rotation.Cursor && got.Done == u.Rotation.Done {
-				return nil
-			}
-		}
-		return err
-	})
+	err := e.store.AdvanceRotation(ctx, u, kl.fence())
+	if err != nil && (errors.Is(err, rekey.ErrStale) || errors.Is(err, rekey.ErrConflict)) && e.alreadyAt(ctx, u.Rotation) {
+		return nil
+	}
+	return err
+}
+
+// alreadyAt reports whether the stored rotation r.ID is in r's state, with
+// r's target version, cursor and counters.
+func (e *Engine) alreadyAt(ctx context.Context, r rekey.Rotation) bool {
+	got, err := e.store.GetRotation(ctx, r.ID)
+	return err == nil && got.State == r.State && got.ToVersion == r.ToVersion &&
+		got.Cursor == r.Cursor && got.Done == r.Done && got.Failed == r.Failed
 }
 
 // recordVersion is rule 2: exactly one new backend version per rotation.
 // The backend's current version is compared with from_version first; if
 // the backend is ahead (a crash after an earlier RotateKey, or the
 // provider's own rotation), that version is adopted instead of rotating
-// again. A RotateKey that fails transiently is retried only after looking
-// again, since the failed call may have rotated. The lease is confirmed
-// just before RotateKey. The new version is recorded (state
+// again. A RotateKey that fails transiently (the middleware tries it only
+// once) is asked again only after a backoff and a new look at
+// CurrentVersion, since the failed call may have rotated; Config.RotateRetry
+// bounds the rounds. Errors of CurrentVersion and of the lease are
+// returned as they are: the middleware already retried them. The lease is
+// confirmed just before RotateKey. The new version is recorded (state
 // version_created) before any DEK is touched.
 func (d *driver) recordVersion(ctx context.Context) error {
 	e, from := d.e, d.r.FromVersion
 	var (
 		to      int
 		rotated bool
+		final   error // ends the loop as it is: not retried here
 	)
-	err := e.retry(ctx, func(ctx context.Context) error {
-		var cur int
-		if err := e.kmsCall(ctx, d.b, "current_version", func(ctx context.Context) (err error) {
-			cur, err = d.b.kms.CurrentVersion(ctx, d.b.ref)
-			return err
-		}); err != nil {
-			return err
-		}
+	err := e.cfg.RotateRetry.Do(ctx, func(ctx context.Context) error {
+		cur, err := d.b.kms.CurrentVersion(ctx, d.b.ref)
 		switch {
+		case err != nil:
+			final = fmt.Errorf("backend current version: %w", err)
+			return nil
 		case cur > from:
 			to, rotated = cur, false
 			return nil
 		case cur < from:
-			return fmt.Errorf("backend %s reports version %d of key %s, behind the store's active version %d: refusing to rotate (was the backend restored from an old copy?)",
+			final = fmt.Errorf("backend %s reports version %d of key %s, behind the store's active version %d: refusing to rotate (was the backend restored from an old copy?)",
 				d.b.name, cur, d.key.Name, from)
+			return nil
 		}
 		// Backends take no fence, so make sure the lease is still ours
 		// right before the one call that cannot be undone: a worker that
 		// was paused and lost the key stops here instead of rotating.
 		l, err := e.store.RenewLease(ctx, d.kl.fence(), e.cfg.LeaseTTL, e.now())
 		if err != nil {
-			return fmt.Errorf("confirm lease before rotating: %w", err)
+			final = fmt.Errorf("confirm lease before rotating: %w", err)
+			return nil
 		}
 		d.kl.set(l)
-		// One try only: a retry must look at CurrentVersion again first.
-		start := time.Now()
 		v, err := d.b.kms.RotateKey(ctx, d.b.ref)
-		result := ResultSuccess
 		if err != nil {
-			result = ResultFailure
-		}
-		e.obs.KMSCall(d.b.name, "rotate_key", result, time.Since(start))
-		if err != nil {
+			if rekey.IsTransient(err) {
+				e.log.Warn("backend rotate failed transiently; looking at its current version again before another try",
+					"key_id", d.key.Name, "rotation_id", d.r.ID, "error", err)
+			}
 			return fmt.Errorf("backend rotate: %w", err)
 		}
 		to, rotated = v, true
 		return nil
 	})
+	if err == nil {
+		err = final
+	}
 	if err != nil {
 		return fmt.Errorf("create new version of key %s: %w", d.key.Name, err)
 	}
@@ -296,14 +299,11 @@ func (d *driver) compromisedPass(ctx context.Context) error {
 		if len(deks) == 0 {
 			return nil
 		}
-		res, err := d.e.rewrapBatch(ctx, d.kl, d.b, deks, d.r.ToVersion)
-		if err != nil {
+		ck := &batchCheckpoint{d: d, state: d.r.State, cursor: d.r.Cursor}
+		if _, err := d.e.rewrapBatch(ctx, d.kl, d.b, deks, d.r.ToVersion, ck); err != nil {
 			return err
 		}
 		cursor = deks[len(deks)-1].ID
-		if err := d.checkpoint(ctx, d.r.State, d.r.Cursor, res.done, nil); err != nil {
-			return err
-		}
 		if err := d.e.hit(failpoint.RewrapAfterBatchCommit); err != nil {
 			return err
 		}
@@ -328,11 +328,8 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 				"to_version", d.r.ToVersion, "deks_rotated", d.r.Done, "deks_failed", d.r.Failed)
 			return nil
 		}
-		res, err := d.e.rewrapBatch(ctx, d.kl, d.b, deks, d.r.ToVersion)
-		if err != nil {
-			return err
-		}
-		if err := d.checkpoint(ctx, state, deks[len(deks)-1].ID, res.done, res.failed); err != nil {
+		ck := &batchCheckpoint{d: d, state: state, cursor: deks[len(deks)-1].ID, countFailed: true}
+		if _, err := d.e.rewrapBatch(ctx, d.kl, d.b, deks, d.r.ToVersion, ck); err != nil {
 			return err
 		}
 		if err := d.e.hit(failpoint.RewrapAfterBatchCommit); err != nil {
@@ -341,41 +338,84 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 	}
 }
 
-// checkpoint records a batch: cursor, counters, failed ids, and one
-// rewrap.progress event.
-func (d *driver) checkpoint(ctx context.Context, state rekey.RotationState, cursor string, done int64, failed []string) error {
+// batchCheckpoint is how a rotation records one re-wrap batch: the state
+// it stays in, the cursor after the batch, and whether DEKs that cannot be
+// unwrapped are counted (the compromised pass leaves them to the main
+// pass, which meets them again).
+type batchCheckpoint struct {
+	d           *driver
+	state       rekey.RotationState
+	cursor      string
+	countFailed bool
+}
+
+// update is the checkpoint of one write: cursor, Done raised by done,
+// failed ids added, and one rewrap.progress event.
+func (c *batchCheckpoint) update(done int64, failed []string) rekey.RotationUpdate {
+	d := c.d
+	if !c.countFailed {
+		failed = nil
+	}
 	nr := d.r
-	nr.Cursor = cursor
+	nr.Cursor = c.cursor
 	nr.Done += done
 	nr.Failed += int64(len(failed))
 	if room := maxFailedDEKs - len(nr.FailedDEKs); room > 0 && len(failed) > 0 {
 		nr.FailedDEKs = append(append([]string(nil), nr.FailedDEKs...), failed[:min(room, len(failed))]...)
 	}
+	nr.Owner = d.e.owner
+	nr.Epoch = d.kl.fence().Epoch
+	nr.UpdatedAt = d.e.now()
 	ev := d.e.rotationEvent(rekey.AuditRewrapProgress, nr)
-	ev.Status = string(state)
+	ev.Status = string(c.state)
 	if len(failed) > 0 {
 		ev.Error = fmt.Sprintf("%d DEK(s) in this batch could not be unwrapped", len(failed))
 	}
-	if err := d.advance(ctx, rekey.RotationUpdate{Rotation: nr, FromState: state, Events: []rekey.AuditEvent{ev}}); err != nil {
+	return rekey.RotationUpdate{Rotation: nr, FromState: c.state, Events: []rekey.AuditEvent{ev}}
+}
+
+// commitBatch writes swaps and the checkpoint in one transaction (rule 3
+// with issue 7's "one transaction per batch"): the store adds the swaps
+// it applied to Done and to the event's DEKs, so the checkpoint can never
+// fall behind the DEKs it describes. done counts DEKs found already on the
+// target version (not swapped by this call). It returns the ids of the
+// swaps that lost.
+func (c *batchCheckpoint) commitBatch(ctx context.Context, bc rekey.BatchCommitter, swaps []rekey.DEKSwap, done int64, failed []string) ([]string, error) {
+	d := c.d
+	u := c.update(done, failed)
+	// A try of the store middleware whose success was hidden behind a
+	// transient error makes the next try find every swap lost, and write
+	// the checkpoint without them: rewrapBatch re-reads lost DEKs, finds
+	// them on the target version and counts them in the next write.
+	lost, err := bc.CommitBatch(ctx, swaps, d.kl.fence(), u)
+	if err != nil {
+		return nil, fmt.Errorf("rotation %s of key %s: write %d DEKs and checkpoint: %w", d.r.ID, d.r.Key, len(swaps), err)
+	}
+	applied := int64(len(swaps) - len(lost))
+	u.Rotation.Done += applied
+	d.r = u.Rotation
+	c.recorded(done + applied)
+	return lost, nil
+}
+
+// advance writes the checkpoint alone, after the swaps (a DEK source that
+// is not the store cannot share a transaction with it).
+func (c *batchCheckpoint) advance(ctx context.Context, done int64, failed []string) error {
+	u := c.update(done, failed)
+	if err := c.d.advance(ctx, u); err != nil {
 		return err
 	}
-	if done > 0 {
-		d.e.obs.DEKsRewrapped(d.key.Name, int(done))
-	}
-	d.e.obs.Progress(d.key.Name, progress(nr))
-	d.e.log.Debug("re-wrap batch committed", "key_id", d.key.Name, "rotation_id", nr.ID, "to_version", nr.ToVersion,
-		"deks_rotated", nr.Done, "deks_total", nr.Total, "deks_failed", nr.Failed)
+	c.recorded(done)
 	return nil
 }
 
-func progress(r rekey.Rotation) float64 {
-	if r.State == rekey.RotationDone || r.State == rekey.RotationCommitted {
-		return 1
+func (c *batchCheckpoint) recorded(done int64) {
+	d := c.d
+	if done > 0 {
+		d.e.obs.DEKsRewrapped(d.key.Name, int(done))
 	}
-	if r.Total <= 0 {
-		return 0
-	}
-	return min(float64(r.Done)/float64(r.Total), 1)
+	d.e.log.Debug("re-wrap batch committed", "key_id", d.key.Name, "rotation_id", d.r.ID, "to_version", d.r.ToVersion,
+		"deks_rotated", d.r.Done, "deks_total", d.r.Total, "deks_failed", d.r.Failed)
 }
 
 // commit activates to_version (rule 4): expires_at = now + rotation_period,
@@ -446,7 +486,6 @@ func (d *driver) sweepAndFinish(ctx context.Context) error {
 	if err := d.advance(ctx, rekey.RotationUpdate{Rotation: nr, FromState: rekey.RotationCommitted, Events: []rekey.AuditEvent{ev}}); err != nil {
 		return err
 	}
-	d.e.obs.Progress(d.key.Name, 1)
 	return nil
 }
 
@@ -494,33 +533,24 @@ func (e *Engine) versionState(ctx context.Context, key string, version int) (rek
 	return "", fmt.Errorf("key %s version %d: %w", key, version, rekey.ErrVersionNotFound)
 }
 
-func (e *Engine) listVersions(ctx context.Context, key string) (vs []rekey.KeyVersion, err error) {
-	err = e.retry(ctx, func(ctx context.Context) error {
-		vs, err = e.store.ListVersions(ctx, key)
-		return err
-	})
+func (e *Engine) listVersions(ctx context.Context, key string) ([]rekey.KeyVersion, error) {
+	vs, err := e.store.ListVersions(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("list versions of key %s: %w", key, err)
 	}
 	return vs, nil
 }
 
-func (e *Engine) countDEKs(ctx context.Context, key string) (c map[int]int64, err error) {
-	err = e.retry(ctx, func(ctx context.Context) error {
-		c, err = e.deks.CountDEKs(ctx, key)
-		return err
-	})
+func (e *Engine) countDEKs(ctx context.Context, key string) (map[int]int64, error) {
+	c, err := e.deks.CountDEKs(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("count DEKs of key %s: %w", key, err)
 	}
 	return c, nil
 }
 
-func (e *Engine) listDEKs(ctx context.Context, q rekey.DEKQuery) (deks []rekey.DEK, err error) {
-	err = e.retry(ctx, func(ctx context.Context) error {
-		deks, err = e.deks.ListDEKs(ctx, q)
-		return err
-	})
+func (e *Engine) listDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
+	deks, err := e.deks.ListDEKs(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("list DEKs of key %s: %w", q.Key, err)
 	}
@@ -529,11 +559,7 @@ func (e *Engine) listDEKs(ctx context.Context, q rekey.DEKQuery) (deks []rekey.D
 
 // openRotation returns key's open rotation, or nil when there is none.
 func (e *Engine) openRotation(ctx context.Context, key string) (*rekey.Rotation, error) {
-	var r rekey.Rotation
-	err := e.retry(ctx, func(ctx context.Context) (err error) {
-		r, err = e.store.OpenRotation(ctx, key)
-		return err
-	})
+	r, err := e.store.OpenRotation(ctx, key)
 	if errors.Is(err, rekey.ErrRotationNotFound) {
 		return nil, nil
 	}
@@ -543,11 +569,8 @@ func (e *Engine) openRotation(ctx context.Context, key string) (*rekey.Rotation,
 	return &r, nil
 }
 
-func (e *Engine) getKey(ctx context.Context, name string) (k rekey.Key, err error) {
-	err = e.retry(ctx, func(ctx context.Context) error {
-		k, err = e.store.GetKey(ctx, name)
-		return err
-	})
+func (e *Engine) getKey(ctx context.Context, name string) (rekey.Key, error) {
+	k, err := e.store.GetKey(ctx, name)
 	if err != nil {
 		return rekey.Key{}, fmt.Errorf("read key %s: %w", name, err)
 	}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/retry"
 )
 
 // Defaults of Config.
@@ -58,74 +60,45 @@ type Config struct {
 	// LeaseTTL is the lifetime of a key lease; it is renewed every TTL/3.
 	// 0 means 30s.
 	LeaseTTL time.Duration
-	// Retry is the policy for transient (rekey.IsTransient) errors.
-	Retry RetryPolicy
+	// RotateRetry bounds rule 2's loop, the one retry the engine keeps:
+	// when RotateKey fails transiently the failed call may still have
+	// rotated, so the engine waits a backoff and looks at CurrentVersion
+	// again before asking once more. Every other retry (and the rate
+	// limit) belongs to the middleware the backends and the store are
+	// wrapped in where they are opened (kms/kmsmw, store/retrystore); the
+	// engine never retries a call itself. Zero values take the policy's
+	// defaults (5 rounds, backoff from 200ms).
+	RotateRetry retry.Policy
 	// Failpoints, when set, injects crashes and errors (see package
 	// failpoint).
 	Failpoints *failpoint.Set
-	// Observer receives metrics hooks; nil means none.
+	// Observer receives what only the engine knows (rotation outcomes,
+	// re-wrapped DEKs, cycles); nil means none. Everything else the
+	// metrics read from the store, and the backend calls from kms/kmsmw.
 	Observer Observer
-	// KMSRateLimit caps the requests per second this engine sends to each
-	// backend (a batch re-wrap is one request); 0 means no cap beyond the
-	// backend's own.
-	KMSRateLimit float64
 }
 
-// RetryPolicy says how transient errors are retried: exponential backoff
-// with full jitter (a random sleep in (0, min(Max, Base·2^n)]), at most
-// Attempts tries in all, abandoned when the context ends.
-type RetryPolicy struct {
-	Attempts int           // tries in all, the first included; 0 means 5
-	Base     time.Duration // ceiling of the first backoff; 0 means 200ms
-	Max      time.Duration // largest backoff ceiling; 0 means 10s
-	NoJitter bool          // sleep the whole ceiling (deterministic tests)
-}
-
-func (p RetryPolicy) withDefaults() RetryPolicy {
-	if p.Attempts <= 0 {
-		p.Attempts = 5
-	}
-	if p.Base <= 0 {
-		p.Base = 200 * time.Millisecond
-	}
-	if p.Max <= 0 {
-		p.Max = 10 * time.Second
-	}
-	if p.Max < p.Base {
-		p.Max = p.Base
-	}
-	return p
-}
-
-// Result values passed to Observer.RotationFinished and Observer.KMSCall.
+// Result values passed to Observer.RotationFinished.
 const (
 	ResultSuccess = "success"
 	ResultFailure = "failure"
 )
 
-// Observer receives what the metrics need. Methods are called from the
-// engine's goroutines, concurrently, and must not block.
+// Observer receives what only the engine knows; the metrics read the rest
+// (progress, versions, blocked retirements) from the store at scrape time,
+// and backend calls are counted by the KMS middleware. Methods are called
+// from the engine's goroutines, concurrently, and must not block.
 type Observer interface {
-	// RotationStarted is called when the engine starts or resumes driving
-	// a rotation of key.
-	RotationStarted(key string)
-	// RotationFinished is called when that rotation reached done (result
-	// "success") or failed this time (result "failure"); a rotation
-	// stopped by a graceful stop or a lost lease reports neither.
+	// RotationFinished is called when a rotation of key reached done
+	// (result "success") or failed this time (result "failure"); d is how
+	// long this process drove it. A rotation stopped by a graceful stop
+	// or a lost lease reports neither.
 	RotationFinished(key, result string, d time.Duration)
-	// DEKsRewrapped adds n DEKs re-wrapped under a new version of key.
+	// DEKsRewrapped adds n DEKs re-wrapped under a newer version of key
+	// (by a rotation or by a retirement sweep).
 	DEKsRewrapped(key string, n int)
-	// Progress reports the re-wrap progress of key's rotation, 0..1.
-	Progress(key string, ratio float64)
-	// KMSCall reports one backend call: op is current_version,
-	// rotate_key, wrap, unwrap, rewrap, rewrap_batch, retire_version or
-	// destroy_version; result is "success" or "failure".
-	KMSCall(backend, op, result string, d time.Duration)
-	// RetirementBlocked reports whether retiring version of key is
-	// blocked by DEKs that still reference it.
-	RetirementBlocked(key string, version int, blocked bool)
 	// CycleDone is called at the end of every cycle; ok is false when a
-	// key failed.
+	// key failed or the keys could not be listed.
 	CycleDone(at time.Time, ok bool)
 }
 
@@ -133,23 +106,11 @@ type Observer interface {
 // some methods.
 type NopObserver struct{}
 
-// RotationStarted does nothing.
-func (NopObserver) RotationStarted(string) {}
-
 // RotationFinished does nothing.
 func (NopObserver) RotationFinished(string, string, time.Duration) {}
 
 // DEKsRewrapped does nothing.
 func (NopObserver) DEKsRewrapped(string, int) {}
-
-// Progress does nothing.
-func (NopObserver) Progress(string, float64) {}
-
-// KMSCall does nothing.
-func (NopObserver) KMSCall(string, string, string, time.Duration) {}
-
-// RetirementBlocked does nothing.
-func (NopObserver) RetirementBlocked(string, int, bool) {}
 
 // CycleDone does nothing.
 func (NopObserver) CycleDone(time.Time, bool) {}
@@ -176,12 +137,15 @@ type Engine struct {
 	// per version, so that a still-blocked version is audited when its
 	// count changes rather than every cycle.
 	blocked map[versionRef]int64
+	// noCommitBatch is set once the DEK source refused CommitBatch with
+	// rekey.ErrUnsupported (a store decorator offers the method whatever
+	// the store behind it can do): swaps and checkpoints are then written
+	// one after the other.
+	noCommitBatch atomic.Bool
 	// disabled remembers compromised versions this process already
 	// disabled at the backend (RetireVersion is idempotent; this only
 	// saves calls).
 	disabled map[versionRef]bool
-	// limiters holds one rate limiter per backend name (KMSRateLimit).
-	limiters map[string]*rateLimiter
 }
 
 type versionRef struct {
@@ -195,8 +159,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Store == nil {
 		return nil, fmt.Errorf("%w: rotation: Config.Store is required", rekey.ErrInvalidArgument)
 	}
-	if cfg.BatchSize < 0 || cfg.Concurrency < 0 || cfg.LeaseTTL < 0 || cfg.KMSRateLimit < 0 {
-		return nil, fmt.Errorf("%w: rotation: BatchSize, Concurrency, LeaseTTL and KMSRateLimit must not be negative", rekey.ErrInvalidArgument)
+	if cfg.BatchSize < 0 || cfg.Concurrency < 0 || cfg.LeaseTTL < 0 {
+		return nil, fmt.Errorf("%w: rotation: BatchSize, Concurrency and LeaseTTL must not be negative", rekey.ErrInvalidArgument)
 	}
 	if cfg.DEKs == nil {
 		cfg.DEKs = cfg.Store
@@ -219,7 +183,6 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
-	cfg.Retry = cfg.Retry.withDefaults()
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
@@ -232,7 +195,6 @@ func New(cfg Config) (*Engine, error) {
 		owner:    cfg.Owner,
 		blocked:  make(map[versionRef]int64),
 		disabled: make(map[versionRef]bool),
-		limiters: make(map[string]*rateLimiter),
 	}, nil
 }
 
@@ -277,6 +239,9 @@ func reasonText(r rekey.Rotation) string {
 }
 
 // backend is a key's KMS with its optional capabilities resolved once.
+// The KMS is typically wrapped in middleware (rate limit, retry, metrics)
+// that implements every optional interface; rekey.CapabilitiesOf says
+// which ones the backend behind it really has, and only those are set.
 type backend struct {
 	name      string
 	ref       string
@@ -292,29 +257,17 @@ func (e *Engine) backendFor(k rekey.Key) (*backend, error) {
 		return nil, fmt.Errorf("key %s: backend %q is not configured: add it under backends", k.Name, k.Backend)
 	}
 	b := &backend{name: k.Backend, ref: k.BackendRef, kms: kms}
-	b.rewrapper, _ = kms.(rekey.Rewrapper)
-	b.batch, _ = kms.(rekey.BatchRewrapper)
-	b.retirer, _ = kms.(rekey.VersionRetirer)
+	caps := rekey.CapabilitiesOf(kms)
+	if caps.Rewrap {
+		b.rewrapper, _ = kms.(rekey.Rewrapper)
+	}
+	if caps.BatchRewrap {
+		b.batch, _ = kms.(rekey.BatchRewrapper)
+	}
+	if caps.RetireVersion {
+		b.retirer, _ = kms.(rekey.VersionRetirer)
+	}
 	return b, nil
-}
-
-// kmsCall runs one backend operation with the retry policy, reporting each
-// try to the observer.
-func (e *Engine) kmsCall(ctx context.Context, b *backend, op string, fn func(context.Context) error) error {
-	limit := e.limiterFor(b.name)
-	return e.retry(ctx, func(ctx context.Context) error {
-		if err := limit.wait(ctx); err != nil {
-			return err
-		}
-		start := time.Now()
-		err := fn(ctx)
-		result := ResultSuccess
-		if err != nil {
-			result = ResultFailure
-		}
-		e.obs.KMSCall(b.name, op, result, time.Since(start))
-		return err
-	})
 }
 
 // dekGetter is the optional single-row read of a DEKSource (the Store has it).

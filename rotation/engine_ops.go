@@ -69,11 +69,7 @@ type BlockedVersion struct {
 func (e *Engine) RunCycle(ctx context.Context) CycleReport {
 	start := time.Now()
 	rep := CycleReport{StartedAt: e.now()}
-	var keys []rekey.Key
-	err := e.retry(ctx, func(ctx context.Context) (err error) {
-		keys, err = e.store.ListKeys(ctx)
-		return err
-	})
+	keys, err := e.store.ListKeys(ctx)
 	if err != nil {
 		rep.Error = fmt.Sprintf("list keys: %v", err)
 		rep.Interrupted = ctx.Err() != nil
@@ -195,27 +191,6 @@ func (e *Engine) needsRotation(ctx context.Context, k rekey.Key) (rekey.Rotation
 		return rekey.ReasonEmergency, k.ActiveVersion, true, nil
 	}
 	return rekey.ReasonScheduled, 0, k.Due(e.now()), nil
-}
-
-// Run runs a cycle at once and then every interval until ctx ends. It
-// returns nil once ctx has ended and the key in progress was checkpointed
-// and its lease released (rule 9). A failing cycle does not stop it.
-func (e *Engine) Run(ctx context.Context, interval time.Duration) error {
-	if interval <= 0 {
-		return fmt.Errorf("%w: rotation: check interval must be positive", rekey.ErrInvalidArgument)
-	}
-	e.RunCycle(ctx)
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			e.log.Info("rotation worker stopped")
-			return nil
-		case <-t.C:
-			e.RunCycle(ctx)
-		}
-	}
 }
 
 // Rotate rotates key now and runs the rotation to done. An open rotation of
@@ -340,16 +315,7 @@ func (e *Engine) RotateCompromised(ctx context.Context, key string, version int)
 			if out, err = e.drive(ctx, kl, k, b, r); err != nil {
 				return err
 			}
-			counts, err := e.countDEKs(ctx, key)
-			if err != nil {
-				return err
-			}
-			if n := counts[version]; n > 0 {
-				var rep KeyReport
-				e.reportBlocked(ctx, key, version, n, &rep)
-				return nil
-			}
-			return e.disableCompromised(ctx, k, b, version)
+			return e.settleCompromised(ctx, key, b, version)
 		}()
 		if err != nil && !isFenced(err) && ctx.Err() == nil {
 			e.recordFailure(ctx, kl, key, rotationOrNil(out), "emergency rotation", err)
@@ -359,19 +325,51 @@ func (e *Engine) RotateCompromised(ctx context.Context, key string, version int)
 	return out, err
 }
 
+// settleCompromised does what rekey.DecideVersion decides for a
+// compromised version after its emergency rotation: disabled at the
+// backend once no DEK references it, else reported blocked (the DEKs left
+// could not be unwrapped).
+func (e *Engine) settleCompromised(ctx context.Context, key string, b *backend, version int) error {
+	k, err := e.getKey(ctx, key)
+	if err != nil {
+		return err
+	}
+	vs, err := e.listVersions(ctx, key)
+	if err != nil {
+		return err
+	}
+	counts, err := e.countDEKs(ctx, key)
+	if err != nil {
+		return err
+	}
+	for _, v := range vs {
+		if v.Version != version {
+			continue
+		}
+		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: counts[version]}, e.now())
+		switch {
+		case dec.RetirementBlocked():
+			var rep KeyReport
+			e.reportBlocked(ctx, key, version, counts[version], &rep)
+		case dec.Action == rekey.VersionDisable:
+			return e.disableCompromised(ctx, k, b, version)
+		}
+		return nil
+	}
+	return fmt.Errorf("key %s version %d: %w", key, version, rekey.ErrVersionNotFound)
+}
+
 // markCompromised sets version of key compromised, with its audit event.
 func (e *Engine) markCompromised(ctx context.Context, kl *keyLease, key string, version int) error {
 	ev := e.event(rekey.AuditVersionCompromised, key)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionCompromised)
 	ev.Reason = string(rekey.ReasonEmergency)
-	err := e.retry(ctx, func(ctx context.Context) error {
-		return e.store.ChangeVersionState(ctx, rekey.VersionChange{
-			Key: key, Version: version,
-			From: []rekey.VersionState{rekey.VersionActive, rekey.VersionPendingRetirement, rekey.VersionRetired},
-			To:   rekey.VersionCompromised, At: e.now(),
-		}, kl.fencePtr(), ev)
-	})
+	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+		Key: key, Version: version,
+		From: []rekey.VersionState{rekey.VersionActive, rekey.VersionPendingRetirement, rekey.VersionRetired},
+		To:   rekey.VersionCompromised, At: e.now(),
+	}, kl.fencePtr(), ev)
 	if err != nil {
 		return fmt.Errorf("mark key %s version %d compromised: %w", key, version, err)
 	}

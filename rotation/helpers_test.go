@@ -17,9 +17,12 @@ import (
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/memkms"
+	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/store/memstore"
+	"github.com/rekeyhq/rekey/store/retrystore"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -103,19 +106,24 @@ func setup(t T) *env {
 		clock: c, logs: &syncBuffer{}, plain: map[string][]byte{}}
 }
 
+// fastRetry is the middleware's retry policy in tests: quick, bounded.
+var fastRetry = retry.Policy{Attempts: 4, Base: time.Millisecond, Max: 4 * time.Millisecond}
+
 // engine returns an engine on the env with a unique owner; mod adjusts
-// the config.
+// the config. As in production, the engine sees the store and the backend
+// through the middleware (retrystore, kmsmw), which retries transient
+// faults; the engine itself retries only rule 2's RotateKey.
 func (e *env) engine(t T, mod ...func(*rotation.Config)) *rotation.Engine {
 	t.Helper()
 	cfg := rotation.Config{
-		Store:       e.store,
-		Backends:    map[string]rekey.KMS{e.backend: e.kms},
+		Store:       retrystore.Wrap(e.store, fastRetry),
+		Backends:    map[string]rekey.KMS{e.backend: kmsmw.Wrap(e.kms, kmsmw.Options{Name: e.backend, Retry: fastRetry})},
 		Logger:      slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Now:         e.clock.Now,
 		Owner:       fmt.Sprintf("worker-%d", e.owners.Add(1)),
 		BatchSize:   10,
 		Concurrency: 4,
-		Retry:       rotation.RetryPolicy{Attempts: 4, Base: time.Millisecond, Max: 4 * time.Millisecond},
+		RotateRetry: fastRetry,
 	}
 	for _, m := range mod {
 		m(&cfg)

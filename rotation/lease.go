@@ -61,13 +61,7 @@ var errStopped = errors.New("stopped")
 // before. A failure to check the holder is logged and leaves ErrLeaseHeld.
 func (e *Engine) acquireLease(ctx context.Context, key string) (rekey.Lease, error) {
 	acquire := func() (rekey.Lease, error) {
-		var l rekey.Lease
-		err := e.retry(ctx, func(ctx context.Context) error {
-			var err error
-			l, err = e.store.AcquireLease(ctx, key, e.owner, e.cfg.LeaseTTL, e.now())
-			return err
-		})
-		return l, err
+		return e.store.AcquireLease(ctx, key, e.owner, e.cfg.LeaseTTL, e.now())
 	}
 	l, err := acquire()
 	if !errors.Is(err, rekey.ErrLeaseHeld) {

@@ -91,12 +91,7 @@ func deadOwner(owner string) (pid int, dead bool) {
 // acquiring again is worthwhile: the lease was broken, or it changed or
 // went away since AcquireLease found it held.
 func (e *Engine) breakDeadHolder(ctx context.Context, key string) (bool, error) {
-	var held rekey.Lease
-	err := e.retry(ctx, func(ctx context.Context) error {
-		var err error
-		held, err = e.store.GetLease(ctx, key)
-		return err
-	})
+	held, err := e.store.GetLease(ctx, key)
 	switch {
 	case errors.Is(err, rekey.ErrLeaseNotFound):
 		return true, nil // released meanwhile
@@ -111,9 +106,7 @@ func (e *Engine) breakDeadHolder(ctx context.Context, key string) (bool, error) 
 			"key_id", key, "lease_owner", held.Owner, "lease_epoch", held.Epoch, "lease_expires_at", held.ExpiresAt)
 		return false, nil
 	}
-	err = e.retry(ctx, func(ctx context.Context) error {
-		return e.store.BreakLease(ctx, held, e.now())
-	})
+	err = e.store.BreakLease(ctx, held, e.now())
 	switch {
 	case errors.Is(err, rekey.ErrStale):
 		return true, nil // renewed, released or taken over meanwhile: AcquireLease decides

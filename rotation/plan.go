@@ -86,24 +86,16 @@ type RotationProgress struct {
 	LastError   string               `json:"last_error,omitempty"`
 }
 
-// Version plan actions.
-const (
-	VersionKeep    = "keep"    // active, or nothing to do yet
-	VersionWait    = "wait"    // pending retirement, grace not over
-	VersionRetire  = "retire"  // grace over and no DEK references it
-	VersionBlocked = "blocked" // grace over but DEKs reference it: re-wrap first
-	VersionDestroy = "destroy" // retired and past destroy_after
-	VersionDisable = "disable" // compromised: disabled at the backend once unused
-)
-
 // VersionPlan is what the next cycle would do with one version.
 type VersionPlan struct {
 	Version     int                `json:"version"`
 	State       rekey.VersionState `json:"state"`
 	DEKs        int64              `json:"deks"`
 	RetireAfter time.Time          `json:"retire_after,omitzero"`
-	Action      string             `json:"action"`
-	Why         string             `json:"why,omitempty"`
+	// Action is rekey.DecideVersion's answer for the version, as the
+	// engine acts on it: keep, wait, retire, blocked, destroy or disable.
+	Action rekey.VersionAction `json:"action"`
+	Why    string              `json:"why,omitempty"`
 }
 
 // Plan computes what the next cycle would do, for every key, without
@@ -150,7 +142,7 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		kp.Action = ActionResume
 		kp.Rotation = &RotationProgress{
 			ID: open.ID, State: open.State, Reason: open.Reason, FromVersion: open.FromVersion, ToVersion: open.ToVersion,
-			Done: open.Done, Total: open.Total, Failed: open.Failed, Ratio: progress(r),
+			Done: open.Done, Total: open.Total, Failed: open.Failed, Ratio: open.Progress(),
 			Owner: open.Owner, StartedAt: open.StartedAt, LastError: open.LastError,
 		}
 	case !isNotFound(err):
@@ -193,55 +185,24 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 			}
 		}
 	}
-	retiring := kp.Action == ActionNone || (open != nil && open.State == rekey.RotationCommitted)
+	// A rotation this cycle (open or starting) re-wraps every DEK not on
+	// its target, those of old versions included: DecideVersion then says
+	// wait for them. Without one, DEKs on a version whose retirement is
+	// blocked are re-wrapped by the retirement sweep.
+	rotating := kp.Action != ActionNone
 	for _, v := range vs {
-		vp := VersionPlan{Version: v.Version, State: v.State, DEKs: counts[v.Version], RetireAfter: v.RetireAfter, Action: VersionKeep}
-		switch v.State {
-		case rekey.VersionPendingRetirement:
-			switch {
-			case v.RetireAfter.After(now):
-				vp.Action = VersionWait
-				vp.Why = "grace until " + v.RetireAfter.Format(time.RFC3339)
-			case vp.DEKs > 0:
-				vp.Action = VersionBlocked
-				vp.Why = fmt.Sprintf("%d DEK(s) still reference it: they are re-wrapped first; it retires once none is left", vp.DEKs)
-				if retiring {
-					kp.DEKsToRewrap += vp.DEKs
-				}
-			default:
-				vp.Action = VersionRetire
-				vp.Why = "grace over and no DEK references it"
-				if b != nil && b.retirer != nil {
-					kp.BackendCalls["retire_version"]++
-				}
+		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: counts[v.Version], RotationOpen: rotating}, now)
+		vp := VersionPlan{Version: v.Version, State: v.State, DEKs: counts[v.Version], RetireAfter: v.RetireAfter, Action: dec.Action, Why: dec.Why}
+		switch dec.Action {
+		case rekey.VersionBlocked:
+			kp.DEKsToRewrap += vp.DEKs
+		case rekey.VersionRetire, rekey.VersionDisable:
+			if b != nil && b.retirer != nil {
+				kp.BackendCalls["retire_version"]++
 			}
-		case rekey.VersionCompromised:
-			if v.Version != k.ActiveVersion {
-				vp.Action = VersionDisable
-				if vp.DEKs > 0 {
-					vp.Why = fmt.Sprintf("%d DEK(s) still reference it: re-wrapped first", vp.DEKs)
-					if retiring {
-						kp.DEKsToRewrap += vp.DEKs
-					}
-				} else {
-					vp.Why = "disabled at the backend; stays compromised in the store"
-				}
-			}
-		case rekey.VersionRetired:
-			if k.Policy.DestroyAfter > 0 {
-				since := v.RetiredAt
-				if since.IsZero() {
-					since = v.RetireAfter
-				}
-				if at := since.Add(k.Policy.DestroyAfter); at.After(now) {
-					vp.Why = "destroyed after " + at.Format(time.RFC3339)
-				} else {
-					vp.Action = VersionDestroy
-					vp.Why = "retired longer than destroy_after"
-					if b != nil && b.retirer != nil {
-						kp.BackendCalls["destroy_version"]++
-					}
-				}
+		case rekey.VersionDestroy:
+			if b != nil && b.retirer != nil {
+				kp.BackendCalls["destroy_version"]++
 			}
 		}
 		kp.Versions = append(kp.Versions, vp)

@@ -11,6 +11,7 @@ import (
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
 )
 
@@ -60,7 +61,7 @@ func TestProperty_RandomInterleavings(t *testing.T) {
 			mods = append(mods, func(c *rotation.Config) {
 				c.BatchSize = rapid.IntRange(1, 12).Draw(rt, "batch")
 				c.Concurrency = rapid.IntRange(1, 4).Draw(rt, "concurrency")
-				c.Retry = rotation.RetryPolicy{Attempts: 3, Base: time.Microsecond, Max: time.Microsecond}
+				c.RotateRetry = retry.Policy{Attempts: 3, Base: time.Microsecond, Max: time.Microsecond}
 			})
 			return e.engine(rt, mods...)
 		}

@@ -10,13 +10,15 @@ import (
 )
 
 // tendVersions handles the old versions of key once no rotation of it is
-// in flight (rule 5): a pending_retirement version whose grace has passed is
-// retired only if a count shows zero DEKs; DEKs still on it are re-wrapped
-// under the active version first, and if some remain (they cannot be
-// unwrapped) retirement is reported blocked. A compromised version that no
-// DEK references any more is disabled at the backend (it stays compromised
-// in the store). Retired versions past destroy_after are destroyed when the
-// policy says so.
+// in flight (rule 5), doing what rekey.DecideVersion (the one home of the
+// rule, which plan shows too) decides for each: a version whose retirement
+// (or, compromised, disabling) is blocked by DEKs has them re-wrapped
+// under the active version first and is decided again on a fresh count;
+// if some remain (they cannot be unwrapped) retirement is reported
+// blocked. A pending_retirement version past its grace with no DEK is
+// retired; a compromised version that no DEK references any more is
+// disabled at the backend (it stays compromised in the store); a retired
+// version past destroy_after is destroyed when the policy says so.
 func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, rep *KeyReport) error {
 	vs, err := e.listVersions(ctx, k.Name)
 	if err != nil {
@@ -28,25 +30,25 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 	}
 	now := e.now()
 	for _, v := range vs {
-		if v.Version == k.ActiveVersion {
-			continue
-		}
-		switch v.State {
-		case rekey.VersionPendingRetirement:
-			if v.RetireAfter.After(now) {
-				continue // grace not over
-			}
-			n, err := e.clearVersion(ctx, kl, k, b, v.Version, counts[v.Version], rep)
+		facts := rekey.VersionFacts{Key: k, Version: v, DEKs: counts[v.Version]}
+		dec := rekey.DecideVersion(facts, now)
+		if dec.RetirementBlocked() {
+			n, err := e.clearVersion(ctx, kl, k, b, v.Version, facts.DEKs, rep)
 			if err != nil {
 				return err
 			}
-			if n > 0 {
+			facts.DEKs = n
+			if dec = rekey.DecideVersion(facts, now); dec.RetirementBlocked() {
 				e.reportBlocked(ctx, k.Name, v.Version, n, rep)
 				continue
 			}
-			err = e.retireVersion(ctx, kl, k, b, v.Version)
+		}
+		switch dec.Action {
+		case rekey.VersionRetire:
+			err := e.retireVersion(ctx, kl, k, b, v.Version)
 			var inUse *rekey.VersionInUseError
 			if errors.As(err, &inUse) {
+				// A DEK arrived since the count: the store's guard refused.
 				e.reportBlocked(ctx, k.Name, v.Version, inUse.DEKs, rep)
 				continue
 			}
@@ -54,29 +56,11 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 				return err
 			}
 			rep.Retired = append(rep.Retired, v.Version)
-		case rekey.VersionCompromised:
-			n, err := e.clearVersion(ctx, kl, k, b, v.Version, counts[v.Version], rep)
-			if err != nil {
-				return err
-			}
-			if n > 0 {
-				e.reportBlocked(ctx, k.Name, v.Version, n, rep)
-				continue
-			}
+		case rekey.VersionDisable:
 			if err := e.disableCompromised(ctx, k, b, v.Version); err != nil {
 				return err
 			}
-		case rekey.VersionRetired:
-			if k.Policy.DestroyAfter <= 0 {
-				continue
-			}
-			since := v.RetiredAt
-			if since.IsZero() {
-				since = v.RetireAfter
-			}
-			if since.Add(k.Policy.DestroyAfter).After(now) {
-				continue
-			}
+		case rekey.VersionDestroy:
 			if err := e.destroyVersion(ctx, kl, k, b, v.Version); err != nil {
 				return err
 			}
@@ -139,7 +123,7 @@ func (e *Engine) sweepVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 		if err != nil || len(deks) == 0 {
 			return moved, err
 		}
-		res, err := e.rewrapBatch(ctx, kl, b, deks, to)
+		res, err := e.rewrapBatch(ctx, kl, b, deks, to, nil)
 		moved += res.done
 		failed += int64(len(res.failed))
 		if res.done > 0 {
@@ -158,9 +142,7 @@ func (e *Engine) sweepVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 // version.retired event in the same transaction.
 func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
 	if b.retirer != nil {
-		if err := e.kmsCall(ctx, b, "retire_version", func(ctx context.Context) error {
-			return b.retirer.RetireVersion(ctx, b.ref, version)
-		}); err != nil {
+		if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
 			return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, b.name, err)
 		}
 	}
@@ -171,13 +153,11 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 	ev := e.event(rekey.AuditVersionRetired, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionRetired)
-	err := e.retry(ctx, func(ctx context.Context) error {
-		return e.store.ChangeVersionState(ctx, rekey.VersionChange{
-			Key: k.Name, Version: version,
-			From: []rekey.VersionState{rekey.VersionPendingRetirement},
-			To:   rekey.VersionRetired, RequireUnused: true, At: now,
-		}, kl.fencePtr(), ev)
-	})
+	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+		Key: k.Name, Version: version,
+		From: []rekey.VersionState{rekey.VersionPendingRetirement},
+		To:   rekey.VersionRetired, RequireUnused: true, At: now,
+	}, kl.fencePtr(), ev)
 	if err != nil {
 		var inUse *rekey.VersionInUseError
 		if errors.As(err, &inUse) {
@@ -194,22 +174,18 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 // (where it can) and records the version destroyed.
 func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
 	if b.retirer != nil {
-		if err := e.kmsCall(ctx, b, "destroy_version", func(ctx context.Context) error {
-			return b.retirer.DestroyVersion(ctx, b.ref, version)
-		}); err != nil {
+		if err := b.retirer.DestroyVersion(ctx, b.ref, version); err != nil {
 			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, b.name, err)
 		}
 	}
 	ev := e.event(rekey.AuditVersionDestroyed, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionDestroyed)
-	err := e.retry(ctx, func(ctx context.Context) error {
-		return e.store.ChangeVersionState(ctx, rekey.VersionChange{
-			Key: k.Name, Version: version,
-			From: []rekey.VersionState{rekey.VersionRetired},
-			To:   rekey.VersionDestroyed, RequireUnused: true, At: e.now(),
-		}, kl.fencePtr(), ev)
-	})
+	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+		Key: k.Name, Version: version,
+		From: []rekey.VersionState{rekey.VersionRetired},
+		To:   rekey.VersionDestroyed, RequireUnused: true, At: e.now(),
+	}, kl.fencePtr(), ev)
 	if err != nil {
 		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
 	}
@@ -229,9 +205,7 @@ func (e *Engine) disableCompromised(ctx context.Context, k rekey.Key, b *backend
 	if done || b.retirer == nil {
 		return nil
 	}
-	if err := e.kmsCall(ctx, b, "retire_version", func(ctx context.Context) error {
-		return b.retirer.RetireVersion(ctx, b.ref, version)
-	}); err != nil {
+	if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
 		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, b.name, err)
 	}
 	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
@@ -246,12 +220,11 @@ func (e *Engine) disableCompromised(ctx context.Context, k rekey.Key, b *backend
 }
 
 // reportBlocked records that version of key cannot retire because n DEKs
-// still reference it: a log line and the observer every time, a
+// still reference it: a log line every time, a
 // retirement.blocked audit event when the count differs from the last one
 // this process audited.
 func (e *Engine) reportBlocked(ctx context.Context, key string, version int, n int64, rep *KeyReport) {
 	rep.Blocked = append(rep.Blocked, BlockedVersion{Version: version, DEKs: n})
-	e.obs.RetirementBlocked(key, version, true)
 	e.log.Warn("retirement blocked: DEKs still reference the version", "key_id", key, "version", version, "deks", n, "status", "retirement_blocked")
 	ref := versionRef{key, version}
 	e.mu.Lock()
@@ -276,10 +249,6 @@ func (e *Engine) reportBlocked(ctx context.Context, key string, version int, n i
 func (e *Engine) unblock(key string, version int) {
 	ref := versionRef{key, version}
 	e.mu.Lock()
-	_, was := e.blocked[ref]
 	delete(e.blocked, ref)
 	e.mu.Unlock()
-	if was {
-		e.obs.RetirementBlocked(key, version, false)
-	}
 }

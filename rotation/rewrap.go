@@ -36,12 +36,20 @@ type rewrapOut struct {
 // written. Once the backend part is done, the writes run to completion on a
 // context of their own, so a batch is never half-written by a stop.
 //
+// With ck (a rotation's batch) the batch is checkpointed: when the DEK
+// source is a rekey.BatchCommitter (the store), each write of swaps is one
+// CommitBatch carrying the checkpoint, so the checkpoint can never fall
+// behind the DEKs; otherwise the swaps are written (SwapDEKs) and then the
+// checkpoint (AdvanceRotation). Without ck (a retirement sweep) only the
+// swaps are written.
+//
 // A DEK that cannot be unwrapped (rule 6) is reported, skipped and left
 // unchanged. A swap that lost (the row changed meanwhile) is re-read and
-// re-wrapped from the row's current value, never overwritten. The returned
-// error is fatal for the batch: a backend error that is not about one DEK,
-// transient errors past the retry policy, ErrFenced, or a store failure.
-func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, to int) (batchResult, error) {
+// re-wrapped from the row's current value, never overwritten; each such
+// round is its own write with the same cursor. The returned error is fatal
+// for the batch: a backend error that is not about one DEK, ErrFenced, or
+// a store failure (the middleware already retried transient ones).
+func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, to int, ck *batchCheckpoint) (batchResult, error) {
 	var res batchResult
 	if len(deks) == 0 {
 		return res, nil
@@ -57,11 +65,16 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 	defer cancel()
-	swaps := make([]rekey.DEKSwap, 0, len(deks))
+	var (
+		swaps     = make([]rekey.DEKSwap, 0, len(deks))
+		newFailed []string // not yet in a checkpoint
+		onTarget  int64    // found already on to, not yet in a checkpoint
+	)
 	collect := func(deks []rekey.DEK, outs []rewrapOut) {
 		for i, d := range deks {
 			if err := outs[i].err; err != nil {
 				res.failed = append(res.failed, d.ID)
+				newFailed = append(newFailed, d.ID)
 				e.log.Warn("DEK cannot be unwrapped; skipped and left unchanged", "key_id", key, "dek_id", d.ID, "version", d.Version, "error", err)
 				continue
 			}
@@ -70,13 +83,33 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 	}
 	collect(deks, outs)
 
+	committer, oneTx := e.deks.(rekey.BatchCommitter)
+	oneTx = oneTx && ck != nil && !e.noCommitBatch.Load()
 	getter, canGet := e.deks.(dekGetter)
-	for round := 0; len(swaps) > 0; round++ {
-		lost, err := e.swapDEKs(wctx, kl, swaps)
+	for round := 0; ; round++ {
+		var lost []string
+		switch {
+		case oneTx:
+			lost, err = ck.commitBatch(wctx, committer, swaps, onTarget, newFailed)
+			if errors.Is(err, rekey.ErrUnsupported) {
+				// Nothing was written (only possible on the first round:
+				// the flag is set before any later one).
+				e.noCommitBatch.Store(true)
+				oneTx = false
+				lost, err = nil, nil
+				if len(swaps) > 0 {
+					lost, err = e.swapDEKs(wctx, kl, swaps)
+				}
+			}
+		case len(swaps) > 0:
+			lost, err = e.swapDEKs(wctx, kl, swaps)
+		}
 		if err != nil {
 			return res, err
 		}
-		res.done += int64(len(swaps) - len(lost))
+		res.done += onTarget + int64(len(swaps)-len(lost))
+		onTarget, newFailed = 0, nil
+		swaps = swaps[:0]
 		if len(lost) == 0 {
 			break
 		}
@@ -88,11 +121,7 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 		e.log.Info("DEKs changed during re-wrap; re-reading them", "key_id", key, "deks", len(lost))
 		var again []rekey.DEK
 		for _, id := range lost {
-			var fresh rekey.DEK
-			err := e.retry(wctx, func(ctx context.Context) (err error) {
-				fresh, err = getter.GetDEK(ctx, id)
-				return err
-			})
+			fresh, err := getter.GetDEK(wctx, id)
 			switch {
 			case errors.Is(err, rekey.ErrDEKNotFound):
 				continue // deleted meanwhile: nothing to re-wrap
@@ -101,33 +130,37 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 			case fresh.Key != key:
 				continue
 			case fresh.Version == to:
-				// Already on the target (an earlier try of our own swap
-				// committed behind a transient error).
-				res.done++
+				// Already on the target: an earlier try of our own write
+				// committed behind a transient error (the store middleware
+				// retried it), or another worker's.
+				onTarget++
 				continue
 			}
 			again = append(again, fresh)
 		}
-		swaps = swaps[:0]
-		if len(again) == 0 {
+		if len(again) > 0 {
+			outs, err := e.rewrapAtBackend(ctx, b, again, to)
+			if err != nil {
+				res.left += len(again)
+				e.log.Warn("re-wrapping changed DEKs failed; left for the next sweep", "key_id", key, "deks", len(again), "error", err)
+			} else {
+				collect(again, outs)
+			}
+		}
+		if len(swaps) == 0 && onTarget == 0 && len(newFailed) == 0 {
 			break
 		}
-		outs, err := e.rewrapAtBackend(ctx, b, again, to)
-		if err != nil {
-			res.left += len(again)
-			e.log.Warn("re-wrapping changed DEKs failed; left for the next sweep", "key_id", key, "deks", len(again), "error", err)
-			break
+	}
+	if ck != nil && !oneTx {
+		if err := ck.advance(ctx, res.done, res.failed); err != nil {
+			return res, err
 		}
-		collect(again, outs)
 	}
 	return res, nil
 }
 
-func (e *Engine) swapDEKs(ctx context.Context, kl *keyLease, swaps []rekey.DEKSwap) (lost []string, err error) {
-	err = e.retry(ctx, func(ctx context.Context) error {
-		lost, err = e.deks.SwapDEKs(ctx, swaps, kl.fence())
-		return err
-	})
+func (e *Engine) swapDEKs(ctx context.Context, kl *keyLease, swaps []rekey.DEKSwap) ([]string, error) {
+	lost, err := e.deks.SwapDEKs(ctx, swaps, kl.fence())
 	if err != nil {
 		return nil, fmt.Errorf("swap %d DEKs: %w", len(swaps), err)
 	}
@@ -186,56 +219,35 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 // rewrapOne re-wraps one DEK. The plaintext exists only on the unwrap+wrap
 // path and is zeroed right after use (best effort: Go may have copied it).
 func (e *Engine) rewrapOne(ctx context.Context, b *backend, d rekey.DEK, to int) ([]byte, error) {
-	var out []byte
 	if b.rewrapper != nil {
-		err := e.kmsCall(ctx, b, "rewrap", func(ctx context.Context) (err error) {
-			out, err = b.rewrapper.Rewrap(ctx, b.ref, d.Version, d.Wrapped, to)
-			return err
-		})
-		return out, err
+		return b.rewrapper.Rewrap(ctx, b.ref, d.Version, d.Wrapped, to)
 	}
-	var pt []byte
-	if err := e.kmsCall(ctx, b, "unwrap", func(ctx context.Context) (err error) {
-		pt, err = b.kms.Unwrap(ctx, b.ref, d.Version, d.Wrapped)
-		return err
-	}); err != nil {
+	pt, err := b.kms.Unwrap(ctx, b.ref, d.Version, d.Wrapped)
+	if err != nil {
 		return nil, err
 	}
 	defer clear(pt)
-	if err := e.kmsCall(ctx, b, "wrap", func(ctx context.Context) (err error) {
-		out, err = b.kms.Wrap(ctx, b.ref, to, pt)
-		return err
-	}); err != nil {
+	out, err := b.kms.Wrap(ctx, b.ref, to, pt)
+	if err != nil {
 		return nil, &wrapFailure{version: to, err: err}
 	}
 	return out, nil
 }
 
-// rewrapChunk re-wraps deks in one RewrapBatch call (retried as a whole
-// while the call or any item fails transiently).
+// rewrapChunk re-wraps deks in one RewrapBatch call. An item that failed
+// transiently fails the chunk (and the batch): the middleware retries
+// calls, not items, and the next cycle takes the batch again.
 func (e *Engine) rewrapChunk(ctx context.Context, b *backend, deks []rekey.DEK, to int, outs []rewrapOut) error {
 	items := make([]rekey.RewrapItem, len(deks))
 	for i, d := range deks {
 		items[i] = rekey.RewrapItem{Version: d.Version, Wrapped: d.Wrapped}
 	}
-	var results []rekey.RewrapResult
-	err := e.kmsCall(ctx, b, "rewrap_batch", func(ctx context.Context) (err error) {
-		results, err = b.batch.RewrapBatch(ctx, b.ref, to, items)
-		if err != nil {
-			return err
-		}
-		if len(results) != len(items) {
-			return fmt.Errorf("backend %s returned %d results for %d DEKs", b.name, len(results), len(items))
-		}
-		for _, r := range results {
-			if r.Err != nil && rekey.IsTransient(r.Err) {
-				return r.Err
-			}
-		}
-		return nil
-	})
+	results, err := b.batch.RewrapBatch(ctx, b.ref, to, items)
 	if err != nil {
 		return fmt.Errorf("re-wrap batch of %d DEKs: %w", len(deks), err)
+	}
+	if len(results) != len(items) {
+		return fmt.Errorf("re-wrap batch of %d DEKs: backend %s returned %d results", len(deks), b.name, len(results))
 	}
 	for i, r := range results {
 		switch {

@@ -833,8 +833,10 @@ func TestRule8_AuditEventsCarryTheirFields(t *testing.T) {
 	}
 }
 
-// Rule 9: cancelling the context mid re-wrap returns after the batch was
-// checkpointed and the lease released; the next run resumes and finishes.
+// Rule 9: cancelling the context mid re-wrap ends the cycle as interrupted
+// (not failed) after the batch was checkpointed and the lease released; the
+// next run resumes and finishes. (The worker loop around RunCycle is
+// package worker's and tested there.)
 func TestRule9_GracefulStop(t *testing.T) {
 	t.Parallel()
 	e := setup(t)
@@ -848,10 +850,9 @@ func TestRule9_GracefulStop(t *testing.T) {
 		cancel() // SIGTERM arrives
 		return nil
 	}))
-	done := make(chan error, 1)
-	go func() { done <- eng.Run(ctx, time.Hour) }()
-	if err := <-done; err != nil {
-		t.Fatalf("Run = %v, want nil on a graceful stop", err)
+	rep := eng.RunCycle(ctx)
+	if kr := keyReport(t, rep, "k"); !rep.Interrupted || rep.Failed != 0 || kr.Outcome != rotation.OutcomeInterrupted {
+		t.Fatalf("cycle = %+v, want interrupted (not failed) on a graceful stop", rep)
 	}
 	open := e.openRotations(t, "k")
 	if len(open) != 1 || open[0].Done != 20 || open[0].Cursor == "" || open[0].State != rekey.RotationRewrapping {
@@ -1100,17 +1101,9 @@ func TestPlanIsADryRun(t *testing.T) {
 		if kp.Action != rotation.ActionNone || !strings.HasPrefix(kp.RateSource, "rotation ") && kp.RateSource != "assumed" {
 			t.Fatalf("plan after rotation = %+v", kp)
 		}
-		if len(kp.Versions) != 2 || kp.Versions[0].Action != rotation.VersionWait || kp.Versions[0].RetireAfter.IsZero() {
+		if len(kp.Versions) != 2 || kp.Versions[0].Action != rekey.VersionWait || kp.Versions[0].RetireAfter.IsZero() {
 			t.Fatalf("versions = %+v", kp.Versions)
 		}
-	}
-}
-
-func TestRunValidatesInterval(t *testing.T) {
-	t.Parallel()
-	e := setup(t)
-	if err := e.engine(t).Run(e.ctx, 0); !errors.Is(err, rekey.ErrInvalidArgument) {
-		t.Fatalf("Run(0) = %v", err)
 	}
 }
 

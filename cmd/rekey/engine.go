@@ -30,7 +30,7 @@ func (c *cli) engine(a *app, obs rotation.Observer) (*rotation.Engine, error) {
 	return rotation.New(rotation.Config{
 		Store: a.store, Backends: a.backends, Logger: a.logger, Now: a.now,
 		Owner: c.getenv("REKEY_WORKER_ID"), BatchSize: w.BatchSize, Concurrency: w.Concurrency,
-		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: obs, KMSRateLimit: w.KMSRateLimit,
+		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: obs, // kms_rate_limit: now kmsmw's, where backends are opened
 	})
 }
 
