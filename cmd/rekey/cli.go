@@ -7,11 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os/user"
 	"strings"
+	"time"
 
 	"github.com/rekeyhq/rekey"
-	"github.com/rekeyhq/rekey/audit"
+	"github.com/rekeyhq/rekey/setup"
+	"github.com/rekeyhq/rekey/worker"
 	"github.com/spf13/cobra"
 )
 
@@ -30,44 +31,68 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
-// cli is one invocation: its streams, environment and global flags, and
-// what it opened (closed at the end).
+// cli is one invocation: its streams, environment, clock and global flags,
+// and what it opened (closed at the end).
 type cli struct {
 	stdin      io.Reader
 	stdout     io.Writer
 	stderr     io.Writer
 	getenv     func(string) string
+	now        func() time.Time
+	clock      worker.Clock // nil: the real clock
 	configPath string
 	jsonOut    bool
 	logLevel   string
-	// tolerateBackendErrors is set by the worker: see openBackends.
+	// tolerateBackendErrors is set by the worker: see
+	// setup.Options.TolerateBackendErrors.
 	tolerateBackendErrors bool
-	logger                *slog.Logger
-	app                   *app
+	// logFallback is the level commands log at unless asked: warn, info
+	// for the worker.
+	logFallback slog.Level
+	sys         *setup.System
+}
+
+// runEnv is what an invocation runs in; tests give it a fake clock.
+type runEnv struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+	now            func() time.Time
+	clock          worker.Clock
 }
 
 // run executes the command line args and returns the exit code.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
-	root := c.rootCommand()
-	root.SetArgs(args)
-	root.SetIn(stdin)
-	root.SetOut(stdout)
-	root.SetErr(stderr)
-	err := root.ExecuteContext(ctx)
-	if c.app != nil && c.app.keyring != nil {
-		// Whatever the command wrote to the audit trail gets a MACed
-		// checkpoint before the process exits.
-		cctx := context.WithoutCancel(ctx)
-		if head, herr := audit.HeadSeq(cctx, c.app.store); herr == nil && head > c.app.auditHead {
-			if cerr := c.app.checkpointAudit(cctx); cerr != nil {
-				fmt.Fprintf(stderr, "rekey: warning: %v\n", cerr)
+	return runIn(ctx, args, runEnv{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv})
+}
+
+// runIn is run in e. REKEY_TEST_CLOCK_OFFSET (a duration, test hook like
+// REKEY_FAILPOINTS) moves the clock of a real process forward, so that
+// end-to-end tests of the binary need not sleep for a deadline.
+func runIn(ctx context.Context, args []string, e runEnv) int {
+	c := &cli{stdin: e.stdin, stdout: e.stdout, stderr: e.stderr, getenv: e.getenv, now: e.now, clock: e.clock, logFallback: slog.LevelWarn}
+	if c.now == nil {
+		c.now = time.Now
+		if off := c.getenv(envClockOffset); off != "" {
+			d, err := rekey.ParseDuration(off, true)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "rekey: %s=%q: %v\n", envClockOffset, off, err)
+				return exitUsage
 			}
+			c.now = func() time.Time { return time.Now().Add(d) }
 		}
 	}
-	if c.app != nil {
-		if cerr := c.app.Close(); err == nil && cerr != nil {
-			err = cerr
+	root := c.rootCommand()
+	root.SetArgs(args)
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	err := root.ExecuteContext(ctx)
+	if c.sys != nil {
+		// Close checkpoints whatever the command wrote to the audit trail
+		// before the process exits.
+		if cerr := c.sys.Close(); cerr != nil {
+			fmt.Fprintf(e.stderr, "rekey: warning: %v\n", cerr)
 		}
 	}
 	if err == nil {
@@ -75,19 +100,22 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	var ue usageError
 	if errors.As(err, &ue) || isCobraUsage(err) {
-		fmt.Fprintf(stderr, "rekey: %v\nRun 'rekey --help' for usage.\n", err)
+		fmt.Fprintf(e.stderr, "rekey: %v\nRun 'rekey --help' for usage.\n", err)
 		return exitUsage
 	}
 	var ee exitError
 	if errors.As(err, &ee) {
 		if ee.msg != "" {
-			fmt.Fprintf(stderr, "rekey: %s\n", ee.msg)
+			fmt.Fprintf(e.stderr, "rekey: %s\n", ee.msg)
 		}
 		return ee.code
 	}
-	fmt.Fprintf(stderr, "rekey: %v\n", err)
+	fmt.Fprintf(e.stderr, "rekey: %v\n", err)
 	return exitFailure
 }
+
+// envClockOffset moves the process's clock (tests of the binary).
+const envClockOffset = "REKEY_TEST_CLOCK_OFFSET"
 
 // exitError ends the command with a code, printing msg if set.
 type exitError struct {
@@ -166,18 +194,6 @@ func (c *cli) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// actor names the person running the CLI, for audit events.
-func (c *cli) actor() string {
-	name := c.getenv("USER")
-	if u, err := user.Current(); err == nil && u.Username != "" {
-		name = u.Username
-	}
-	if name == "" {
-		name = "unknown"
-	}
-	return "cli:" + name
-}
-
 // exactArgs is cobra.ExactArgs with an error that says what is missing.
 func exactArgs(n int, names string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
@@ -187,5 +203,3 @@ func exactArgs(n int, names string) cobra.PositionalArgs {
 		return nil
 	}
 }
-
-var _ = rekey.ErrInvalidArgument

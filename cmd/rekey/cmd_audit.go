@@ -1,12 +1,9 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,80 +12,6 @@ import (
 	"github.com/rekeyhq/rekey/audit"
 	"github.com/spf13/cobra"
 )
-
-// auditMACer is the backend whose key MACs the audit checkpoints: the
-// "local" backend when it has one, else the first (by name) that can. The
-// key lives in the backend, never in the store, so write access to the
-// database alone cannot forge a checkpoint. It returns nil when no backend
-// can MAC (checkpoints are then skipped and verify says so).
-func (a *app) auditMACer() (rekey.MACer, string) {
-	names := make([]string, 0, len(a.backends))
-	for n := range a.backends {
-		names = append(names, n)
-	}
-	sort.Slice(names, func(i, j int) bool { return names[i] == "local" || (names[j] != "local" && names[i] < names[j]) })
-	for _, n := range names {
-		if m, ok := a.backends[n].(rekey.MACer); ok {
-			return m, n + "/" + audit.Purpose
-		}
-	}
-	return nil, ""
-}
-
-// anchorPath is the file that keeps the newest audit checkpoint outside
-// the database (see audit.AdvanceAnchor): beside the configuration.
-func (a *app) anchorPath() string { return filepath.Join(a.home, "audit.anchor") }
-
-// storeID names the store in the anchor file. A SQLite file is named
-// relative to the anchor's directory, so that a home directory moved or
-// restored elsewhere keeps its anchor.
-func (a *app) storeID() string {
-	dsn := a.cfg.Store.DSN.Value()
-	if a.cfg.Store.Driver == "sqlite" {
-		if abs, err := filepath.Abs(dsn); err == nil {
-			dsn = abs
-			if home, err := filepath.Abs(a.home); err == nil {
-				if rel, err := filepath.Rel(home, abs); err == nil {
-					dsn = rel
-				}
-			}
-		}
-		return "sqlite:" + dsn
-	}
-	return a.cfg.Store.Driver + ":" + a.cfg.Store.RedactedDSN()
-}
-
-// checkpointAudit MACs the head of the audit trail (a no-op when it is
-// already checkpointed), after checking the trail still holds the anchored
-// checkpoint, and moves the anchor forward. Commands that write events call
-// it before they exit; the worker after every cycle.
-func (a *app) checkpointAudit(ctx context.Context) error {
-	m, keyID := a.auditMACer()
-	if m == nil {
-		a.logger.Warn("no backend can MAC audit checkpoints: the audit trail is hash-chained but not checkpointed")
-		return nil
-	}
-	_, err := audit.CheckpointAnchored(ctx, a.store, m, audit.Purpose, keyID, a.now(), a.anchorPath(), a.storeID())
-	if err != nil {
-		return fmt.Errorf("audit checkpoint: %w", err)
-	}
-	return nil
-}
-
-// verifyAudit verifies the whole trail, and against the anchor kept outside
-// the database when there is one.
-func (a *app) verifyAudit(ctx context.Context) (audit.Result, error) {
-	m, _ := a.auditMACer()
-	anchor, ok, err := audit.ReadAnchor(a.anchorPath(), a.storeID())
-	if err != nil {
-		return audit.Result{}, err
-	}
-	var ap *rekey.AuditCheckpoint
-	if ok {
-		ap = &anchor
-	}
-	return audit.VerifyAnchored(ctx, a.store, m, audit.Purpose, ap)
-}
 
 // parseSince reads --since: a duration back from now (7d, 12h) or an RFC 3339
 // time.
@@ -136,19 +59,19 @@ func (c *cli) auditListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			from, err := parseSince(since, a.now())
+			from, err := parseSince(since, c.now())
 			if err != nil {
 				return err
 			}
 			q := rekey.AuditQuery{Key: key, Since: from}
 			if c.jsonOut {
-				_, err := audit.Export(cmd.Context(), a.store, c.stdout, q)
+				_, err := audit.Export(cmd.Context(), a.Store, c.stdout, q)
 				return err
 			}
 			tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "SEQ\tTIME\tTYPE\tKEY\tVERSIONS\tDEKS\tSTATUS\tACTOR\tDETAIL")
 			n := 0
-			_, err = audit.Tail(cmd.Context(), a.store, 0, func(e rekey.AuditEvent) error {
+			_, err = audit.Tail(cmd.Context(), a.Store, 0, func(e rekey.AuditEvent) error {
 				if (key != "" && e.Key != key) || (!from.IsZero() && e.Time.Before(from)) {
 					return nil
 				}
@@ -205,7 +128,7 @@ would only be caught against the next checkpoint. verify says how many.`,
 			if err != nil {
 				return err
 			}
-			res, err := a.verifyAudit(cmd.Context())
+			res, err := a.Audit.Verify(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -253,20 +176,20 @@ func (c *cli) auditExportCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			from, err := parseSince(since, a.now())
+			from, err := parseSince(since, c.now())
 			if err != nil {
 				return err
 			}
 			q := rekey.AuditQuery{Key: key, Since: from}
 			if out == "" || out == "-" {
-				_, err := audit.Export(cmd.Context(), a.store, c.stdout, q)
+				_, err := audit.Export(cmd.Context(), a.Store, c.stdout, q)
 				return err
 			}
 			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 			if err != nil {
 				return fmt.Errorf("--out: %w", err)
 			}
-			n, err := audit.Export(cmd.Context(), a.store, f, q)
+			n, err := audit.Export(cmd.Context(), a.Store, f, q)
 			if cerr := f.Close(); err == nil {
 				err = cerr
 			}

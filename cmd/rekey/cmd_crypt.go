@@ -32,9 +32,9 @@ file and renamed into place only when complete (mode 0600).`,
 				return err
 			}
 			return c.transform(cmd.Context(), in, out, func(ctx context.Context, dst io.Writer, src io.Reader) error {
-				id, err := a.keyring.SealStream(ctx, key, dst, src, []byte(aad))
+				id, err := a.Keyring.SealStream(ctx, key, dst, src, []byte(aad))
 				if err == nil {
-					a.logger.Debug("sealed", "dek_id", id, "key", key)
+					a.Logger.Debug("sealed", "dek_id", id, "key", key)
 				}
 				return err
 			})
@@ -65,9 +65,9 @@ chunk that does not authenticate and the exit code is 1.`,
 				return err
 			}
 			return c.transform(cmd.Context(), in, out, func(ctx context.Context, dst io.Writer, src io.Reader) error {
-				id, err := a.keyring.OpenStream(ctx, dst, src, []byte(aad))
+				id, err := a.Keyring.OpenStream(ctx, dst, src, []byte(aad))
 				if err == nil {
-					a.logger.Debug("opened", "dek_id", id)
+					a.Logger.Debug("opened", "dek_id", id)
 				}
 				return err
 			})

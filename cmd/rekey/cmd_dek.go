@@ -37,7 +37,7 @@ batches of 1000 (bulk provisioning).`,
 				return err
 			}
 			if cmd.Flags().Changed("count") {
-				n, err := a.keyring.NewDEKs(cmd.Context(), key, label, count)
+				n, err := a.Keyring.NewDEKs(cmd.Context(), key, label, count)
 				if err != nil {
 					if n > 0 {
 						return fmt.Errorf("created %d of %d DEKs, then: %w", n, count, err)
@@ -50,12 +50,12 @@ batches of 1000 (bulk provisioning).`,
 				fmt.Fprintf(c.stdout, "created %d DEKs under key %s\n", n, key)
 				return nil
 			}
-			id, plain, err := a.keyring.NewDEK(cmd.Context(), key, label)
+			id, plain, err := a.Keyring.NewDEK(cmd.Context(), key, label)
 			if err != nil {
 				return err
 			}
 			clear(plain) // the CLI never shows a plaintext DEK
-			d, err := a.store.GetDEK(cmd.Context(), id)
+			d, err := a.Store.GetDEK(cmd.Context(), id)
 			if err != nil {
 				return err
 			}
@@ -89,11 +89,11 @@ does not.`,
 			if !rekey.ValidID(id) {
 				return usagef("%q is not a DEK id (26 characters of 0-9 and A-Z, as printed by 'rekey dek create')", id)
 			}
-			d, err := a.store.GetDEK(cmd.Context(), id)
+			d, err := a.Store.GetDEK(cmd.Context(), id)
 			if err != nil {
 				return fmt.Errorf("dek %s: %w", id, err)
 			}
-			plain, err := a.keyring.OpenDEK(cmd.Context(), id)
+			plain, err := a.Keyring.OpenDEK(cmd.Context(), id)
 			clear(plain)
 			if c.jsonOut {
 				out := map[string]any{"id": d.ID, "key": d.Key, "version": d.Version, "label": d.Label,

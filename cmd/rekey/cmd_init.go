@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/rekeyhq/rekey/config"
+	"github.com/rekeyhq/rekey/setup"
 	"github.com/spf13/cobra"
 )
 
@@ -30,7 +31,7 @@ as REKEY_MASTER_KEY, or use a KMS/HSM backend.`,
 					return usagef("init creates the embedded default; give --dir instead of --config")
 				}
 			}
-			created, err := c.initHome(cmd.Context(), home, true)
+			created, err := setup.InitHome(cmd.Context(), home, c.getenv)
 			if err != nil {
 				return err
 			}

@@ -35,7 +35,7 @@ syntax plus d for days: 90d, 12h, 3s.`,
 			if err != nil {
 				return err
 			}
-			p := a.cfg.Defaults
+			p := a.Config.Defaults
 			for _, f := range []struct {
 				flag, val string
 				dst       *time.Duration
@@ -59,16 +59,16 @@ syntax plus d for days: 90d, 12h, 3s.`,
 			if err := p.Validate(); err != nil {
 				return usagef("%v", err)
 			}
-			b, err := a.defaultBackend(backend)
+			b, err := defaultBackend(a, backend)
 			if err != nil {
 				return err
 			}
-			k, err := a.keyring.CreateKey(cmd.Context(), args[0], b, p)
+			k, err := a.Keyring.CreateKey(cmd.Context(), args[0], b, p)
 			if err != nil {
 				return err
 			}
 			if c.jsonOut {
-				v, err := status.Key(cmd.Context(), a.store, k.Name, a.now())
+				v, err := status.Key(cmd.Context(), a.Store, k.Name, c.now())
 				if err != nil {
 					return err
 				}
@@ -139,7 +139,7 @@ func (c *cli) keyShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := status.Key(cmd.Context(), a.store, args[0], a.now())
+			v, err := status.Key(cmd.Context(), a.Store, args[0], c.now())
 			if err != nil {
 				return err
 			}

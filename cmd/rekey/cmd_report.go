@@ -37,12 +37,12 @@ RFC 3339 time; default: all history.`,
 			if err != nil {
 				return err
 			}
-			now := a.now()
+			now := c.now()
 			from, err := parseSince(since, now)
 			if err != nil {
 				return err
 			}
-			res, err := a.verifyAudit(cmd.Context())
+			res, err := a.Audit.Verify(cmd.Context())
 			if err != nil {
 				return fmt.Errorf("verify the audit trail: %w", err)
 			}
@@ -51,7 +51,7 @@ RFC 3339 time; default: all history.`,
 			if res.FirstBad != nil {
 				chain.FirstBad = res.FirstBad.String()
 			}
-			r, err := report.Build(cmd.Context(), a.store, from, now, chain)
+			r, err := report.Build(cmd.Context(), a.Store, from, now, chain)
 			if err != nil {
 				return err
 			}

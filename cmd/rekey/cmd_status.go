@@ -36,7 +36,7 @@ func (c *cli) buildStatus(ctx context.Context) (status.Status, error) {
 	if err != nil {
 		return status.Status{}, err
 	}
-	return status.Build(ctx, a.store, a.now())
+	return status.Build(ctx, a.Store, c.now())
 }
 
 func (c *cli) printStatus(st status.Status) {

@@ -2,15 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"reflect"
 	"strconv"
 	"time"
 
 	"github.com/rekeyhq/rekey"
-	"github.com/rekeyhq/rekey/failpoint"
 	"github.com/rekeyhq/rekey/rotation"
 	"github.com/spf13/cobra"
 )
@@ -18,77 +15,6 @@ import (
 // addEngineCommands adds the commands of the rotation engine.
 func (c *cli) addEngineCommands(root *cobra.Command) {
 	root.AddCommand(c.runCommand(), c.planCommand(), c.rotateCommand(), c.retireCommand())
-}
-
-// engine builds the rotation engine over the app's store and backends.
-func (c *cli) engine(a *app, obs rotation.Observer) (*rotation.Engine, error) {
-	fps, err := failpoint.Parse(c.getenv(failpoint.EnvVar))
-	if err != nil {
-		return nil, usagef("%s: %v", failpoint.EnvVar, err)
-	}
-	w := a.cfg.Worker
-	return rotation.New(rotation.Config{
-		Store: a.store, Backends: a.backends, Logger: a.logger, Now: a.now,
-		Owner: c.getenv("REKEY_WORKER_ID"), BatchSize: w.BatchSize, Concurrency: w.Concurrency,
-		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: obs, // kms_rate_limit: now kmsmw's, where backends are opened
-	})
-}
-
-// reconcileKeys creates the keys declared in the config that the store
-// lacks and brings the policy of the others in line, recording each change
-// (key.created, policy.changed). A declared key on another backend than the
-// stored one is an error for that key: keys do not move between backends.
-func (c *cli) reconcileKeys(ctx context.Context, a *app) error {
-	var errs []error
-	for i, kc := range a.cfg.Keys {
-		p := a.cfg.Policy(kc)
-		k, err := a.store.GetKey(ctx, kc.Name)
-		switch {
-		case errors.Is(err, rekey.ErrKeyNotFound):
-			if _, err := a.keyring.CreateKey(ctx, kc.Name, kc.Backend, p); err != nil {
-				errs = append(errs, fmt.Errorf("keys[%d] %s: create: %w", i, kc.Name, err))
-				continue
-			}
-			a.logger.Info("declared key created", "key_id", kc.Name, "backend", kc.Backend)
-		case err != nil:
-			errs = append(errs, fmt.Errorf("keys[%d] %s: %w", i, kc.Name, err))
-		case k.Backend != kc.Backend:
-			errs = append(errs, fmt.Errorf("keys[%d] %s: declared on backend %s but stored on %s: keys do not move between backends; declare it with backend: %s or rename it",
-				i, kc.Name, kc.Backend, k.Backend, k.Backend))
-		case !reflect.DeepEqual(k.Policy, p):
-			// The active version's period is measured from when it became
-			// active: expiry moves with the period.
-			activated := k.ExpiresAt.Add(-k.Policy.RotationPeriod)
-			expires := activated.Add(p.RotationPeriod)
-			now := rekey.NormalizeTime(a.now())
-			ev := rekey.AuditEvent{Time: now, Type: rekey.AuditPolicyChanged, Key: k.Name, FromVersion: k.ActiveVersion, ToVersion: k.ActiveVersion,
-				Status: "success", Actor: "config", Reason: policyDiff(k.Policy, p)}
-			if err := a.store.UpdateKeyPolicy(ctx, k.Name, p, expires, ev); err != nil {
-				errs = append(errs, fmt.Errorf("keys[%d] %s: update policy: %w", i, kc.Name, err))
-				continue
-			}
-			a.logger.Info("declared key policy changed", "key_id", k.Name, "change", ev.Reason, "expires_at", expires)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func policyDiff(old, new rekey.Policy) string {
-	s := ""
-	add := func(name string, a, b time.Duration) {
-		if a != b {
-			if s != "" {
-				s += " "
-			}
-			s += name + "=" + rekey.FormatDuration(a) + "->" + rekey.FormatDuration(b)
-		}
-	}
-	add("rotation_period", old.RotationPeriod, new.RotationPeriod)
-	add("rotate_within", old.RotateWithin, new.RotateWithin)
-	add("notify_within", old.NotifyWithin, new.NotifyWithin)
-	add("grace", old.Grace, new.Grace)
-	add("destroy_after", old.DestroyAfter, new.DestroyAfter)
-	return s
 }
 
 func (c *cli) runCommand() *cobra.Command {
@@ -121,22 +47,37 @@ With --once, one cycle runs and the exit code is 1 if any key failed.`,
 
 func (c *cli) runWorker(ctx context.Context, once bool, listen string, listenSet bool) error {
 	c.tolerateBackendErrors = true
+	c.logFallback = slog.LevelInfo // the worker logs at the config's level
 	a, err := c.open(ctx)
 	if err != nil {
 		return err
 	}
-	// The worker logs at the config's level (info by default).
-	a.logger = c.newLogger(a.cfg, slog.LevelInfo)
 	if !listenSet && !once {
 		// --once serves nothing unless asked: a one-shot run has no
 		// scraper, and must not fight a daemon for its port.
-		listen = a.cfg.HTTP.Listen
+		listen = a.Config.HTTP.Listen
 	}
-	w, err := c.newWorker(ctx, a, listen, once)
-	if err != nil {
-		return err
+	a.Logger.Info("rekey run", "config", a.ConfigPath, "once", once)
+	if listen != "" {
+		httpCtx, stopHTTP := context.WithCancel(ctx)
+		_, done, err := a.Listen(httpCtx, listen)
+		if err != nil {
+			stopHTTP()
+			return fmt.Errorf("--listen %s: %w (choose another address with --listen or http.listen, or --listen \"\" to serve nothing)", listen, err)
+		}
+		defer func() { stopHTTP(); <-done }()
 	}
-	return w.run(ctx, once)
+	if !once {
+		return a.Worker.Run(ctx)
+	}
+	r := a.Worker.RunOnce(ctx)
+	if ctx.Err() != nil {
+		return nil // stopped by a signal: checkpointed, leases released
+	}
+	if !r.OK() {
+		return exitError{code: exitFailure, msg: fmt.Sprintf("%d key(s) failed this cycle: see the log above", r.Failed)}
+	}
+	return nil
 }
 
 func (c *cli) planCommand() *cobra.Command {
@@ -149,10 +90,7 @@ func (c *cli) planCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			eng, err := c.engine(a, nil)
-			if err != nil {
-				return err
-			}
+			eng := a.Engine
 			p, err := eng.Plan(cmd.Context())
 			if err != nil {
 				return err
@@ -228,10 +166,7 @@ backend as soon as no DEK references it.`,
 			if err != nil {
 				return err
 			}
-			eng, err := c.engine(a, nil)
-			if err != nil {
-				return err
-			}
+			eng := a.Engine
 			var r rekey.Rotation
 			if cmd.Flags().Changed("compromised") {
 				if compromised < 1 {
@@ -274,10 +209,7 @@ func (c *cli) retireCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			eng, err := c.engine(a, nil)
-			if err != nil {
-				return err
-			}
+			eng := a.Engine
 			if err := eng.Retire(cmd.Context(), args[0], v); err != nil {
 				return err
 			}

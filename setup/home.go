@@ -1,0 +1,130 @@
+package setup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/rekeyhq/rekey/config"
+	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/store/sqlitestore"
+)
+
+// EnvMasterKey is the environment variable holding the local backend's
+// master key (base64 of 32 bytes), read instead of a master key file.
+const EnvMasterKey = "REKEY_MASTER_KEY"
+
+// embeddedFiles are the files of the embedded default in its home.
+var embeddedFiles = []string{"rekey.db", "keyring", "master.key"}
+
+// masterKeyFromEnv reads REKEY_MASTER_KEY, if set.
+func masterKeyFromEnv(getenv func(string) string) ([]byte, error) {
+	s := getenv(EnvMasterKey)
+	if s == "" {
+		return nil, nil
+	}
+	k, err := localkms.ParseMasterKey(s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvMasterKey, err)
+	}
+	return k, nil
+}
+
+// InitHome makes sure the embedded default exists in home: on first use it
+// creates the directory (0700), the master key file (0600, unless
+// REKEY_MASTER_KEY is set), the keyring (0600), the SQLite database (0600)
+// and rekey.yaml. It refuses to create anything beside a partial setup (a
+// database without its keyring, say): that would strand the DEKs. It
+// returns the files it created (none when the home was complete). getenv
+// nil means os.Getenv.
+func InitHome(ctx context.Context, home string, getenv func(string) string) ([]string, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	mk, err := masterKeyFromEnv(getenv)
+	if err != nil {
+		return nil, err
+	}
+	var present, missing []string
+	for _, f := range embeddedFiles {
+		if f == "master.key" && mk != nil {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(home, f)); err == nil {
+			present = append(present, f)
+		} else if errors.Is(err, fs.ErrNotExist) {
+			missing = append(missing, f)
+		} else {
+			return nil, err
+		}
+	}
+	cfgPath := filepath.Join(home, config.FileName)
+	_, cfgErr := os.Stat(cfgPath)
+	if len(missing) == 0 {
+		if cfgErr != nil {
+			if err := writeFile0600(cfgPath, config.DefaultYAML()); err != nil {
+				return nil, err
+			}
+			return []string{cfgPath}, nil
+		}
+		return nil, nil
+	}
+	if len(present) > 0 {
+		return nil, fmt.Errorf("%s holds %s but not %s: rekey will not create new key files beside existing data (DEKs wrapped under the old keyring would become unreadable); restore the missing file(s) from backup, or use another --dir / $REKEY_HOME",
+			home, strings.Join(present, ", "), strings.Join(missing, ", "))
+	}
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", home, err)
+	}
+	var created []string
+	mkFile := filepath.Join(home, "master.key")
+	if mk == nil {
+		if err := localkms.CreateMasterKeyFile(mkFile); err != nil {
+			return nil, err
+		}
+		created = append(created, mkFile)
+	}
+	kr, err := localkms.New(ctx, localkms.Config{Keyring: filepath.Join(home, "keyring"), MasterKeyFile: mkFile, MasterKey: mk, Create: true})
+	if err != nil {
+		return nil, err
+	}
+	if err := kr.Close(); err != nil {
+		return nil, err
+	}
+	created = append(created, filepath.Join(home, "keyring"))
+	s, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: filepath.Join(home, "rekey.db")})
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Close(); err != nil {
+		return nil, err
+	}
+	created = append(created, filepath.Join(home, "rekey.db"))
+	if cfgErr != nil {
+		if err := writeFile0600(cfgPath, config.DefaultYAML()); err != nil {
+			return nil, err
+		}
+		created = append(created, cfgPath)
+	}
+	return created, nil
+}
+
+func writeFile0600(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,72 @@
+package setup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// ReconcileKeys creates the keys declared in the configuration (keys:) that
+// the store lacks and brings the policy of the others in line, recording
+// each change (key.created, policy.changed with the active version's new
+// expiry). A declared key on another backend than the stored one is an
+// error for that key: keys do not move between backends. Every key is
+// tried; the errors are joined.
+func (s *System) ReconcileKeys(ctx context.Context) error {
+	var errs []error
+	for i, kc := range s.Config.Keys {
+		p := s.Config.Policy(kc)
+		k, err := s.Store.GetKey(ctx, kc.Name)
+		switch {
+		case errors.Is(err, rekey.ErrKeyNotFound):
+			if _, err := s.Keyring.CreateKey(ctx, kc.Name, kc.Backend, p); err != nil {
+				errs = append(errs, fmt.Errorf("keys[%d] %s: create: %w", i, kc.Name, err))
+				continue
+			}
+			s.Logger.Info("declared key created", "key_id", kc.Name, "backend", kc.Backend)
+		case err != nil:
+			errs = append(errs, fmt.Errorf("keys[%d] %s: %w", i, kc.Name, err))
+		case k.Backend != kc.Backend:
+			errs = append(errs, fmt.Errorf("keys[%d] %s: declared on backend %s but stored on %s: keys do not move between backends; declare it with backend: %s or rename it",
+				i, kc.Name, kc.Backend, k.Backend, k.Backend))
+		case !reflect.DeepEqual(k.Policy, p):
+			// The active version's period is measured from when it became
+			// active: expiry moves with the period.
+			activated := k.ExpiresAt.Add(-k.Policy.RotationPeriod)
+			expires := activated.Add(p.RotationPeriod)
+			now := rekey.NormalizeTime(s.now())
+			ev := rekey.AuditEvent{Time: now, Type: rekey.AuditPolicyChanged, Key: k.Name, FromVersion: k.ActiveVersion, ToVersion: k.ActiveVersion,
+				Status: "success", Actor: "config", Reason: PolicyDiff(k.Policy, p)}
+			if err := s.Store.UpdateKeyPolicy(ctx, k.Name, p, expires, ev); err != nil {
+				errs = append(errs, fmt.Errorf("keys[%d] %s: update policy: %w", i, kc.Name, err))
+				continue
+			}
+			s.Logger.Info("declared key policy changed", "key_id", k.Name, "change", ev.Reason, "expires_at", expires)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PolicyDiff describes what changed between two policies, for the audit
+// trail's reason ("rotation_period=90d->30d grace=7d->1d"). It is for
+// people: the policy in force is a stored fact (Key.Policy and
+// KeyVersion.ExpiresAt), never parsed back from this text.
+func PolicyDiff(old, new rekey.Policy) string {
+	var parts []string
+	add := func(name string, a, b time.Duration) {
+		if a != b {
+			parts = append(parts, name+"="+rekey.FormatDuration(a)+"->"+rekey.FormatDuration(b))
+		}
+	}
+	add("rotation_period", old.RotationPeriod, new.RotationPeriod)
+	add("rotate_within", old.RotateWithin, new.RotateWithin)
+	add("notify_within", old.NotifyWithin, new.NotifyWithin)
+	add("grace", old.Grace, new.Grace)
+	add("destroy_after", old.DestroyAfter, new.DestroyAfter)
+	return strings.Join(parts, " ")
+}

@@ -1,0 +1,475 @@
+// Package setup is rekey's front door: Open resolves the configuration
+// exactly as the rekey command does, opens the store and every backend
+// (each wrapped once in the middleware: rate limit, retries, metrics, error
+// classification), and returns a System with the Keyring an application
+// uses, the rotation engine, the worker `rekey run` runs, and the HTTP
+// handler it serves.
+//
+//	sys, err := setup.Open(ctx, setup.Options{})
+//	if err != nil { ... }
+//	defer sys.Close()
+//	ct, err := sys.Keyring.AEAD("payments").Encrypt(ctx, plaintext, associatedData)
+package setup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/audit"
+	"github.com/rekeyhq/rekey/config"
+	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/httpapi"
+	"github.com/rekeyhq/rekey/kms/kmsmw"
+	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/metrics"
+	"github.com/rekeyhq/rekey/retry"
+	"github.com/rekeyhq/rekey/rotation"
+	"github.com/rekeyhq/rekey/store/retrystore"
+	"github.com/rekeyhq/rekey/store/sqlitestore"
+	"github.com/rekeyhq/rekey/worker"
+)
+
+// Environment variables Open reads (through Options.Getenv).
+const (
+	EnvConfig     = "REKEY_CONFIG"
+	EnvHome       = "REKEY_HOME"
+	EnvWorkerID   = "REKEY_WORKER_ID"
+	EnvFailpoints = failpoint.EnvVar
+)
+
+// Options says where the configuration is and what to inject. Zero values
+// resolve exactly as the rekey command does: ConfigPath (--config), else
+// $REKEY_CONFIG, else ./rekey.yaml, else the embedded default in
+// $REKEY_HOME (default ./rekey-data), created on first use; the local
+// backend's master key from $REKEY_MASTER_KEY or its key file.
+type Options struct {
+	// ConfigPath is the configuration file; empty resolves as above.
+	ConfigPath string
+	// Home is the embedded default's directory, used instead of
+	// $REKEY_CONFIG, ./rekey.yaml and $REKEY_HOME when ConfigPath is empty.
+	Home string
+	// Getenv reads the environment; nil means os.Getenv.
+	Getenv func(string) string
+	// Logger receives the logs of every part; nil means LoggerFor, else
+	// the logs are discarded.
+	Logger *slog.Logger
+	// LoggerFor, when Logger is nil, makes the logger once the
+	// configuration is loaded (its log: section says the format and
+	// level).
+	LoggerFor func(*config.Config) *slog.Logger
+	// Registerer receives rekey's metrics. Nil means a registry of the
+	// System's own (with the Go and process collectors), served by
+	// Handler; a Registerer that is also a prometheus.Gatherer is served
+	// by Handler too.
+	Registerer prometheus.Registerer
+	// Now is the clock of every part; nil means time.Now.
+	Now func() time.Time
+	// Clock is the worker's clock (its wait between cycles); nil means
+	// the real clock (with Now, when given, for timestamps).
+	Clock worker.Clock
+	// Actor names who acts in the audit events the Keyring writes; empty
+	// means "library".
+	Actor string
+	// TolerateBackendErrors makes a backend that cannot be opened a
+	// backend whose every call fails with that error, instead of failing
+	// Open: keys on it fail each cycle, loudly, and the others still
+	// rotate (what `rekey run` wants).
+	TolerateBackendErrors bool
+	// NoCreate refuses to create the embedded default when it does not
+	// exist yet (Open then fails with an error matching fs.ErrNotExist).
+	NoCreate bool
+}
+
+// System is rekey opened from one configuration. Close it when done.
+type System struct {
+	// Config is the configuration in force.
+	Config *config.Config
+	// ConfigPath is the file it was read from.
+	ConfigPath string
+	// Home is the directory the configuration's relative paths resolve
+	// against, where the audit anchor is kept.
+	Home string
+	// Created lists the files Open created (the embedded default on first
+	// use); empty otherwise.
+	Created []string
+	// Store is the store, wrapped in the retry decorator.
+	Store rekey.Store
+	// Backends are the configured backends by name, each wrapped in the
+	// middleware.
+	Backends map[string]rekey.KMS
+	// Keyring is what an application uses: keys, DEKs, AEAD, data keys.
+	Keyring *rekey.Keyring
+	// Engine is the rotation engine (plan, rotate, retire, cycles).
+	Engine *rotation.Engine
+	// Worker is the daemon's loop, ready to Start or Run.
+	Worker *worker.Worker
+	// Metrics feeds the Prometheus metrics.
+	Metrics *metrics.Metrics
+	// Audit checkpoints and verifies the audit trail.
+	Audit *audit.Keeper
+	// Logger is the logger every part writes to.
+	Logger *slog.Logger
+
+	gatherer  prometheus.Gatherer
+	now       func() time.Time
+	auditHead int64
+	handler   http.Handler
+}
+
+// Open resolves the configuration, creates the embedded default on first
+// use (unless NoCreate), and opens the store and the backends. Errors name
+// the file or field that is wrong and how to fix it; nothing is left open
+// after an error.
+func Open(ctx context.Context, o Options) (sys *System, err error) {
+	getenv := o.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	s := &System{now: now}
+	defer func() {
+		if err != nil {
+			s.closeParts()
+		}
+	}()
+	if err := s.resolve(ctx, o, getenv); err != nil {
+		return nil, err
+	}
+	logger := o.Logger
+	switch {
+	case logger != nil:
+	case o.LoggerFor != nil:
+		logger = o.LoggerFor(s.Config)
+	default:
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s.Logger = logger
+
+	reg, gatherer := o.Registerer, prometheus.Gatherer(nil)
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		reg, gatherer = r, r
+	} else if g, ok := reg.(prometheus.Gatherer); ok {
+		gatherer = g
+	}
+	s.gatherer = gatherer
+
+	st, err := openStore(ctx, s.Config, logger)
+	if err != nil {
+		return nil, err
+	}
+	s.Store = retrystore.Wrap(st, retry.Policy{})
+
+	if s.Metrics, err = metrics.New(reg, metrics.Options{Store: s.Store, Now: now, Backends: s.Config.BackendNames(), KMSOps: kmsmw.Ops(), Logger: logger}); err != nil {
+		return nil, err
+	}
+	if s.Backends, err = openBackends(ctx, s.Config, getenv, logger, s.Metrics, o.TolerateBackendErrors); err != nil {
+		return nil, err
+	}
+	actor := o.Actor
+	if actor == "" {
+		actor = "library"
+	}
+	s.Keyring = rekey.NewKeyring(s.Store, s.Backends, rekey.WithActor(actor), rekey.WithClock(now))
+
+	fps, err := failpoint.Parse(getenv(EnvFailpoints))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", EnvFailpoints, err)
+	}
+	w := s.Config.Worker
+	if s.Engine, err = rotation.New(rotation.Config{
+		Store: s.Store, Backends: s.Backends, Logger: logger, Now: now,
+		Owner: getenv(EnvWorkerID), BatchSize: w.BatchSize, Concurrency: w.Concurrency,
+		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: s.Metrics,
+	}); err != nil {
+		return nil, err
+	}
+
+	s.Audit = &audit.Keeper{Store: s.Store, AnchorPath: filepath.Join(s.Home, "audit.anchor"), StoreID: s.storeID(), Now: now, Logger: logger}
+	s.Audit.MACer, s.Audit.KeyID = auditMACer(s.Backends)
+	if s.auditHead, err = audit.HeadSeq(ctx, s.Store); err != nil {
+		return nil, err
+	}
+	clock := o.Clock
+	if clock == nil {
+		clock = nowClock{now}
+	}
+	if s.Worker, err = worker.New(worker.Config{
+		Engine: s.Engine, Store: s.Store, Audit: s.Audit, Gauge: s.Metrics, Reconcile: s.ReconcileKeys,
+		Interval: w.CheckInterval, Clock: clock, Logger: logger, AuditSeq: s.auditHead,
+	}); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// resolve finds and loads the configuration.
+func (s *System) resolve(ctx context.Context, o Options, getenv func(string) string) error {
+	var (
+		path, home string
+		fromFile   bool
+	)
+	switch {
+	case o.ConfigPath != "":
+		path, home, fromFile = o.ConfigPath, filepath.Dir(o.ConfigPath), true
+	case o.Home != "":
+		home = filepath.Clean(o.Home)
+		path = filepath.Join(home, config.FileName)
+		_, err := os.Stat(path)
+		fromFile = err == nil
+	default:
+		path, home, fromFile = config.Resolve("", getenv)
+	}
+	if !fromFile {
+		if o.NoCreate {
+			if _, err := os.Stat(home); err != nil {
+				return fmt.Errorf("no rekey configuration found (no --config, $%s, ./rekey.yaml, and no embedded default in %s): run rekey init: %w", EnvConfig, home, err)
+			}
+		}
+		created, err := InitHome(ctx, home, getenv)
+		if err != nil {
+			return err
+		}
+		s.Created = created
+		path = filepath.Join(home, config.FileName)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	s.Config, s.ConfigPath, s.Home = cfg, path, home
+	return nil
+}
+
+// nowClock is the real clock's waiting with an injected Now.
+type nowClock struct{ now func() time.Time }
+
+func (c nowClock) Now() time.Time                         { return c.now() }
+func (c nowClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (rekey.Store, error) {
+	switch cfg.Store.Driver {
+	case config.DriverSQLite:
+		s, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: cfg.Store.DSN.Value(), Logger: logger})
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return s, nil
+	default:
+		return nil, fmt.Errorf("store.driver %q is not available in this build yet (the PostgreSQL store arrives with its own issue): use sqlite", cfg.Store.Driver)
+	}
+}
+
+// openBackends opens every configured backend and wraps each in the
+// middleware. With tolerate, a backend that cannot be opened is replaced by
+// one whose every call fails with that error.
+func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) string, logger *slog.Logger, obs kmsmw.Observer, tolerate bool) (map[string]rekey.KMS, error) {
+	out := make(map[string]rekey.KMS, len(cfg.Backends))
+	for _, name := range slices.Sorted(maps.Keys(cfg.Backends)) {
+		inner, err := openBackend(ctx, name, cfg.Backends[name], getenv, logger)
+		if err != nil {
+			err = fmt.Errorf("backend %s: %w", name, err)
+			if !tolerate {
+				closeBackends(out)
+				return nil, err
+			}
+			logger.Error("backend unavailable: keys on it will fail until it is fixed", "backend", name, "error", err.Error())
+			inner = failingKMS{err: err}
+		}
+		out[name] = kmsmw.Wrap(inner, kmsmw.Options{
+			Name: name, RateLimit: cfg.Worker.KMSRateLimit, Observer: obs, Logger: logger,
+		})
+	}
+	return out, nil
+}
+
+// openBackend opens one backend by its type.
+func openBackend(ctx context.Context, name string, b config.BackendConfig, getenv func(string) string, logger *slog.Logger) (rekey.KMS, error) {
+	switch b.Type {
+	case config.BackendLocal:
+		mk, err := masterKeyFromEnv(getenv)
+		if err != nil {
+			return nil, err
+		}
+		return localkms.New(ctx, localkms.Config{
+			Keyring: b.Local.Keyring, MasterKeyFile: b.Local.MasterKeyFile, MasterKey: mk, Logger: logger,
+		})
+	default:
+		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)
+	}
+}
+
+func closeBackends(bs map[string]rekey.KMS) error {
+	var errs []error
+	for _, b := range bs {
+		if c, ok := b.(io.Closer); ok {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// failingKMS stands for a backend that cannot be used (it failed to open):
+// every call fails with err, and keys on other backends are unaffected.
+type failingKMS struct{ err error }
+
+func (f failingKMS) CreateKey(context.Context, string) (string, error)   { return "", f.err }
+func (f failingKMS) CurrentVersion(context.Context, string) (int, error) { return 0, f.err }
+func (f failingKMS) RotateKey(context.Context, string) (int, error)      { return 0, f.err }
+func (f failingKMS) Wrap(context.Context, string, int, []byte) ([]byte, error) {
+	return nil, f.err
+}
+func (f failingKMS) Unwrap(context.Context, string, int, []byte) ([]byte, error) {
+	return nil, f.err
+}
+func (f failingKMS) Ping(context.Context) error { return f.err }
+
+// auditMACer is the backend whose key MACs the audit checkpoints: the
+// "local" backend when it has one, else the first (by name) that can. The
+// key lives in the backend, never in the store, so write access to the
+// database alone cannot forge a checkpoint. It returns nil when no backend
+// can MAC (checkpoints are then skipped and verify says so).
+func auditMACer(backends map[string]rekey.KMS) (rekey.MACer, string) {
+	names := slices.SortedFunc(maps.Keys(backends), func(a, b string) int {
+		switch {
+		case a == b:
+			return 0
+		case a == "local":
+			return -1
+		case b == "local":
+			return 1
+		case a < b:
+			return -1
+		}
+		return 1
+	})
+	for _, n := range names {
+		if rekey.CapabilitiesOf(backends[n]).MAC {
+			return backends[n].(rekey.MACer), n + "/" + audit.Purpose
+		}
+	}
+	return nil, ""
+}
+
+// storeID names the store in the anchor file. A SQLite file is named
+// relative to the anchor's directory, so that a home directory moved or
+// restored elsewhere keeps its anchor.
+func (s *System) storeID() string {
+	dsn := s.Config.Store.DSN.Value()
+	if s.Config.Store.Driver == config.DriverSQLite {
+		if abs, err := filepath.Abs(dsn); err == nil {
+			dsn = abs
+			if home, err := filepath.Abs(s.Home); err == nil {
+				if rel, err := filepath.Rel(home, abs); err == nil {
+					dsn = rel
+				}
+			}
+		}
+		return "sqlite:" + dsn
+	}
+	return s.Config.Store.Driver + ":" + s.Config.Store.RedactedDSN()
+}
+
+// Handler is the HTTP face of the System: /metrics, /healthz, /readyz,
+// /api/v1/status and the status page (see package httpapi).
+func (s *System) Handler() http.Handler {
+	srv, err := s.server()
+	if err != nil {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		})
+	}
+	return srv.Handler()
+}
+
+func (s *System) server() (*httpapi.Server, error) {
+	return httpapi.New(httpapi.Config{Store: s.Store, Backends: s.Backends, Gatherer: s.gatherer, Logger: s.Logger, Now: s.now})
+}
+
+// Listen binds addr for the HTTP endpoints and serves them until ctx ends,
+// in a goroutine; the listener is bound before it returns, so a taken port
+// is an error here, not a log line. The returned channel is closed when the
+// server has stopped.
+func (s *System) Listen(ctx context.Context, addr string) (net.Addr, <-chan struct{}, error) {
+	srv, err := s.server()
+	if err != nil {
+		return nil, nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.Logger.Info("serving /metrics, /healthz, /readyz, /api/v1/status and the status page", "address", ln.Addr().String())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx, ln); err != nil {
+			s.Logger.Error("http server stopped", "error", err.Error())
+		}
+	}()
+	return ln.Addr(), done, nil
+}
+
+// Close checkpoints the audit trail when something was written to it
+// since Open (so that every command's events get a MACed checkpoint), then
+// closes the store and the backends. A checkpoint that cannot be made is
+// returned as an error after everything is closed.
+func (s *System) Close() error {
+	var errs []error
+	if s.Audit != nil && s.Store != nil {
+		if err := s.Audit.CheckpointIfMoved(context.Background(), s.auditHead); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, s.closeParts())
+	return errors.Join(errs...)
+}
+
+func (s *System) closeParts() error {
+	var errs []error
+	if s.Worker != nil {
+		errs = append(errs, s.Worker.Stop(context.Background()))
+	}
+	if s.Store != nil {
+		errs = append(errs, s.Store.Close())
+		s.Store = nil
+	}
+	errs = append(errs, closeBackends(s.Backends))
+	s.Backends = nil
+	return errors.Join(errs...)
+}
+
+// DefaultActor names the person running a command, for audit events:
+// "cli:" and the user name.
+func DefaultActor(getenv func(string) string) string {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	name := getenv("USER")
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		name = u.Username
+	}
+	if name == "" {
+		name = "unknown"
+	}
+	return "cli:" + name
+}
