@@ -22,6 +22,13 @@
 //     released one, and the next owner gets a higher epoch at once.
 //   - SwapDEKs only touches DEKs of fence.Key (others lose); a NewVersion the
 //     key does not have is an error and nothing is written.
+//   - CommitBatch writes its swaps and its checkpoint together or not at
+//     all: the checkpoint's Done and its events' DEKs grow by the number of
+//     swaps applied; fenced, stale or otherwise refused, nothing is
+//     written, swaps included.
+//   - A version's ExpiresAt is set when it becomes active (CreateKey: its
+//     own, else the key's; activation: the Activation's), follows policy
+//     changes while it is active, and is kept afterwards.
 //   - Rotation Owner and Epoch are those of the fence of the last write.
 //   - Audit events get Seq 1, 2, 3, … with no gap, PrevHash linking each to
 //     the one before (rekey.GenesisHash for the first) and Hash ==
@@ -67,6 +74,10 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"Swap/CompareAndSwap", testSwapCAS},
 		{"Swap/Fenced", testSwapFenced},
 		{"Swap/Invalid", testSwapInvalid},
+		{"Batch/Commit", testBatchCommit},
+		{"Batch/Stale", testBatchStale},
+		{"Batch/Fenced", testBatchFenced},
+		{"Batch/Invalid", testBatchInvalid},
 		{"Leases/Lifecycle", testLeasesLifecycle},
 		{"Leases/Release", testLeasesRelease},
 		{"Leases/Invalid", testLeasesInvalid},
@@ -84,6 +95,7 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"Versions/RequireUnused", testVersionsRequireUnused},
 		{"Versions/NotFound", testVersionsNotFound},
 		{"Versions/Fence", testVersionsFence},
+		{"Versions/ExpiresAt", testVersionsExpiresAt},
 		{"Audit/Chain", testAuditChain},
 		{"Audit/Fields", testAuditFields},
 		{"Audit/Query", testAuditQuery},

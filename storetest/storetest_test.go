@@ -120,6 +120,59 @@ func (s checkpointDuplicateIgnored) AppendAuditCheckpoint(ctx context.Context, c
 	return nil
 }
 
+type batchNoCheckpoint struct{ *memstore.Store }
+
+// CommitBatch writes the swaps and drops the checkpoint.
+func (s batchNoCheckpoint) CommitBatch(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease, checkpoint rekey.RotationUpdate) ([]string, error) {
+	return s.SwapDEKs(ctx, swaps, fence)
+}
+
+type batchNoDone struct{ *memstore.Store }
+
+// CommitBatch writes the swaps, then the checkpoint as given: the swaps
+// applied are not counted.
+func (s batchNoDone) CommitBatch(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease, checkpoint rekey.RotationUpdate) ([]string, error) {
+	lost, err := s.SwapDEKs(ctx, swaps, fence)
+	if err != nil {
+		return nil, err
+	}
+	return lost, s.AdvanceRotation(ctx, checkpoint, fence)
+}
+
+type batchTwoTransactions struct{ *memstore.Store }
+
+// CommitBatch counts right but writes the swaps and the checkpoint one
+// after the other: a stale checkpoint leaves the swaps written.
+func (s batchTwoTransactions) CommitBatch(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease, checkpoint rekey.RotationUpdate) ([]string, error) {
+	lost, err := s.SwapDEKs(ctx, swaps, fence)
+	if err != nil {
+		return nil, err
+	}
+	applied := int64(len(swaps) - len(lost))
+	checkpoint.Rotation.Done += applied
+	checkpoint.Events = slices.Clone(checkpoint.Events)
+	for i := range checkpoint.Events {
+		checkpoint.Events[i].DEKs += applied
+	}
+	return lost, s.AdvanceRotation(ctx, checkpoint, fence)
+}
+
+type versionExpiryIsKeys struct{ *memstore.Store }
+
+// ListVersions reports the key's expiry as every version's: no expiry of
+// its own per version.
+func (s versionExpiryIsKeys) ListVersions(ctx context.Context, key string) ([]rekey.KeyVersion, error) {
+	vs, err := s.Store.ListVersions(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	k, err := s.GetKey(ctx, key)
+	for i := range vs {
+		vs[i].ExpiresAt = k.ExpiresAt
+	}
+	return vs, err
+}
+
 var mutants = map[string]struct {
 	store   func() rekey.Store
 	catches string // the subtest that must fail
@@ -137,6 +190,10 @@ var mutants = map[string]struct {
 	"rotations-oldest-first":       {func() rekey.Store { return rotationsOldestFirst{memstore.New()} }, "Rotations/Query"},
 	"last-checkpoint-is-first":     {func() rekey.Store { return lastCheckpointIsFirst{memstore.New()} }, "Audit/Checkpoints/RoundTrip"},
 	"checkpoint-duplicate-ignored": {func() rekey.Store { return checkpointDuplicateIgnored{memstore.New()} }, "Audit/Checkpoints/Errors"},
+	"batch-no-checkpoint":          {func() rekey.Store { return batchNoCheckpoint{memstore.New()} }, "Batch/Commit"},
+	"batch-no-done":                {func() rekey.Store { return batchNoDone{memstore.New()} }, "Batch/Commit"},
+	"batch-two-transactions":       {func() rekey.Store { return batchTwoTransactions{memstore.New()} }, "Batch/Stale"},
+	"version-expiry-is-keys":       {func() rekey.Store { return versionExpiryIsKeys{memstore.New()} }, "Versions/ExpiresAt"},
 }
 
 // TestMutant runs the suite against the mutant named by STORETEST_MUTANT;

@@ -11,8 +11,8 @@ import (
 const benchBatch = 1000
 
 // benchStore opens a store with key "bench" (versions 1 active and 2
-// created) and a lease on it.
-func benchStore(b *testing.B) (*Store, rekey.Lease) {
+// created), a lease on it and its rotation, in state version_created.
+func benchStore(b *testing.B) (*Store, rekey.Lease, rekey.Rotation) {
 	b.Helper()
 	s := openTemp(b)
 	ctx := b.Context()
@@ -33,7 +33,7 @@ func benchStore(b *testing.B) (*Store, rekey.Lease) {
 	if err := s.AdvanceRotation(ctx, u, l); err != nil {
 		b.Fatal(err)
 	}
-	return s, l
+	return s, l, u.Rotation
 }
 
 func newBatch(n int) []rekey.DEK {
@@ -49,7 +49,7 @@ func newBatch(n int) []rekey.DEK {
 
 // BenchmarkInsertDEKs inserts batches of 1000 DEKs, one transaction each.
 func BenchmarkInsertDEKs(b *testing.B) {
-	s, _ := benchStore(b)
+	s, _, _ := benchStore(b)
 	ctx := b.Context()
 	rows := 0
 	for b.Loop() {
@@ -67,7 +67,36 @@ func BenchmarkInsertDEKs(b *testing.B) {
 // BenchmarkSwapDEKs compare-and-swaps batches of 1000 DEKs (new wrapped
 // bytes and version), one transaction each, over a table of 100,000.
 func BenchmarkSwapDEKs(b *testing.B) {
-	s, l := benchStore(b)
+	s, l, _ := benchStore(b)
+	benchSwaps(b, s, func(swaps []rekey.DEKSwap) ([]string, error) { return s.SwapDEKs(b.Context(), swaps, l) })
+}
+
+// BenchmarkCommitBatch is BenchmarkSwapDEKs with the rotation's checkpoint
+// (cursor, counts, one audit event) in the same transaction, as the engine
+// writes a batch.
+func BenchmarkCommitBatch(b *testing.B) {
+	s, l, r := benchStore(b)
+	ctx := b.Context()
+	u := rekey.RotationUpdate{Rotation: r, FromState: r.State}
+	u.Rotation.State = rekey.RotationRewrapping
+	if err := s.AdvanceRotation(ctx, u, l); err != nil {
+		b.Fatal(err)
+	}
+	r = u.Rotation
+	benchSwaps(b, s, func(swaps []rekey.DEKSwap) ([]string, error) {
+		cp := rekey.RotationUpdate{Rotation: r, FromState: r.State,
+			Events: []rekey.AuditEvent{{Type: rekey.AuditRewrapProgress, Key: "bench", Actor: "bench"}}}
+		cp.Rotation.Cursor = swaps[len(swaps)-1].ID
+		lost, err := s.CommitBatch(ctx, swaps, l, cp)
+		r.Done += int64(len(swaps) - len(lost))
+		return lost, err
+	})
+}
+
+// benchSwaps fills the table with 100,000 DEKs and times write on batches
+// of 1000 swaps that all apply, flipping DEKs between versions 1 and 2.
+func benchSwaps(b *testing.B, s *Store, write func(swaps []rekey.DEKSwap) ([]string, error)) {
+	b.Helper()
 	ctx := b.Context()
 	const total = 100 * benchBatch
 	var deks []rekey.DEK
@@ -92,9 +121,9 @@ func BenchmarkSwapDEKs(b *testing.B) {
 		}
 		next += benchBatch
 		b.StartTimer()
-		lost, err := s.SwapDEKs(ctx, swaps, l)
+		lost, err := write(swaps)
 		if err != nil || len(lost) != 0 {
-			b.Fatalf("SwapDEKs = %d lost, %v", len(lost), err)
+			b.Fatalf("write = %d lost, %v", len(lost), err)
 		}
 		rows += len(swaps)
 	}
