@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rekeyhq/rekey"
@@ -137,11 +136,6 @@ type Engine struct {
 	// per version, so that a still-blocked version is audited when its
 	// count changes rather than every cycle.
 	blocked map[versionRef]int64
-	// noCommitBatch is set once the DEK source refused CommitBatch with
-	// rekey.ErrUnsupported (a store decorator offers the method whatever
-	// the store behind it can do): swaps and checkpoints are then written
-	// one after the other.
-	noCommitBatch atomic.Bool
 	// disabled remembers compromised versions this process already
 	// disabled at the backend (RetireVersion is idempotent; this only
 	// saves calls).

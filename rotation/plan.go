@@ -80,7 +80,7 @@ type RotationProgress struct {
 	Done        int64                `json:"deks_done"`
 	Total       int64                `json:"deks_total"`
 	Failed      int64                `json:"deks_failed"`
-	Ratio       float64              `json:"progress_ratio"`
+	Ratio       float64              `json:"progress_ratio"` // Rotation.Progress: (done+failed)/total, as status and metrics show it
 	Owner       string               `json:"owner"`
 	StartedAt   time.Time            `json:"started_at"`
 	LastError   string               `json:"last_error,omitempty"`

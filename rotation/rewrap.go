@@ -84,23 +84,13 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 	collect(deks, outs)
 
 	committer, oneTx := e.deks.(rekey.BatchCommitter)
-	oneTx = oneTx && ck != nil && !e.noCommitBatch.Load()
+	oneTx = oneTx && ck != nil
 	getter, canGet := e.deks.(dekGetter)
 	for round := 0; ; round++ {
 		var lost []string
 		switch {
 		case oneTx:
 			lost, err = ck.commitBatch(wctx, committer, swaps, onTarget, newFailed)
-			if errors.Is(err, rekey.ErrUnsupported) {
-				// Nothing was written (only possible on the first round:
-				// the flag is set before any later one).
-				e.noCommitBatch.Store(true)
-				oneTx = false
-				lost, err = nil, nil
-				if len(swaps) > 0 {
-					lost, err = e.swapDEKs(wctx, kl, swaps)
-				}
-			}
 		case len(swaps) > 0:
 			lost, err = e.swapDEKs(wctx, kl, swaps)
 		}
