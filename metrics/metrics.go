@@ -67,13 +67,14 @@ const (
 // costs that scrape its state gauges, not the whole /metrics endpoint.
 const scrapeTimeout = 10 * time.Second
 
-// DefaultKMSOps returns the backend operations reported through KMSCall
-// (the engine's and the KMS middleware's documentation list them). New
-// uses them when Options.KMSOps is nil.
+// DefaultKMSOps returns the backend operations reported through KMSCall:
+// the same names as kmsmw.Ops() (this package does not import kmsmw; pass
+// kmsmw.Ops() as Options.KMSOps to follow it exactly). New uses them when
+// Options.KMSOps is nil.
 func DefaultKMSOps() []string {
 	return []string{
-		"current_version", "rotate_key", "wrap", "unwrap", "rewrap",
-		"rewrap_batch", "retire_version", "destroy_version",
+		"create_key", "current_version", "rotate_key", "wrap", "unwrap",
+		"rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac",
 	}
 }
 

@@ -16,10 +16,12 @@
 //
 // Each key version has a period: it becomes active when the rotation that
 // created it commits (or when the key is created, for version 1) and its
-// period ends rotation_period later. That end is the deadline of the
-// rotation away from it:
+// period ends at the version's expires_at (rekey.KeyVersion.ExpiresAt): set
+// at activation to activated_at + the rotation_period in force, moved by a
+// policy change while the version is active, kept afterwards. That end is
+// the deadline of the rotation away from it:
 //
-//	deadline = from-version's activated_at + rotation_period in force when the rotation started
+//	deadline = from-version's expires_at
 //
 // A scheduled rotation is on time when it committed (the new version
 // became active, so no new DEK is wrapped under the old one) at or before
@@ -28,15 +30,12 @@
 // Manual and emergency rotations are not judged against the schedule and
 // never count as late; the report still shows their deadline.
 //
-// The activation time comes from the version rows (KeyVersion.ActivatedAt,
-// set in the same transaction as the rotation.committed audit event). The
-// rotation period is the key's current one unless the audit trail shows a
-// policy.changed event after the rotation started that changed
-// rotation_period ("rotation_period=90d->30d"): then the period in force at
-// the start is the old value of the first such change. This is the
-// engine's own rule (commit sets expires_at = now + rotation_period, and a
-// policy change moves expires_at to activated_at + the new period), so the
-// deadline equals the key's expires_at at the time the rotation started.
+// The deadline is a typed fact of the store, never read out of audit text:
+// a policy change made after the rotation left the version does not move
+// it. A version written by a build older than KeyVersion.ExpiresAt has a
+// zero expires_at; for it the deadline falls back to activated_at + the
+// key's current rotation_period (which a later policy change may have
+// moved), and the deadline basis says so.
 package report
 
 import (
@@ -211,8 +210,12 @@ type Version struct {
 	RetireAfter time.Time          `json:"retire_after,omitzero"`
 	RetiredAt   time.Time          `json:"retired_at,omitzero"`
 	DestroyedAt time.Time          `json:"destroyed_at,omitzero"`
-	// RetirementBlocked: pending_retirement, past retire_after, and DEKs
-	// still reference it.
+	// ExpiresAt is the end of the version's rotation period (zero for a
+	// version never active, or written by an older build).
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	// RetirementBlocked is rekey.DecideVersion's verdict (the same as the
+	// rekey_retirement_blocked metric): past its grace (or compromised),
+	// DEKs still reference it, and no rotation is re-wrapping them.
 	RetirementBlocked bool `json:"retirement_blocked"`
 }
 
@@ -402,14 +405,6 @@ type keyBuilder struct {
 	// committed maps a rotation id to the time of its rotation.committed
 	// event.
 	committed map[string]time.Time
-	// periodChanges are the policy.changed events that changed
-	// rotation_period, oldest first.
-	periodChanges []periodChange
-}
-
-type periodChange struct {
-	at  time.Time
-	old time.Duration
 }
 
 func (b *keyBuilder) build(ctx context.Context) (Key, []Problem, error) {
@@ -428,6 +423,11 @@ func (b *keyBuilder) build(ctx context.Context) (Key, []Problem, error) {
 	if b.counts, err = b.s.CountDEKs(ctx, k.Name); err != nil {
 		return Key{}, nil, fmt.Errorf("count deks: %w", err)
 	}
+	rots, err := b.rotations(ctx)
+	if err != nil {
+		return Key{}, nil, err
+	}
+	rotationOpen := slices.ContainsFunc(rots, func(r rekey.Rotation) bool { return r.State.Open() })
 	b.versions = make(map[int]rekey.KeyVersion, len(versions))
 	for _, v := range versions {
 		b.versions[v.Version] = v
@@ -437,18 +437,14 @@ func (b *keyBuilder) build(ctx context.Context) (Key, []Problem, error) {
 			Version: v.Version, State: v.State, DEKs: n,
 			CreatedAt: rekey.NormalizeTime(v.CreatedAt), ActivatedAt: rekey.NormalizeTime(v.ActivatedAt),
 			RetireAfter: rekey.NormalizeTime(v.RetireAfter), RetiredAt: rekey.NormalizeTime(v.RetiredAt),
-			DestroyedAt:       rekey.NormalizeTime(v.DestroyedAt),
-			RetirementBlocked: v.State == rekey.VersionPendingRetirement && !v.RetireAfter.IsZero() && !v.RetireAfter.After(b.now) && n > 0,
+			DestroyedAt: rekey.NormalizeTime(v.DestroyedAt), ExpiresAt: rekey.NormalizeTime(v.ExpiresAt),
+			RetirementBlocked: rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: n, RotationOpen: rotationOpen}, b.now).RetirementBlocked(),
 		})
 	}
 
-	rots, err := b.rotations(ctx)
-	if err != nil {
-		return Key{}, nil, err
-	}
 	// The audit trail is read from the earliest start of a reported
 	// rotation, so that an open rotation begun before the period still
-	// finds the policy changes made since it started.
+	// finds its rotation.committed event.
 	auditSince := b.since
 	for _, r := range rots {
 		if !auditSince.IsZero() && r.StartedAt.Before(auditSince) {
@@ -465,10 +461,6 @@ func (b *keyBuilder) build(ctx context.Context) (Key, []Problem, error) {
 		case rekey.AuditRotationCommitted:
 			if _, ok := b.committed[ev.RotationID]; !ok && ev.RotationID != "" {
 				b.committed[ev.RotationID] = rekey.NormalizeTime(ev.Time)
-			}
-		case rekey.AuditPolicyChanged:
-			if old, ok := oldRotationPeriod(ev.Reason); ok {
-				b.periodChanges = append(b.periodChanges, periodChange{at: rekey.NormalizeTime(ev.Time), old: old})
 			}
 		case rekey.AuditVersionRetired, rekey.AuditVersionDestroyed, rekey.AuditVersionCompromised:
 			if !ev.Time.Before(b.since) {
@@ -546,31 +538,29 @@ func listAudit(ctx context.Context, s rekey.Store, q rekey.AuditQuery) ([]rekey.
 	}
 }
 
-// rotationPeriodChange matches the policy.changed reason written when the
-// period changes: "rotation_period=90d->30d".
-var rotationPeriodChange = regexp.MustCompile(`(?:^|\s)rotation_period=(\S+?)->(\S+)`)
-
-func oldRotationPeriod(reason string) (time.Duration, bool) {
-	m := rotationPeriodChange.FindStringSubmatch(reason)
-	if m == nil {
-		return 0, false
+// deadline returns the end of version's period and how it was found: the
+// version's expires_at, or for a version written before expires_at was
+// recorded, its activation + the key's current rotation_period. It
+// returns a zero time when neither is known.
+func (b *keyBuilder) deadline(version int) (time.Time, string) {
+	v, ok := b.versions[version]
+	switch {
+	case !ok:
+		return time.Time{}, fmt.Sprintf("unknown: the store has no v%d", version)
+	case !v.ExpiresAt.IsZero():
+		return rekey.NormalizeTime(v.ExpiresAt), fmt.Sprintf("v%d's expires_at, the end of its period in force (%s)",
+			version, rekey.NormalizeTime(v.ExpiresAt).Format(textTime))
 	}
-	d, err := rekey.ParseDuration(m[1], false)
-	if err != nil || d <= 0 {
-		return 0, false
+	activated := v.ActivatedAt
+	if activated.IsZero() && version == 1 {
+		activated = v.CreatedAt // version 1 is active from the key's creation
 	}
-	return d, true
-}
-
-// periodAt returns the rotation period in force at t: the old value of the
-// first period change after t, or the current period.
-func (b *keyBuilder) periodAt(t time.Time) (time.Duration, string) {
-	for _, c := range b.periodChanges {
-		if c.at.After(t) {
-			return c.old, fmt.Sprintf("rotation_period %s, in force until the policy change of %s", rekey.FormatDuration(c.old), c.at.Format(textTime))
-		}
+	if activated.IsZero() {
+		return time.Time{}, fmt.Sprintf("unknown: the store records neither when v%d became active nor when its period ends", version)
 	}
-	return b.k.Policy.RotationPeriod, "rotation_period " + rekey.FormatDuration(b.k.Policy.RotationPeriod)
+	period := b.k.Policy.RotationPeriod
+	return rekey.NormalizeTime(activated.Add(period)), fmt.Sprintf("v%d active since %s + rotation_period %s (the key's current policy: v%d records no expires_at)",
+		version, rekey.NormalizeTime(activated).Format(textTime), rekey.FormatDuration(period), version)
 }
 
 // rotation renders r and judges whether it met its deadline.
@@ -602,19 +592,7 @@ func (b *keyBuilder) rotation(r rekey.Rotation) Rotation {
 	out.DurationSeconds = end.Sub(out.StartedAt).Seconds()
 	out.Duration = humanDuration(end.Sub(out.StartedAt))
 
-	// The deadline: the end of from_version's period.
-	from, ok := b.versions[r.FromVersion]
-	activated := from.ActivatedAt
-	if ok && activated.IsZero() && r.FromVersion == 1 {
-		activated = from.CreatedAt // version 1 is active from the key's creation
-	}
-	if ok && !activated.IsZero() {
-		period, basis := b.periodAt(out.StartedAt)
-		out.Deadline = rekey.NormalizeTime(activated.Add(period))
-		out.DeadlineBasis = fmt.Sprintf("v%d active since %s + %s", r.FromVersion, rekey.NormalizeTime(activated).Format(textTime), basis)
-	} else {
-		out.DeadlineBasis = fmt.Sprintf("unknown: the store does not record when v%d became active", r.FromVersion)
-	}
+	out.Deadline, out.DeadlineBasis = b.deadline(r.FromVersion)
 
 	// ref is when the old version stopped taking new wraps, or now.
 	ref := out.CommittedAt
@@ -667,7 +645,8 @@ func (b *keyBuilder) problems(ctx context.Context, kr Key) ([]Problem, error) {
 		}
 	}
 	for _, v := range kr.Versions {
-		if v.RetirementBlocked {
+		// A compromised version that is blocked is reported below as in use.
+		if v.RetirementBlocked && v.State != rekey.VersionCompromised {
 			ps = append(ps, Problem{Kind: ProblemRetirementBlocked, Key: k.Name, Version: v.Version,
 				Text: fmt.Sprintf("Retirement of key %s v%d is blocked: its grace ended %s ago (%s) but %s %s it. Re-wrap %s (rekey run), or find out why %s cannot be unwrapped.",
 					k.Name, v.Version, humanDuration(b.now.Sub(v.RetireAfter)), v.RetireAfter.Format(textTime), plural(v.DEKs, "DEK"),

@@ -44,7 +44,7 @@ func createKey(t *testing.T, s rekey.Store, name string, p rekey.Policy, when ti
 	t.Helper()
 	k := rekey.Key{Name: name, Backend: "local", BackendRef: backendRefPrefix + name, ActiveVersion: 1,
 		ExpiresAt: when.Add(p.RotationPeriod), Policy: p, CreatedAt: when, UpdatedAt: when}
-	v := rekey.KeyVersion{Key: name, Version: 1, State: rekey.VersionActive, CreatedAt: when, ActivatedAt: when}
+	v := rekey.KeyVersion{Key: name, Version: 1, State: rekey.VersionActive, CreatedAt: when, ActivatedAt: when, ExpiresAt: when.Add(p.RotationPeriod)}
 	ev := rekey.AuditEvent{Time: when, Type: rekey.AuditKeyCreated, Key: name, ToVersion: 1, Status: "success", Actor: "alice",
 		Reason: "backend=local rotation_period=" + rekey.FormatDuration(p.RotationPeriod)}
 	if err := s.CreateKey(context.Background(), k, v, ev); err != nil {
@@ -109,8 +109,14 @@ func rotate(t *testing.T, s rekey.Store, key string, r rot) {
 	}
 	next := cur
 	next.State, next.ToVersion = rekey.RotationVersionCreated, to
+	// The new version's expires_at is what its activation records (a store
+	// that sets it at activation writes the same value).
+	var expires time.Time
+	if !r.commit.IsZero() {
+		expires = r.commit.Add(k.Policy.RotationPeriod)
+	}
 	advance(rekey.RotationUpdate{Rotation: next, FromState: rekey.RotationClaimed,
-		NewVersion: &rekey.KeyVersion{Key: key, Version: to, CreatedAt: r.start}, Events: []rekey.AuditEvent{ev(rekey.AuditVersionCreated, r.start)}})
+		NewVersion: &rekey.KeyVersion{Key: key, Version: to, CreatedAt: r.start, ExpiresAt: expires}, Events: []rekey.AuditEvent{ev(rekey.AuditVersionCreated, r.start)}})
 	cur = next
 	next.State, next.Total = rekey.RotationRewrapping, int64(len(r.rewrap)+len(r.failed))
 	advance(rekey.RotationUpdate{Rotation: next, FromState: rekey.RotationVersionCreated})
@@ -578,8 +584,9 @@ func TestTimeliness(t *testing.T) {
 		}, "r", report.Late, now.Sub(at(30 * day))},
 		{"the period in force at the start counts, not a later policy change", func(t *testing.T, s *memstore.Store) {
 			rotate(t, s, "k", rot{id: "r", reason: rekey.ReasonScheduled, start: at(29 * day), commit: at(31 * day), finish: at(31 * day)})
-			// After the rotation: 30d -> 60d. Without the audit trail the
-			// deadline would be v1 + 60d and the rotation on time.
+			// After the rotation: 30d -> 60d. v1's expires_at stays at 30d
+			// (it is no longer active); the current policy would put the
+			// deadline at v1 + 60d and the rotation on time.
 			k, _ := s.GetKey(context.Background(), "k")
 			p := policy(60 * day)
 			ev := rekey.AuditEvent{Time: at(35 * day), Type: rekey.AuditPolicyChanged, Key: "k", Actor: "config", Reason: "rotation_period=30d->60d"}
@@ -612,6 +619,43 @@ func TestTimeliness(t *testing.T) {
 					got.Timeliness, got.Late, got.LateBySeconds, got.LateBy, tt.want, tt.wantLateBy, got.DeadlineBasis)
 			}
 		})
+	}
+}
+
+// TestDeadlineFallbackForOldVersions: a version written before
+// KeyVersion.ExpiresAt existed has none; its deadline is activated_at + the
+// key's current rotation_period, and the basis says so.
+func TestDeadlineFallbackForOldVersions(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	day := rekey.Day
+	s := memstore.New()
+	p := policy(30 * day)
+	k := rekey.Key{Name: "k", Backend: "local", BackendRef: "ref", ActiveVersion: 1, ExpiresAt: t0.Add(30 * day), Policy: p, CreatedAt: t0, UpdatedAt: t0}
+	if err := s.CreateKey(ctx, k, rekey.KeyVersion{Key: "k", Version: 1, State: rekey.VersionActive, CreatedAt: t0, ActivatedAt: at(day)}); err != nil {
+		t.Fatal(err)
+	}
+	rotate(t, s, "k", rot{id: "r", reason: rekey.ReasonScheduled, start: at(30 * day), commit: at(32 * day), finish: at(32 * day)})
+	judge := func() report.Rotation {
+		t.Helper()
+		rep, err := report.Build(ctx, s, time.Time{}, now, report.ChainCheck{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep.Keys[0].Rotations[0]
+	}
+	r := judge()
+	if !r.Deadline.Equal(at(31*day)) || r.Timeliness != report.Late || r.LateBySeconds != day.Seconds() ||
+		!strings.Contains(r.DeadlineBasis, "rotation_period 30d (the key's current policy: v1 records no expires_at)") {
+		t.Errorf("deadline %s basis %q: %s by %vs; want activated_at + 30d, late by 1d", r.Deadline, r.DeadlineBasis, r.Timeliness, r.LateBySeconds)
+	}
+	// The fallback reads the current policy, so a later change moves it
+	// (which expires_at on the version prevents).
+	if err := s.UpdateKeyPolicy(ctx, "k", policy(60*day), at(92*day)); err != nil {
+		t.Fatal(err)
+	}
+	if r := judge(); !r.Deadline.Equal(at(61*day)) || r.Timeliness != report.OnTime {
+		t.Errorf("after 30d -> 60d: deadline %s, %s; want activated_at + 60d, on time", r.Deadline, r.Timeliness)
 	}
 }
 
@@ -698,5 +742,48 @@ func TestProblems(t *testing.T) {
 	// No checkpoint: the chain is valid with a caveat, and the text says why.
 	if r.decoded.Chain.Status != report.ChainValidCaveats || !strings.Contains(r.decoded.Chain.Text, "There is no checkpoint yet") {
 		t.Errorf("chain = %+v", r.decoded.Chain)
+	}
+}
+
+// TestRetirementBlockedIsDecideVersion: the report flags a version blocked
+// exactly when rekey.DecideVersion does (as status and the metric do): a
+// compromised version that is no longer active and still referenced, with
+// no rotation re-wrapping it, is blocked, and reported once, as in use.
+func TestRetirementBlockedIsDecideVersion(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	day := rekey.Day
+	s := memstore.New()
+	createKey(t, s, "k", policy(30*day), t0)
+	insertDEKs(t, s, "k", 1, "dek-1", "dek-2")
+	rotate(t, s, "k", rot{id: "r", reason: rekey.ReasonScheduled, start: at(29 * day), commit: at(29 * day), finish: at(29 * day),
+		failed: []string{"dek-1", "dek-2"}})
+	build := func() report.Key {
+		t.Helper()
+		rep, err := report.Build(ctx, s, time.Time{}, now, report.ChainCheck{Valid: true, CheckedAt: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep.Keys[0]
+	}
+	// v1: pending_retirement, grace over (36d), 2 DEKs left, no rotation.
+	if k := build(); !k.Versions[0].RetirementBlocked || k.Versions[1].RetirementBlocked {
+		t.Errorf("pending past grace: %+v", k.Versions)
+	}
+	ev := rekey.AuditEvent{Time: at(60 * day), Type: rekey.AuditVersionCompromised, Key: "k", FromVersion: 1, Actor: "bob"}
+	if err := s.ChangeVersionState(ctx, rekey.VersionChange{Key: "k", Version: 1, From: []rekey.VersionState{rekey.VersionPendingRetirement},
+		To: rekey.VersionCompromised, At: at(60 * day)}, nil, ev); err != nil {
+		t.Fatal(err)
+	}
+	r := render(t, s, time.Time{}, report.ChainCheck{Valid: true, CheckedAt: now})
+	kinds := map[string]int{}
+	for _, p := range r.decoded.Problems {
+		kinds[p.Kind]++
+	}
+	if kinds[report.ProblemCompromisedInUse] != 1 || kinds[report.ProblemRetirementBlocked] != 0 {
+		t.Errorf("problems by kind = %v, want one compromised_version_in_use and no retirement_blocked", kinds)
+	}
+	if k := build(); !k.Versions[0].RetirementBlocked {
+		t.Errorf("compromised with DEKs, no rotation: not blocked: %+v", k.Versions[0])
 	}
 }
