@@ -8,11 +8,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/rekeyhq/rekey"
-	"golang.org/x/sys/unix"
+	"github.com/rekeyhq/rekey/internal/fileutil"
 )
 
 // An anchor is the newest checkpoint a machine made, kept outside the
@@ -66,20 +65,19 @@ func readAnchorFile(path string) (anchorFile, error) {
 }
 
 // AdvanceAnchor records cp as storeID's anchor in the file at path, unless
-// the file already anchors a later checkpoint for it.
-func AdvanceAnchor(path, storeID string, cp rekey.AuditCheckpoint) error {
+// the file already anchors a later checkpoint for it. It holds an exclusive
+// lock on path+".lock" (waiting for it until ctx ends) while it reads and
+// atomically replaces the file (mode 0600). Errors: ctx's while waiting,
+// a corrupt anchor file, and the file system's.
+func AdvanceAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint) error {
 	if cp.Seq <= 0 {
 		return nil
 	}
-	lock, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	unlock, err := fileutil.Lock(ctx, path+".lock")
 	if err != nil {
 		return fmt.Errorf("audit anchor: %w", err)
 	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("audit anchor: lock %s: %w", lock.Name(), err)
-	}
-	defer unix.Flock(int(lock.Fd()), unix.LOCK_UN)
+	defer unlock()
 	f, err := readAnchorFile(path)
 	if err != nil {
 		return err
@@ -92,32 +90,8 @@ func AdvanceAnchor(path, storeID string, cp rekey.AuditCheckpoint) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := fileutil.WriteAtomic(path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("audit anchor: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("audit anchor: %w", err)
-	}
-	if d, err := os.Open(filepath.Dir(path)); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }
@@ -196,7 +170,7 @@ func CheckpointAnchored(ctx context.Context, s rekey.Store, m rekey.MACer, purpo
 	if err != nil {
 		return cp, err
 	}
-	if err := AdvanceAnchor(anchorPath, storeID, cp); err != nil {
+	if err := AdvanceAnchor(ctx, anchorPath, storeID, cp); err != nil {
 		return cp, err
 	}
 	return cp, nil

@@ -1,6 +1,7 @@
 package audit_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/audit"
+	"github.com/rekeyhq/rekey/internal/fileutil"
 )
 
 // TestAnchorAdvancesOnly: the anchor file moves forward only, per store,
@@ -19,11 +21,11 @@ func TestAnchorAdvancesOnly(t *testing.T) {
 		t.Fatalf("missing file: ok=%v err=%v", ok, err)
 	}
 	for _, seq := range []int64{5, 3, 9} {
-		if err := audit.AdvanceAnchor(p, "a", rekey.AuditCheckpoint{Seq: seq, Hash: "h"}); err != nil {
+		if err := audit.AdvanceAnchor(t.Context(), p, "a", rekey.AuditCheckpoint{Seq: seq, Hash: "h"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := audit.AdvanceAnchor(p, "b", rekey.AuditCheckpoint{Seq: 2, Hash: "x"}); err != nil {
+	if err := audit.AdvanceAnchor(t.Context(), p, "b", rekey.AuditCheckpoint{Seq: 2, Hash: "x"}); err != nil {
 		t.Fatal(err)
 	}
 	if cp, ok, err := audit.ReadAnchor(p, "a"); err != nil || !ok || cp.Seq != 9 {
@@ -38,6 +40,30 @@ func TestAnchorAdvancesOnly(t *testing.T) {
 	os.WriteFile(p, []byte("garbage"), 0o600)
 	if _, _, err := audit.ReadAnchor(p, "a"); err == nil {
 		t.Fatal("a corrupt anchor file was accepted")
+	}
+}
+
+// TestAnchorWaitsForTheLock: a writer holding the anchor's lock (another
+// process) keeps AdvanceAnchor waiting until its context ends, and the
+// anchor unchanged.
+func TestAnchorWaitsForTheLock(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "audit.anchor")
+	unlock, err := fileutil.Lock(t.Context(), p+".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := audit.AdvanceAnchor(ctx, p, "a", rekey.AuditCheckpoint{Seq: 1, Hash: "h"}); !errors.Is(err, context.Canceled) {
+		t.Errorf("AdvanceAnchor while the lock is held, context cancelled = %v, want context.Canceled", err)
+	}
+	if _, ok, err := audit.ReadAnchor(p, "a"); err != nil || ok {
+		t.Errorf("anchor written without the lock: ok=%v err=%v", ok, err)
+	}
+	unlock()
+	if err := audit.AdvanceAnchor(t.Context(), p, "a", rekey.AuditCheckpoint{Seq: 1, Hash: "h"}); err != nil {
+		t.Errorf("AdvanceAnchor after the lock was released: %v", err)
 	}
 }
 

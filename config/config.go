@@ -16,14 +16,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/internal/redact"
 )
 
 // Store drivers.
@@ -122,19 +121,15 @@ type StoreConfig struct {
 }
 
 // RedactedDSN returns the DSN with any password replaced by "xxxxx", fit to
-// print.
+// print (redact.DSN; a sqlite DSN is a path and comes back as it is). The
+// result is stable across releases: the audit anchor names a store by it.
 func (s StoreConfig) RedactedDSN() string {
 	dsn := string(s.DSN)
 	if s.Driver != DriverPostgres {
 		return dsn
 	}
-	if u, err := url.Parse(dsn); err == nil && u.Scheme != "" {
-		return u.Redacted()
-	}
-	return kvPasswordRE.ReplaceAllString(dsn, "${1}xxxxx")
+	return redact.DSN(dsn)
 }
-
-var kvPasswordRE = regexp.MustCompile(`(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)`)
 
 // BackendConfig is one backend (YAML: backends.NAME). Type names the kind;
 // exactly the matching field below is non-nil.

@@ -532,7 +532,7 @@ func TestCleanError(t *testing.T) {
 	t.Parallel()
 	tests := []struct{ in, want string }{
 		{"plain", "plain"},
-		{"dial postgres://rekey:s3cr3t@db:5432/rekey failed", "dial postgres://rekey:REDACTED@db:5432/rekey failed"},
+		{"dial postgres://rekey:s3cr3t@db:5432/rekey failed", "dial postgres://REDACTED@db:5432/rekey failed"},
 		{"host=db user=rekey password=s3cr3t dbname=x", "host=db user=rekey password=REDACTED dbname=x"},
 		{"token='abc def' next", "token=REDACTED next"},
 		{"two\nlines\t here", "two lines here"},

@@ -48,6 +48,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/internal/redact"
 )
 
 // ChainCheck is the result of verifying the audit chain, made by the caller
@@ -878,16 +879,14 @@ func toVersionText(v int) string {
 	return fmt.Sprintf("v%d", v)
 }
 
-// urlCredentials matches the user-info part of a URL ("user:pass@").
-var urlCredentials = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@`)
-
-// clean prepares free text from the store for the report: URL credentials
+// clean prepares free text from the store for the report: credentials
+// (redact.Text: URL user information, password=… pairs)
 // redacted, control characters (newlines too) replaced by spaces.
 func clean(s string) string {
 	if s == "" {
 		return ""
 	}
-	s = urlCredentials.ReplaceAllString(s, "${1}REDACTED@")
+	s = redact.Text(s)
 	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == '\u2028' || r == '\u2029' {
 			return ' '

@@ -2,7 +2,6 @@ package localkms
 
 import (
 	"bytes"
-	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
@@ -14,12 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
-	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/rekeyhq/rekey"
 )
@@ -268,125 +262,6 @@ func sealPayload(payload, master []byte) []byte {
 	rand.Read(nonce)
 	header := bytes.Clone(out)
 	return newGCM(master).Seal(out, nonce, payload, header)
-}
-
-// lockFile takes an exclusive flock on path (created 0600 if missing),
-// waiting until it is free or ctx is done. The returned function releases
-// it.
-func lockFile(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("keyring lock: %w", err)
-	}
-	fd := int(f.Fd())
-	release := func() {
-		unix.Flock(fd, unix.LOCK_UN)
-		f.Close()
-	}
-	err = flock(fd, unix.LOCK_EX|unix.LOCK_NB)
-	if err == nil {
-		return release, nil
-	}
-	if !errors.Is(err, unix.EWOULDBLOCK) {
-		f.Close()
-		return nil, fmt.Errorf("keyring lock %s: %w", path, err)
-	}
-	// Held by another process (or Client): wait in the kernel's queue, which
-	// is fair, on a goroutine so that ctx can end the wait.
-	done := make(chan error, 1)
-	go func() { done <- flock(fd, unix.LOCK_EX) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("keyring lock %s: %w", path, err)
-		}
-		return release, nil
-	case <-ctx.Done():
-		// Closing the file drops the lock if the waiter gets it after all.
-		go func() { <-done; f.Close() }()
-		return nil, fmt.Errorf("waiting for keyring lock %s: %w", path, ctx.Err())
-	}
-}
-
-func flock(fd, how int) error {
-	for {
-		err := unix.Flock(fd, how)
-		if err != unix.EINTR {
-			return err
-		}
-	}
-}
-
-// tempPrefix starts the name of the temporary file a write of path uses.
-func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
-
-// writeFileAtomic replaces path with data: it writes a temporary file in the
-// same directory (mode 0600), syncs it, renames it over path and syncs the
-// directory, so that a crash leaves either the old or the new file, never a
-// mix. A crash may leave the temporary file behind; it is never read.
-func writeFileAtomic(path string, data []byte) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, tempPrefix(path)+"*")
-	if err != nil {
-		return fmt.Errorf("write keyring: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err := f.Chmod(0o600); err != nil { // CreateTemp makes 0600; keep it so whatever the platform
-		return fmt.Errorf("write keyring: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write keyring: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write keyring: sync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write keyring: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write keyring: %w", err)
-	}
-	return syncDir(dir)
-}
-
-// removeStaleTemps removes temporary files earlier writes of path left
-// behind. Only a holder of the keyring lock writes one, so under the lock
-// any that exists is stale.
-func removeStaleTemps(path string) (removed []string) {
-	dir := filepath.Dir(path)
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
-	prefix := tempPrefix(path)
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
-			p := filepath.Join(dir, e.Name())
-			if os.Remove(p) == nil {
-				removed = append(removed, p)
-			}
-		}
-	}
-	return removed
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
 }
 
 // wrapAAD returns the additional data of a wrap under version v of the key

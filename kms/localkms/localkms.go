@@ -57,6 +57,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/internal/fileutil"
 )
 
 const (
@@ -255,7 +256,7 @@ func (c *Client) createKeyring(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("create keyring: %w", err)
 	}
-	unlock, err := lockFile(ctx, c.lockPath)
+	unlock, err := fileutil.Lock(ctx, c.lockPath)
 	if err != nil {
 		return err
 	}
@@ -267,7 +268,7 @@ func (c *Client) createKeyring(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(c.path, data); err != nil {
+	if err := fileutil.WriteAtomic(c.path, data, 0o600); err != nil {
 		return err
 	}
 	c.log.Info("localkms: created keyring", "keyring", c.path)
@@ -373,12 +374,12 @@ func (c *Client) change(ctx context.Context, fn func(d *keyringData) (changed bo
 	if c.closed.Load() {
 		return errClosed
 	}
-	unlock, err := lockFile(ctx, c.lockPath)
+	unlock, err := fileutil.Lock(ctx, c.lockPath)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	for _, p := range removeStaleTemps(c.path) {
+	for _, p := range fileutil.RemoveStaleTemps(c.path) {
 		c.log.Info("localkms: removed a temporary file left by an interrupted keyring write", "file", p)
 	}
 	d, err := c.readKeyring()
@@ -392,7 +393,7 @@ func (c *Client) change(ctx context.Context, fn func(d *keyringData) (changed bo
 		data, err = encodeKeyring(d, c.master)
 		c.mu.RUnlock()
 		if err == nil {
-			err = writeFileAtomic(c.path, data)
+			err = fileutil.WriteAtomic(c.path, data, 0o600)
 		}
 	}
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/internal/fileutil"
 	"github.com/rekeyhq/rekey/kmstest"
 )
 
@@ -662,8 +663,8 @@ func TestInterruptedWriteIgnored(t *testing.T) {
 	if err := os.WriteFile(f.keyring, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	stale1 := filepath.Join(f.dir, tempPrefix(f.keyring)+"123")
-	stale2 := filepath.Join(f.dir, tempPrefix(f.keyring)+"456")
+	stale1 := filepath.Join(f.dir, fileutil.TempPrefix(f.keyring)+"123")
+	stale2 := filepath.Join(f.dir, fileutil.TempPrefix(f.keyring)+"456")
 	os.WriteFile(stale1, newerBytes, 0o600)
 	os.WriteFile(stale2, newerBytes[:len(newerBytes)/2], 0o600)
 
@@ -867,7 +868,7 @@ func TestLockWaitEndsWithContext(t *testing.T) {
 	c := f.open(t)
 	ref := mustCreate(t, c, "payments")
 	// Another process holds the keyring lock.
-	unlock, err := lockFile(t.Context(), f.keyring+".lock")
+	unlock, err := fileutil.Lock(t.Context(), f.keyring+".lock")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/rekeyhq/rekey/internal/fileutil"
 )
 
 // MasterKeySize is the size of the master key in bytes.
@@ -84,7 +86,7 @@ func CreateMasterKeyFile(path string) (err error) {
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("close master key file %s: %w", path, err)
 	}
-	return syncDir(filepath.Dir(path))
+	return fileutil.SyncDir(filepath.Dir(path))
 }
 
 // CheckPrivate returns nil if path is a regular file that neither group nor

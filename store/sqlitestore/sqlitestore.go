@@ -29,7 +29,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mattn/go-sqlite3"
+	// The driver (a stub whose Open says it needs cgo when built without).
+	_ "github.com/mattn/go-sqlite3"
 
 	"github.com/rekeyhq/rekey"
 )
@@ -177,8 +178,7 @@ func enableWAL(ctx context.Context, dsn string, timeout time.Duration) error {
 			}
 			return nil
 		}
-		var se sqlite3.Error
-		if !errors.As(err, &se) || (se.Code != sqlite3.ErrBusy && se.Code != sqlite3.ErrLocked) || time.Now().After(deadline) {
+		if !isBusy(err) || time.Now().After(deadline) {
 			return fmt.Errorf("enable WAL mode: %w", mapErr(err))
 		}
 		select {
@@ -350,20 +350,8 @@ func mapErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	var se sqlite3.Error
-	if errors.As(err, &se) {
-		switch se.Code {
-		case sqlite3.ErrConstraint:
-			switch se.ExtendedCode {
-			case sqlite3.ErrConstraintUnique, sqlite3.ErrConstraintPrimaryKey:
-				return fmt.Errorf("%w: %v", rekey.ErrConflict, se)
-			}
-			return fmt.Errorf("%w: %v", rekey.ErrInvalidArgument, se)
-		case sqlite3.ErrBusy, sqlite3.ErrLocked, sqlite3.ErrIoErr, sqlite3.ErrCantOpen,
-			sqlite3.ErrFull, sqlite3.ErrReadonly, sqlite3.ErrProtocol:
-			return &rekey.UnreachableError{Service: service, Err: se}
-		}
-		return err
+	if mapped, ok := mapDriverErr(err); ok {
+		return mapped
 	}
 	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
 		err.Error() == "sql: database is closed" {
