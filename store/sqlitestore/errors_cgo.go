@@ -17,6 +17,12 @@ func isBusy(err error) bool {
 	return errors.As(err, &se) && (se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked)
 }
 
+// isDriverErr reports whether err came from SQLite itself.
+func isDriverErr(err error) bool {
+	var se sqlite3.Error
+	return errors.As(err, &se)
+}
+
 // mapDriverErr maps a go-sqlite3 error (see mapErr); ok is false when err
 // is not one.
 func mapDriverErr(err error) (mapped error, ok bool) {

@@ -9,3 +9,5 @@ package sqlitestore
 func isBusy(error) bool { return false }
 
 func mapDriverErr(error) (error, bool) { return nil, false }
+
+func isDriverErr(error) bool { return false }

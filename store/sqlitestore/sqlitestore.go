@@ -321,9 +321,8 @@ func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error)
 // driver rolls the transaction back), or a context or database/sql error
 // raised before COMMIT reached SQLite (database/sql rolls back).
 func notCommitted(err error) bool {
-	var se sqlite3.Error
-	if errors.As(err, &se) {
-		return se.Code == sqlite3.ErrBusy || se.Code == sqlite3.ErrLocked
+	if isDriverErr(err) {
+		return isBusy(err)
 	}
 	return true
 }
