@@ -19,9 +19,10 @@ import (
 	"github.com/rekeyhq/rekey/failpoint"
 )
 
-// TestE2E_ScheduledRotation (acceptance 1): a key with period 3s, rotate
-// within 1s and grace 0s, 20,000 DEKs and 20 sealed files. After 3 s on the
-// clock, one `rekey run --once` leaves version 2 active with every DEK on it
+// TestE2E_ScheduledRotation (acceptance 1): a key with period 1h, rotate
+// within 10m and grace 0s, 20,000 DEKs and 20 sealed files. With the clock
+// 55 minutes on (an injected offset, not a sleep), one `rekey run --once`
+// leaves version 2 active with every DEK on it
 // and every file decrypting byte for byte; the next run leaves version 1
 // retired. A second key with grace 7d keeps version 1 pending_retirement,
 // and `rekey plan --json` says when it retires.
@@ -30,10 +31,12 @@ func TestE2E_ScheduledRotation(t *testing.T) {
 	const deks, files, heldDEKs = 20000, 20, 300
 	h := newE2EHome(t, e2eOpts{})
 	start := time.Now()
-	// "held" sorts before "sched": the cycle commits sched last, so the
-	// second run comes well within sched's next rotate-within window.
-	h.must("key", "create", "held", "--period", "3s", "--rotate-within", "1s", "--grace", "7d")
-	h.must("key", "create", "sched", "--period", "3s", "--rotate-within", "1s", "--grace", "0s")
+	// Both keys are due 50 minutes in (period 1h, rotate within 10m); the
+	// runs see the clock 55 minutes ahead (REKEY_TEST_CLOCK_OFFSET), so
+	// nothing sleeps and a slow machine cannot make the second run come
+	// after the new versions' own rotate-within window.
+	h.must("key", "create", "held", "--period", "1h", "--rotate-within", "10m", "--grace", "7d")
+	h.must("key", "create", "sched", "--period", "1h", "--rotate-within", "10m", "--grace", "0s")
 	h.createDEKs("sched", deks)
 	h.createDEKs("held", heldDEKs)
 	sealed := h.sealFiles("sched", "sched", fileSizes(files))
@@ -43,15 +46,17 @@ func TestE2E_ScheduledRotation(t *testing.T) {
 	}
 	setup := time.Since(start)
 
-	// The requirement itself: three seconds on the clock.
-	time.Sleep(time.Until(start.Add(3 * time.Second)))
-
-	run1 := h.run("run", "--once")
+	const ahead = 55 * time.Minute
+	later := h.environ("REKEY_TEST_CLOCK_OFFSET=" + ahead.String())
+	if k := h.keyShow("sched"); k.Due {
+		t.Fatalf("sched is due before its time: %+v", k)
+	}
+	run1 := h.runEnv(later, "run", "--once")
 	if run1.code != 0 {
 		t.Fatalf("first run: %v", run1)
 	}
 	after1 := h.keyShow("sched")
-	run2 := h.run("run", "--once")
+	run2 := h.runEnv(later, "run", "--once")
 	if run2.code != 0 {
 		t.Fatalf("second run: %v", run2)
 	}
@@ -83,7 +88,7 @@ func TestE2E_ScheduledRotation(t *testing.T) {
 	if v1.State != string(rekey.VersionPendingRetirement) || v1.RetireAfter == nil {
 		t.Fatalf("held v1 = %+v, want pending_retirement with retire_after", v1)
 	}
-	lo, hi := start.Add(7*rekey.Day), time.Now().Add(7*rekey.Day)
+	lo, hi := start.Add(ahead+7*rekey.Day), time.Now().Add(ahead+7*rekey.Day)
 	if v1.RetireAfter.Before(lo) || v1.RetireAfter.After(hi) {
 		t.Errorf("held v1 retire_after %v, want commit time + 7d (within [%v, %v])", v1.RetireAfter, lo, hi)
 	}
