@@ -35,7 +35,7 @@ func newReadyChecks(store rekey.Store, backends map[string]rekey.KMS) ([]readyCh
 		if b == nil {
 			return nil, rekey.Invalidf("httpapi: Config.Backends[%q] is nil", name)
 		}
-		if p, ok := b.(rekey.Pinger); ok {
+		if p, ok := b.(rekey.Pinger); ok && rekey.CapabilitiesOf(b).Ping {
 			checks = append(checks, readyCheck{component: "backend:" + name, ping: p.Ping})
 		}
 	}
