@@ -82,7 +82,9 @@ func (h *harness) Close() { _ = h.sys.Close() }
 // error type through ErrorAs.
 type malformedAs struct{}
 
-func (malformedAs) Name() string { return "malformed ciphertext is InvalidArgument and ErrInvalidCiphertext" }
+func (malformedAs) Name() string {
+	return "malformed ciphertext is InvalidArgument and ErrInvalidCiphertext"
+}
 
 func (malformedAs) ErrorCheck(k *secrets.Keeper, err error) error {
 	if got := gcerrors.Code(err); got != gcerrors.InvalidArgument {
