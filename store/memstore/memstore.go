@@ -66,7 +66,9 @@ var (
 )
 
 // errClosed is returned by every method after Close.
-var errClosed = &rekey.UnreachableError{Service: "store:memory", Err: errors.New("store is closed")}
+// errClosed is returned after Close: the caller's bug, not an outage, so
+// it is not transient and no decorator retries it.
+var errClosed = errors.New("store is closed")
 
 // New returns an empty store.
 func New() *Store { return &Store{} }

@@ -352,8 +352,12 @@ func mapErr(err error) error {
 	if mapped, ok := mapDriverErr(err); ok {
 		return mapped
 	}
-	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) ||
-		err.Error() == "sql: database is closed" {
+	if err.Error() == "sql: database is closed" {
+		// Use after Close is the caller's bug, not an outage: not
+		// transient, so that no decorator retries it.
+		return errors.New("the store is closed")
+	}
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, sql.ErrConnDone) {
 		return &rekey.UnreachableError{Service: service, Err: err}
 	}
 	return err
