@@ -18,11 +18,10 @@ func main() {
 		log.Fatal(err)
 	}
 	defer sys.Close()
-	aead := sys.Keyring.AEAD("payments")
-	ct, err := aead.Encrypt(ctx, []byte("card 4111 1111 1111 1111"), []byte("invoice-42"))
+	ct, err := sys.Keyring.AEAD("payments").Encrypt(ctx, []byte("card 4111 1111 1111 1111"), []byte("invoice-42"))
 	if err != nil {
 		log.Fatal(err)
 	}
-	pt, err := aead.Decrypt(ctx, ct, []byte("invoice-42"))
+	pt, err := sys.Keyring.AEAD("payments").Decrypt(ctx, ct, []byte("invoice-42")) // another key's ciphertext: rekey.ErrWrongKey
 	fmt.Println(string(pt), err)
 }
