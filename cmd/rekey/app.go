@@ -150,14 +150,14 @@ func (c *cli) openBackends(ctx context.Context, cfg *config.Config, logger *slog
 	sort.Strings(names)
 	for _, name := range names {
 		b := cfg.Backends[name]
-		switch b.Type {
-		case config.BackendLocal:
+		switch settings := b.Settings.(type) {
+		case *localkms.Settings:
 			mk, err := c.masterKeyFromEnv()
 			if err != nil {
 				return nil, err
 			}
 			cl, err := localkms.New(ctx, localkms.Config{
-				Keyring: b.Local.Keyring, MasterKeyFile: b.Local.MasterKeyFile, MasterKey: mk, Logger: logger,
+				Keyring: settings.Keyring, MasterKeyFile: settings.MasterKeyFile, MasterKey: mk, Logger: logger,
 			})
 			if err != nil {
 				err = fmt.Errorf("backend %s: %w", name, err)
