@@ -783,7 +783,7 @@ func TestRelativePaths(t *testing.T) {
 	}
 }
 
-func dsnOf(c *Config) string    { return c.Store.DSN.Value() }
+func dsnOf(c *Config) string { return c.Store.DSN.Value() }
 
 // localOf returns the local settings of backend name in c, or empty ones.
 func localOf(c *Config, name string) localkms.Settings {
