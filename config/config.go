@@ -16,9 +16,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/rekeyhq/rekey"
@@ -206,12 +206,7 @@ func (c *Config) Policy(k KeyConfig) rekey.Policy {
 
 // BackendNames returns the names of the configured backends, sorted.
 func (c *Config) BackendNames() []string {
-	names := make([]string, 0, len(c.Backends))
-	for n := range c.Backends {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(c.Backends))
 }
 
 // DefaultBackend returns the backend a key uses when none is named: the
@@ -297,5 +292,3 @@ func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // MarshalJSON encodes String.
 func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
-
-func isOneOf(s string, allowed []string) bool { return slices.Contains(allowed, s) }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -112,12 +112,16 @@ func parse(data []byte, baseDir string, lookup func(string) (string, bool)) (*Co
 	}
 	// Document order; problems without a line (those of an empty
 	// document) last.
-	sort.SliceStable(problems, func(i, j int) bool {
-		li, lj := problems[i].Line, problems[j].Line
-		if li == 0 || lj == 0 {
-			return li != 0 && lj == 0
+	slices.SortStableFunc(problems, func(a, b Problem) int {
+		switch {
+		case a.Line == b.Line:
+			return 0
+		case a.Line == 0:
+			return 1
+		case b.Line == 0:
+			return -1
 		}
-		return li < lj
+		return cmp.Compare(a.Line, b.Line)
 	})
 	if len(problems) > maxProblems {
 		problems = append(problems[:maxProblems:maxProblems], Problem{Message: fmt.Sprintf("and more problems: showing the first %d", maxProblems)})

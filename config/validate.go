@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,10 +48,10 @@ func (c *Config) problems() []Problem {
 	if err := checkListen(c.HTTP.Listen); err != "" {
 		ch.add("http.listen", "%s", err)
 	}
-	if !isOneOf(c.Log.Level, logLevels) {
+	if !slices.Contains(logLevels, c.Log.Level) {
 		ch.add("log.level", "%s", enumMessage("log level", c.Log.Level, logLevels))
 	}
-	if !isOneOf(c.Log.Format, logFormats) {
+	if !slices.Contains(logFormats, c.Log.Format) {
 		ch.add("log.format", "%s", enumMessage("log format", c.Log.Format, logFormats))
 	}
 	c.checkKeys(ch)
