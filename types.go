@@ -63,7 +63,11 @@ func DefaultPolicy() Policy {
 	}
 }
 
-// Validate reports the first field that is out of range, by its config name.
+// Validate reports the first field that is out of range, by its config
+// name, or a pair of windows that contradict each other: rotate_within
+// must be shorter than rotation_period (else the key rotates on every
+// worker cycle) and notify_within at least rotate_within (else the key is
+// due before it is due soon). The error matches ErrInvalidArgument.
 func (p Policy) Validate() error {
 	switch {
 	case p.RotationPeriod <= 0:
@@ -76,6 +80,12 @@ func (p Policy) Validate() error {
 		return Invalidf("grace must not be negative")
 	case p.DestroyAfter < 0:
 		return Invalidf("destroy_after must not be negative (use never)")
+	case p.RotateWithin >= p.RotationPeriod:
+		return Invalidf("rotate_within %s is not shorter than rotation_period %s: the key would be due again right after each rotation and rotate on every worker cycle; set rotate_within well below rotation_period (the defaults are 7d within 90d)",
+			FormatDuration(p.RotateWithin), FormatDuration(p.RotationPeriod))
+	case p.NotifyWithin < p.RotateWithin:
+		return Invalidf("notify_within %s is shorter than rotate_within %s: the key would be due before it is reported due soon; set notify_within to %s or more",
+			FormatDuration(p.NotifyWithin), FormatDuration(p.RotateWithin), FormatDuration(p.RotateWithin))
 	}
 	return nil
 }

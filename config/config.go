@@ -16,13 +16,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path/filepath"
 	"slices"
-	"sort"
 	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/internal/redact"
+	"github.com/rekeyhq/rekey/kms/localkms"
 )
 
 // Store drivers.
@@ -31,20 +32,14 @@ const (
 	DriverPostgres = "postgres"
 )
 
-// Backend types.
+// Backend types. Only BackendLocal is available in this build (see
+// AvailableBackendTypes); the others are planned and refused by Validate.
 const (
 	BackendLocal      = "local"
 	BackendAWSKMS     = "awskms"
 	BackendPKCS11     = "pkcs11"
 	BackendVault      = "vault"
 	BackendKeyProtect = "keyprotect"
-)
-
-// AWS KMS rotation modes: one KMS key per version behind an alias, or the
-// provider's RotateKeyOnDemand.
-const (
-	AWSModeNewKey   = "new-key"
-	AWSModeOnDemand = "on-demand"
 )
 
 // Log formats.
@@ -55,15 +50,13 @@ const (
 
 // Defaults used where the configuration says nothing.
 const (
-	DefaultCheckInterval  = time.Minute
-	DefaultBatchSize      = 1000
-	DefaultConcurrency    = 8
-	DefaultLeaseTTL       = 30 * time.Second
-	DefaultListen         = "127.0.0.1:9464"
-	DefaultLogLevel       = "info"
-	DefaultLogFormat      = LogJSON
-	DefaultAWSAliasPrefix = "alias/rekey/"
-	DefaultVaultMount     = "transit"
+	DefaultCheckInterval = time.Minute
+	DefaultBatchSize     = 1000
+	DefaultConcurrency   = 8
+	DefaultLeaseTTL      = 30 * time.Second
+	DefaultListen        = "127.0.0.1:9464"
+	DefaultLogLevel      = "info"
+	DefaultLogFormat     = LogJSON
 	// DefaultHome is the directory of the embedded default when
 	// $REKEY_HOME is not set.
 	DefaultHome = "rekey-data"
@@ -80,8 +73,6 @@ const (
 
 var (
 	storeDrivers = []string{DriverSQLite, DriverPostgres}
-	backendTypes = []string{BackendLocal, BackendAWSKMS, BackendPKCS11, BackendVault, BackendKeyProtect}
-	awsModes     = []string{AWSModeNewKey, AWSModeOnDemand}
 	logLevels    = []string{"debug", "info", "warn", "error"}
 	logFormats   = []string{LogJSON, LogText}
 )
@@ -129,86 +120,6 @@ func (s StoreConfig) RedactedDSN() string {
 		return dsn
 	}
 	return redact.DSN(dsn)
-}
-
-// BackendConfig is one backend (YAML: backends.NAME). Type names the kind;
-// exactly the matching field below is non-nil.
-type BackendConfig struct {
-	// Type is one of BackendLocal, BackendAWSKMS, BackendPKCS11,
-	// BackendVault, BackendKeyProtect.
-	Type       string
-	Local      *LocalConfig
-	AWSKMS     *AWSKMSConfig
-	PKCS11     *PKCS11Config
-	Vault      *VaultConfig
-	KeyProtect *KeyProtectConfig
-}
-
-// LocalConfig configures the local backend: a keyring file encrypted under
-// a master key.
-type LocalConfig struct {
-	// Keyring is the keyring file (YAML: keyring). Required.
-	Keyring string
-	// MasterKeyFile is the master key file (YAML: master_key_file). Empty
-	// means the backend reads REKEY_MASTER_KEY instead.
-	MasterKeyFile string
-}
-
-// AWSKMSConfig configures the AWS KMS backend.
-type AWSKMSConfig struct {
-	// Region is the AWS region (YAML: region). Required.
-	Region string
-	// Endpoint overrides the KMS endpoint URL (YAML: endpoint), e.g. for an
-	// emulator. Empty means the SDK default.
-	Endpoint string
-	// Mode is AWSModeNewKey (default) or AWSModeOnDemand (YAML: mode).
-	Mode string
-	// AliasPrefix is prepended to the key name to form the alias of the
-	// active KMS key (YAML: alias_prefix; default "alias/rekey/").
-	AliasPrefix string
-}
-
-// PKCS11Config configures the PKCS#11 (HSM) backend.
-type PKCS11Config struct {
-	// Module is the PKCS#11 library (YAML: module). A path with a directory
-	// part is resolved against the configuration's directory; a bare file
-	// name is left for the dynamic loader's search path. Required.
-	Module string
-	// TokenLabel selects the token by label (YAML: token_label).
-	TokenLabel string
-	// Slot selects the token by slot number (YAML: slot); nil when unset.
-	// At least one of TokenLabel and Slot is required.
-	Slot *int
-	// PIN is the user PIN (YAML: pin). Required.
-	PIN Secret
-}
-
-// VaultConfig configures the HashiCorp Vault / OpenBao Transit backend.
-type VaultConfig struct {
-	// Address is the server URL (YAML: address). Required.
-	Address string
-	// Token is the Vault token (YAML: token). Required.
-	Token Secret
-	// Mount is the Transit mount path without slashes (YAML: mount; default
-	// "transit").
-	Mount string
-}
-
-// KeyProtectConfig configures the IBM Key Protect backend.
-type KeyProtectConfig struct {
-	// Endpoint is the service URL (YAML: endpoint). Either Endpoint or
-	// Region is required; the backend derives the endpoint from Region
-	// when Endpoint is empty.
-	Endpoint string
-	// InstanceID is the Key Protect instance (YAML: instance_id). Required.
-	InstanceID string
-	// APIKey is the IBM Cloud API key (YAML: api_key). Required.
-	APIKey Secret
-	// Region is the IBM Cloud region, e.g. us-south (YAML: region).
-	Region string
-	// IAMEndpoint overrides the IAM token service URL (YAML: iam_endpoint),
-	// e.g. for a test server. Empty means the public IBM Cloud IAM.
-	IAMEndpoint string
 }
 
 // WorkerConfig tunes the rotation worker (YAML: worker).
@@ -295,12 +206,7 @@ func (c *Config) Policy(k KeyConfig) rekey.Policy {
 
 // BackendNames returns the names of the configured backends, sorted.
 func (c *Config) BackendNames() []string {
-	names := make([]string, 0, len(c.Backends))
-	for n := range c.Backends {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return slices.Sorted(maps.Keys(c.Backends))
 }
 
 // DefaultBackend returns the backend a key uses when none is named: the
@@ -350,7 +256,7 @@ func defaultStore(home string) StoreConfig {
 
 func defaultBackends(home string) map[string]BackendConfig {
 	return map[string]BackendConfig{
-		"local": {Type: BackendLocal, Local: &LocalConfig{
+		"local": {Type: BackendLocal, Settings: &localkms.Settings{
 			Keyring:       filepath.Join(home, "keyring"),
 			MasterKeyFile: filepath.Join(home, "master.key"),
 		}},
@@ -386,5 +292,3 @@ func (s Secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
 
 // MarshalJSON encodes String.
 func (s Secret) MarshalJSON() ([]byte, error) { return json.Marshal(s.String()) }
-
-func isOneOf(s string, allowed []string) bool { return slices.Contains(allowed, s) }

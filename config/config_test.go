@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/kms/localkms"
 )
 
 const home = "/srv/rekey"
@@ -156,65 +157,50 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown backend type",
 			yaml: minimal + "backends:\n  aws: {type: aws, region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `unknown backend type "aws": allowed: local, awskms, pkcs11, vault, keyprotect`}},
+			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: local`}},
 			n:    1,
 		},
 		{
 			name: "missing backend type",
 			yaml: minimal + "backends:\n  aws: {region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `missing: set type to one of local, awskms, pkcs11, vault, keyprotect`}},
+			want: []want{{"backends.aws.type", `missing: set type to one of local`}},
 			n:    1,
 		},
 		{
 			name: "backend field of another type",
 			yaml: minimal + "backends:\n  local: {type: local, keyring: k, region: eu-west-1}\n",
-			want: []want{{"backends.local.region", `field "region" is not used by backend type local (it belongs to awskms, keyprotect): allowed fields for type local are type, keyring, master_key_file`}},
+			want: []want{{"backends.local.region", `unknown field "region" for backend type local: allowed fields are type, keyring, master_key_file`}},
 			n:    1,
 		},
 		{
-			name: "missing backend fields",
-			yaml: minimal + "backends:\n  aws: {type: awskms}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
+			name: "backend types not available in this build",
+			yaml: minimal + "backends:\n  aws: {type: awskms, region: r, whatever: 1}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
 			want: []want{
-				{"backends.aws.region", "missing: set region"},
-				{"backends.hsm.module", "missing: set module"},
-				{"backends.hsm.token_label", "missing: set token_label (or slot)"},
-				{"backends.hsm.pin", "missing: set pin"},
-				{"backends.v.address", "missing: set address"},
-				{"backends.v.token", "missing: set token"},
-				{"backends.kp.region", "missing: set region (e.g. us-south) or endpoint"},
-				{"backends.kp.instance_id", "missing"},
-				{"backends.kp.api_key", "missing"},
-				{"backends.l.keyring", "missing"},
+				{"backends.aws.type", "backend type awskms is not available in this build yet: available types: local"},
+				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: local"},
+				{"backends.v.type", "backend type vault is not available in this build yet"},
+				{"backends.kp.type", "backend type keyprotect is not available in this build yet"},
+				{"backends.l.keyring", "missing: set keyring"},
 			},
-			n: 10,
+			n: 5,
 		},
 		{
 			name: "bad backend values",
 			yaml: minimal + `backends:
-  aws: {type: awskms, region: r, mode: yearly, alias_prefix: rekey/, endpoint: "localhost:4566"}
-  aws2: {type: awskms, region: r, alias_prefix: alias/aws/x}
-  hsm: {type: pkcs11, module: m.so, slot: -1, pin: "1"}
-  hsm2: {type: pkcs11, module: m.so, slot: one, pin: "1"}
-  v: {type: vault, address: "vault:8200", token: t, mount: /}
-  kp: {type: keyprotect, region: r, instance_id: i, api_key: k, iam_endpoint: "ftp://x"}
   Bad_Name: {type: local, keyring: k}
   l: {type: local, keyring: k, master_key_file: k}
+  l2: {type: local, keyring: [a, b]}
+  l3: {type: local, keyring: k, master_key_file: "${NOPE}"}
+  l4: {type: local, keyring: k, type2: x}
 `,
 			want: []want{
-				{"backends.aws.mode", `unknown mode "yearly": allowed: new-key, on-demand`},
-				{"backends.aws.alias_prefix", `"rekey/" does not start with alias/`},
-				{"backends.aws.endpoint", "not an http(s) URL"},
-				{"backends.aws2.alias_prefix", "reserved"},
-				{"backends.hsm.slot", "-1 is negative"},
-				{"backends.hsm2.slot", `"one" is not a whole number`},
-				{"backends.v.address", "not an http(s) URL"},
-				{"backends.v.mount", "missing"},
-				{"backends.kp.iam_endpoint", "not an http(s) URL"},
 				{"backends.Bad_Name", `invalid backend name "Bad_Name"`},
 				{"backends.l.master_key_file", "is the keyring file"},
-				{"backends.hsm2.token_label", "missing"}, // slot was not understood
+				{"backends.l2.keyring", "expected a single value, got a list"},
+				{"backends.l3.master_key_file", "environment variable NOPE is not set"},
+				{"backends.l4.type2", `unknown field "type2" for backend type local`},
 			},
-			n: 12,
+			n: 5,
 		},
 		{
 			name: "missing DSN",
@@ -297,9 +283,9 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "unset environment variable",
-			yaml: minimal + "backends:\n  v: {type: vault, address: \"https://v:8200\", token: \"${VAULT_TOKEN}\"}\n",
-			want: []want{{"backends.v.token", "environment variable VAULT_TOKEN is not set"}},
-			n:    1, // not also "token: missing"
+			yaml: minimal + "backends:\n  l: {type: local, keyring: \"${KEYRING}\"}\n",
+			want: []want{{"backends.l.keyring", "environment variable KEYRING is not set"}},
+			n:    1, // not also "keyring: missing"
 		},
 		{
 			name: "several unset environment variables",
@@ -391,6 +377,7 @@ func TestParseErrors(t *testing.T) {
 store: {driver: postgres}
 backends:
   aws: {type: awskms, region: eu-west-1, mode: sometimes}
+  l: {type: local, keyring: k, mode: sometimes}
 worker:
   check_interval: 5x
   batch_size: 0
@@ -400,14 +387,37 @@ keys:
 `,
 			want: []want{
 				{"store.dsn", "missing"},
-				{"backends.aws.mode", `unknown mode "sometimes"`},
+				{"backends.aws.type", "not available in this build yet"},
+				{"backends.l.mode", `unknown field "mode"`},
 				{"worker.check_interval", `bad duration "5x"`},
 				{"worker.batch_size", "out of range"},
 				{"keys[0].bogus", `unknown field "bogus"`},
 				{"keys[1].name", "duplicate key name"},
 				{"keys[1].backend", `unknown backend "vault"`},
 			},
-			n: 7,
+			n: 8,
+		},
+		{
+			name: "rotate_within not shorter than the period",
+			yaml: minimal + "defaults: {rotation_period: 1h, rotate_within: 1h, notify_within: 2h}\n",
+			want: []want{{"defaults.rotate_within", "1h0m0s is not shorter than rotation_period 1h0m0s: the key would be due again right after each rotation and rotate on every worker cycle; set rotate_within well below rotation_period"}},
+			n:    1,
+		},
+		{
+			name: "notify_within shorter than rotate_within",
+			yaml: minimal + "defaults: {notify_within: 3d}\n",
+			want: []want{{"defaults.notify_within", "3d is shorter than rotate_within 7d: the key would be due before it is reported due soon; set notify_within to 7d or more"}},
+			n:    1,
+		},
+		{
+			name: "key windows against the defaults",
+			yaml: minimal + "keys:\n  - {name: a, rotation_period: 5d}\n  - {name: b, rotate_within: 20d}\n  - {name: c, rotation_period: 1h, rotate_within: 2h, notify_within: 3h}\n  - {name: d, rotation_period: 30d}\n",
+			want: []want{
+				{"keys[0].rotate_within", "7d is not shorter than rotation_period 5d (with the values this key does not set taken from defaults)"},
+				{"keys[1].notify_within", "14d is shorter than rotate_within 20d (with the values this key does not set taken from defaults)"},
+				{"keys[2].rotate_within", "2h0m0s is not shorter than rotation_period 1h0m0s: "},
+			},
+			n: 3,
 		},
 	}
 	for _, tt := range tests {
@@ -472,9 +482,8 @@ func TestProblemLines(t *testing.T) {
 	y := `version: 1
 backends:
   hsm:
-    type: pkcs11
-    module: m.so
-    pin: "1"
+    type: local
+    master_key_file: m.key
 keys:
   - name: a
     backend: nope
@@ -485,7 +494,7 @@ keys:
 		lines[p.Path] = p.Line
 	}
 	// A missing field is reported at the line of its section.
-	want := map[string]int{"backends.hsm.token_label": 3, "keys[0].backend": 9}
+	want := map[string]int{"backends.hsm.keyring": 3, "keys[0].backend": 8}
 	if !reflect.DeepEqual(lines, want) {
 		t.Errorf("lines = %v, want %v\n%s", lines, want, listProblems(ps))
 	}
@@ -528,7 +537,7 @@ func TestDefault(t *testing.T) {
 		t.Errorf("store = %+v", c.Store)
 	}
 	l := c.Backends["local"]
-	if l.Type != BackendLocal || l.Local == nil || l.Local.Keyring != "/srv/rekey/keyring" || l.Local.MasterKeyFile != "/srv/rekey/master.key" || len(c.Backends) != 1 {
+	if ls, ok := l.Settings.(*localkms.Settings); l.Type != BackendLocal || !ok || ls.Keyring != "/srv/rekey/keyring" || ls.MasterKeyFile != "/srv/rekey/master.key" || len(c.Backends) != 1 {
 		t.Errorf("backends = %+v", c.Backends)
 	}
 	wantPolicy := rekey.Policy{RotationPeriod: 90 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day}
@@ -542,8 +551,8 @@ func TestDefault(t *testing.T) {
 	if c.HTTP.Listen != "127.0.0.1:9464" || c.Log != (LogConfig{Level: "info", Format: "json"}) {
 		t.Errorf("http = %+v, log = %+v", c.HTTP, c.Log)
 	}
-	if c.DefaultBackend() != "local" || len(c.Warnings()) != 0 {
-		t.Errorf("DefaultBackend = %q, Warnings = %v", c.DefaultBackend(), c.Warnings())
+	if c.DefaultBackend() != "local" {
+		t.Errorf("DefaultBackend = %q", c.DefaultBackend())
 	}
 }
 
@@ -579,12 +588,11 @@ func TestDefaultYAMLRoundTrip(t *testing.T) {
 		}
 		b.WriteString(line)
 	}
-	env := map[string]string{"REKEY_PKCS11_PIN": "1", "VAULT_TOKEN": "t", "KP_INSTANCE_ID": "i", "IBM_API_KEY": "k"}
-	c, err := parse([]byte(b.String()), dir, envOf(env))
+	c, err := parse([]byte(b.String()), dir, envOf(nil))
 	if err != nil {
 		t.Fatalf("uncommented default:\n%s\n%v", b.String(), err)
 	}
-	if len(c.Backends) != 5 || len(c.Keys) != 1 || c.Keys[0].Backend != "local" {
+	if len(c.Backends) != 2 || len(c.Keys) != 1 || c.Keys[0].Backend != "local" {
 		t.Errorf("uncommented default: backends %v, keys %+v", c.BackendNames(), c.Keys)
 	}
 }
@@ -604,10 +612,8 @@ func TestParseFull(t *testing.T) {
 store: {driver: postgres, dsn: "postgres://rekey:${PGPASS}@db:5432/rekey?sslmode=disable"}
 backends:
   local: {type: local, keyring: ./data/keyring}
-  aws:   {type: awskms, region: eu-west-1, endpoint: "", mode: on-demand}
-  hsm:   {type: pkcs11, module: /usr/lib/softhsm/libsofthsm2.so, slot: 2, pin: "${PIN}"}
-  vault: {type: vault, address: "http://127.0.0.1:8200", token: "${VAULT_TOKEN}", mount: /transit2/}
-  ibm:   {type: keyprotect, endpoint: "http://127.0.0.1:9999", instance_id: abc, api_key: "${KP_KEY}", iam_endpoint: "http://127.0.0.1:9998"}
+  aws:   {type: local, keyring: "${RING}", master_key_file: /etc/rekey/mk}
+  hsm:   {type: local, keyring: /var/lib/hsm.ring}
 defaults: {rotation_period: 30d, rotate_within: 2d, notify_within: 5d, grace: 1d12h, destroy_after: 365d}
 worker: {check_interval: 2s, batch_size: 500, concurrency: 4, kms_rate_limit: 12.5, lease_ttl: 10s}
 http: {listen: ":0"}
@@ -617,17 +623,15 @@ keys:
   - {name: orders, backend: aws, destroy_after: never}
   - {name: ledger, backend: hsm, grace: 0s, notify_within: 3d}
 `
-	env := map[string]string{"PGPASS": "pg-secret", "PIN": "1234", "VAULT_TOKEN": "s.tok", "KP_KEY": "kp-key"}
+	env := map[string]string{"PGPASS": "pg-secret", "RING": "rings/aws"}
 	c := mustParse(t, y, env)
 	want := &Config{
 		Version: 1,
 		Store:   StoreConfig{Driver: DriverPostgres, DSN: "postgres://rekey:pg-secret@db:5432/rekey?sslmode=disable"},
 		Backends: map[string]BackendConfig{
-			"local": {Type: BackendLocal, Local: &LocalConfig{Keyring: "/srv/rekey/data/keyring"}},
-			"aws":   {Type: BackendAWSKMS, AWSKMS: &AWSKMSConfig{Region: "eu-west-1", Mode: AWSModeOnDemand, AliasPrefix: "alias/rekey/"}},
-			"hsm":   {Type: BackendPKCS11, PKCS11: &PKCS11Config{Module: "/usr/lib/softhsm/libsofthsm2.so", Slot: new(2), PIN: "1234"}},
-			"vault": {Type: BackendVault, Vault: &VaultConfig{Address: "http://127.0.0.1:8200", Token: "s.tok", Mount: "transit2"}},
-			"ibm":   {Type: BackendKeyProtect, KeyProtect: &KeyProtectConfig{Endpoint: "http://127.0.0.1:9999", InstanceID: "abc", APIKey: "kp-key", IAMEndpoint: "http://127.0.0.1:9998"}},
+			"local": {Type: BackendLocal, Settings: &localkms.Settings{Keyring: "/srv/rekey/data/keyring"}},
+			"aws":   {Type: BackendLocal, Settings: &localkms.Settings{Keyring: "/srv/rekey/rings/aws", MasterKeyFile: "/etc/rekey/mk"}},
+			"hsm":   {Type: BackendLocal, Settings: &localkms.Settings{Keyring: "/var/lib/hsm.ring"}},
 		},
 		Defaults: rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: 36 * time.Hour, DestroyAfter: 365 * rekey.Day},
 		Worker:   WorkerConfig{CheckInterval: 2 * time.Second, BatchSize: 500, Concurrency: 4, KMSRateLimit: 12.5, LeaseTTL: 10 * time.Second},
@@ -645,7 +649,7 @@ keys:
 	if c.DefaultBackend() != "" {
 		t.Errorf("DefaultBackend with several backends = %q", c.DefaultBackend())
 	}
-	if got := c.BackendNames(); !reflect.DeepEqual(got, []string{"aws", "hsm", "ibm", "local", "vault"}) {
+	if got := c.BackendNames(); !reflect.DeepEqual(got, []string{"aws", "hsm", "local"}) {
 		t.Errorf("BackendNames = %v", got)
 	}
 	if c.Log.SlogLevel() != slog.LevelDebug {
@@ -677,7 +681,7 @@ func TestPolicy(t *testing.T) {
 
 func TestKeyDefaultsToOnlyBackend(t *testing.T) {
 	t.Parallel()
-	c := mustParse(t, minimal+"backends: {kms: {type: awskms, region: r}}\nkeys: [{name: a}]\n", nil)
+	c := mustParse(t, minimal+"backends: {kms: {type: local, keyring: k}}\nkeys: [{name: a}]\n", nil)
 	if c.Keys[0].Backend != "kms" {
 		t.Errorf("key backend = %q, want kms", c.Keys[0].Backend)
 	}
@@ -693,7 +697,7 @@ func TestEnvExpansion(t *testing.T) {
 	y := minimal + `worker: {batch_size: "${BATCH}", check_interval: "${EVERY}"}
 http: {listen: "${HOST}:9${EMPTY}464"}
 backends:
-  hsm: {type: pkcs11, module: m.so, token_label: "a$$b", pin: "${PIN}"}
+  l: {type: local, keyring: "a$$b", master_key_file: "${PIN}"}
 `
 	c := mustParse(t, y, env)
 	if c.Worker.BatchSize != 250 || c.Worker.CheckInterval != 90*time.Second {
@@ -702,9 +706,9 @@ backends:
 	if c.HTTP.Listen != "0.0.0.0:9464" {
 		t.Errorf("listen = %q", c.HTTP.Listen)
 	}
-	hsm := c.Backends["hsm"].PKCS11
-	if hsm.TokenLabel != "a$b" || hsm.PIN != "p$n${X}" { // a value is not expanded twice
-		t.Errorf("hsm = %+v, pin %q", hsm, hsm.PIN.Value())
+	l := c.Backends["l"].Settings.(*localkms.Settings)
+	if l.Keyring != "/srv/rekey/a$b" || l.MasterKeyFile != "/srv/rekey/p$n${X}" { // a value is not expanded twice
+		t.Errorf("local settings = %+v", l)
 	}
 	// Field names are not expanded.
 	problemsOf(t, minimal+"${X}: 1\n", map[string]string{"X": "version"})
@@ -761,12 +765,10 @@ func TestRelativePaths(t *testing.T) {
 		{"sqlite memory", "store: {driver: sqlite, dsn: \":memory:\"}", dsnOf, ":memory:"},
 		{"sqlite memory URI", "store: {driver: sqlite, dsn: \"file::memory:?cache=shared\"}", dsnOf, "file::memory:?cache=shared"},
 		{"postgres untouched", "store: {driver: postgres, dsn: \"host=db user=rekey\"}", dsnOf, "host=db user=rekey"},
-		{"keyring", "backends: {l: {type: local, keyring: keys/ring}}", func(c *Config) string { return c.Backends["l"].Local.Keyring }, "/srv/rekey/keys/ring"},
-		{"master key", "backends: {l: {type: local, keyring: k, master_key_file: ../secret/master.key}}", func(c *Config) string { return c.Backends["l"].Local.MasterKeyFile }, "/srv/secret/master.key"},
-		{"absolute master key", "backends: {l: {type: local, keyring: k, master_key_file: /etc/rekey/mk}}", func(c *Config) string { return c.Backends["l"].Local.MasterKeyFile }, "/etc/rekey/mk"},
-		{"pkcs11 module path", "backends: {h: {type: pkcs11, module: lib/softhsm.so, token_label: t, pin: '1'}}", moduleOf, "/srv/rekey/lib/softhsm.so"},
-		{"pkcs11 module bare name", "backends: {h: {type: pkcs11, module: libsofthsm2.so, token_label: t, pin: '1'}}", moduleOf, "libsofthsm2.so"},
-		{"keyring from env", "backends: {l: {type: local, keyring: \"${DIR}/ring\"}}", func(c *Config) string { return c.Backends["l"].Local.Keyring }, "/srv/rekey/sub/ring"},
+		{"keyring", "backends: {l: {type: local, keyring: keys/ring}}", func(c *Config) string { return localOf(c, "l").Keyring }, "/srv/rekey/keys/ring"},
+		{"master key", "backends: {l: {type: local, keyring: k, master_key_file: ../secret/master.key}}", func(c *Config) string { return localOf(c, "l").MasterKeyFile }, "/srv/secret/master.key"},
+		{"absolute master key", "backends: {l: {type: local, keyring: k, master_key_file: /etc/rekey/mk}}", func(c *Config) string { return localOf(c, "l").MasterKeyFile }, "/etc/rekey/mk"},
+		{"keyring from env", "backends: {l: {type: local, keyring: \"${DIR}/ring\"}}", func(c *Config) string { return localOf(c, "l").Keyring }, "/srv/rekey/sub/ring"},
 	}
 	for _, tt := range tests {
 		c := mustParse(t, minimal+tt.yaml+"\n", map[string]string{"DIR": "sub"})
@@ -776,13 +778,20 @@ func TestRelativePaths(t *testing.T) {
 	}
 	// An empty baseDir leaves relative paths relative.
 	c, err := parse([]byte(minimal+"store: {driver: sqlite, dsn: x.db}\n"), "", envOf(nil))
-	if err != nil || c.Store.DSN != "x.db" || c.Backends["local"].Local.Keyring != "keyring" {
+	if err != nil || c.Store.DSN != "x.db" || localOf(c, "local").Keyring != "keyring" {
 		t.Errorf("empty baseDir: %v, %+v", err, c)
 	}
 }
 
-func dsnOf(c *Config) string    { return c.Store.DSN.Value() }
-func moduleOf(c *Config) string { return c.Backends["h"].PKCS11.Module }
+func dsnOf(c *Config) string { return c.Store.DSN.Value() }
+
+// localOf returns the local settings of backend name in c, or empty ones.
+func localOf(c *Config, name string) localkms.Settings {
+	if s, ok := c.Backends[name].Settings.(*localkms.Settings); ok {
+		return *s
+	}
+	return localkms.Settings{}
+}
 
 func TestSecretsNeverPrinted(t *testing.T) {
 	t.Parallel()
@@ -816,14 +825,12 @@ func TestSecretsNeverPrinted(t *testing.T) {
 
 	c := mustParse(t, minimal+`store: {driver: postgres, dsn: "postgres://u:${S}@h/d"}
 backends:
-  h: {type: pkcs11, module: m, token_label: t, pin: "${S}"}
-  v: {type: vault, address: "https://v", token: "${S}"}
-  k: {type: keyprotect, region: r, instance_id: i, api_key: "${S}"}
+  l: {type: local, keyring: k}
 `, env)
 	var buf strings.Builder
 	fmt.Fprintf(&buf, "%v %+v %#v %s %q %x", c, c, c, c.Store.DSN, c.Store.DSN, c.Store.DSN)
 	for _, b := range c.Backends {
-		fmt.Fprintf(&buf, "%+v %+v %+v %+v %#v", b.PKCS11, b.Vault, b.KeyProtect, b, b.Vault)
+		fmt.Fprintf(&buf, "%+v %#v", b, b)
 	}
 	js, _ := json.Marshal(c)
 	buf.Write(js)
@@ -832,8 +839,8 @@ backends:
 	if strings.Contains(buf.String(), s) {
 		t.Errorf("printing the config shows a secret:\n%s", buf.String())
 	}
-	if c.Backends["h"].PKCS11.PIN.Value() != s || c.Store.RedactedDSN() != "postgres://u:xxxxx@h/d" {
-		t.Errorf("Value = %q, RedactedDSN = %q", c.Backends["h"].PKCS11.PIN.Value(), c.Store.RedactedDSN())
+	if c.Store.DSN.Value() != "postgres://u:"+s+"@h/d" || c.Store.RedactedDSN() != "postgres://u:xxxxx@h/d" {
+		t.Errorf("Value = %q, RedactedDSN = %q", c.Store.DSN.Value(), c.Store.RedactedDSN())
 	}
 	if Secret("").String() != "" || Secret("x").String() != "[redacted]" {
 		t.Errorf("Secret.String")
@@ -866,15 +873,23 @@ func TestValidateBuiltConfig(t *testing.T) {
 	}{
 		{"no backends", func(c *Config) { c.Backends = nil }, "backends", "missing"},
 		{"type without settings", func(c *Config) { c.Backends["local"] = BackendConfig{Type: BackendLocal} }, "backends.local", "type local but no local settings"},
-		{"two types", func(c *Config) {
-			b := c.Backends["local"]
-			b.Vault = &VaultConfig{}
-			c.Backends["local"] = b
-		}, "backends.local", "settings for type vault on a backend of type local"},
+		{"settings of another type", func(c *Config) {
+			c.Backends["local"] = BackendConfig{Type: BackendLocal, Settings: otherSettings{}}
+		}, "backends.local", "settings of type config.otherSettings on a backend of type local: use *localkms.Settings"},
+		{"typed nil settings", func(c *Config) {
+			c.Backends["local"] = BackendConfig{Type: BackendLocal, Settings: (*localkms.Settings)(nil)}
+		}, "backends.local", "type local but no local settings: set the fields keyring, master_key_file"},
+		{"invalid settings", func(c *Config) {
+			c.Backends["local"] = BackendConfig{Type: BackendLocal, Settings: &localkms.Settings{MasterKeyFile: "m"}}
+		}, "backends.local.keyring", "missing: set keyring"},
 		{"missing type", func(c *Config) { c.Backends["x"] = BackendConfig{} }, "backends.x.type", "missing"},
-		{"empty mode", func(c *Config) {
-			c.Backends["aws"] = BackendConfig{Type: BackendAWSKMS, AWSKMS: &AWSKMSConfig{Region: "r"}}
-		}, "backends.aws.mode", "missing"},
+		{"planned type", func(c *Config) {
+			c.Backends["aws"] = BackendConfig{Type: BackendAWSKMS}
+		}, "backends.aws.type", "backend type awskms is not available in this build yet: available types: local"},
+		{"rotate_within as long as the period", func(c *Config) { c.Defaults.RotateWithin = c.Defaults.RotationPeriod }, "defaults.rotate_within", "90d is not shorter than rotation_period 90d"},
+		{"key notify_within below rotate_within", func(c *Config) {
+			c.Keys = []KeyConfig{{Name: "a", Backend: "local", RotateWithin: dur(time.Hour), NotifyWithin: dur(time.Minute)}}
+		}, "keys[0].notify_within", "1m0s is shorter than rotate_within 1h0m0s"},
 		{"negative policy", func(c *Config) { c.Defaults.Grace = -time.Hour }, "defaults.grace", "-1h0m0s is negative"},
 		{"negative key override", func(c *Config) {
 			c.Keys = []KeyConfig{{Name: "a", Backend: "local", DestroyAfter: dur(-time.Second)}}
@@ -895,18 +910,10 @@ func TestValidateBuiltConfig(t *testing.T) {
 	}
 }
 
-func TestWarnings(t *testing.T) {
-	t.Parallel()
-	c := mustParse(t, minimal+"keys:\n  - {name: fast, rotation_period: 2s}\n  - {name: ok, rotation_period: 2s, rotate_within: 1s, notify_within: 1s}\n  - {name: plain}\n", nil)
-	ws := c.Warnings()
-	if len(ws) != 1 || ws[0].Path != "keys[0].rotate_within" || !strings.Contains(ws[0].Message, "7d is not shorter than rotation_period 2s") {
-		t.Errorf("Warnings = %v", ws)
-	}
-	c = mustParse(t, minimal+"defaults: {notify_within: 1d}\n", nil)
-	if ws := c.Warnings(); len(ws) != 1 || ws[0].Path != "defaults.notify_within" {
-		t.Errorf("Warnings = %v", ws)
-	}
-}
+// otherSettings are settings of no available backend type.
+type otherSettings struct{}
+
+func (otherSettings) Validate() error { return nil }
 
 func TestLoad(t *testing.T) {
 	t.Parallel()
@@ -925,7 +932,7 @@ func TestLoad(t *testing.T) {
 	if got, want := c.Store.DSN.Value(), filepath.Join(dir, "state.db"); got != want {
 		t.Errorf("dsn = %q, want %q", got, want)
 	}
-	if got, want := c.Backends["local"].Local.Keyring, filepath.Join(dir, "conf", "keyring"); got != want {
+	if got, want := localOf(c, "local").Keyring, filepath.Join(dir, "conf", "keyring"); got != want {
 		t.Errorf("keyring = %q, want %q", got, want)
 	}
 

@@ -8,7 +8,7 @@ import (
 
 // FuzzParse checks that Parse never panics, that every error is a
 // *ValidationError with at least one problem, and that a config it accepts
-// validates.
+// validates, policies included.
 func FuzzParse(f *testing.F) {
 	for _, seed := range []string{
 		string(DefaultYAML()),
@@ -52,9 +52,14 @@ func FuzzParse(f *testing.F) {
 		if err := c.Validate(); err != nil {
 			t.Fatalf("accepted config does not validate: %v", err)
 		}
-		_ = c.Warnings()
+		// What the file accepts, the library accepts too.
+		if err := c.Defaults.Validate(); err != nil {
+			t.Fatalf("accepted defaults fail rekey.Policy.Validate: %v", err)
+		}
 		for _, k := range c.Keys {
-			_ = c.Policy(k)
+			if err := c.Policy(k).Validate(); err != nil {
+				t.Fatalf("accepted key %s fails rekey.Policy.Validate: %v", k.Name, err)
+			}
 		}
 	})
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -10,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -112,12 +112,16 @@ func parse(data []byte, baseDir string, lookup func(string) (string, bool)) (*Co
 	}
 	// Document order; problems without a line (those of an empty
 	// document) last.
-	sort.SliceStable(problems, func(i, j int) bool {
-		li, lj := problems[i].Line, problems[j].Line
-		if li == 0 || lj == 0 {
-			return li != 0 && lj == 0
+	slices.SortStableFunc(problems, func(a, b Problem) int {
+		switch {
+		case a.Line == b.Line:
+			return 0
+		case a.Line == 0:
+			return 1
+		case b.Line == 0:
+			return -1
 		}
-		return li < lj
+		return cmp.Compare(a.Line, b.Line)
 	})
 	if len(problems) > maxProblems {
 		problems = append(problems[:maxProblems:maxProblems], Problem{Message: fmt.Sprintf("and more problems: showing the first %d", maxProblems)})
@@ -364,13 +368,6 @@ func (d *decoder) secret(n *yaml.Node, p string, dst *Secret) {
 	}
 }
 
-// filePath reads a file path and resolves it against the base directory.
-func (d *decoder) filePath(n *yaml.Node, p string, dst *string) {
-	if s, ok := d.scalar(n, p); ok {
-		*dst = resolvePath(d.baseDir, s)
-	}
-}
-
 // integer reads a whole number; it reports whether it set *dst.
 func (d *decoder) integer(n *yaml.Node, p string, dst *int) bool {
 	s, ok := d.scalar(n, p)
@@ -504,15 +501,6 @@ func (d *decoder) store(n *yaml.Node, path string, s *StoreConfig) {
 	}
 }
 
-// backendFields are the fields of each backend type, besides type.
-var backendFields = map[string][]string{
-	BackendLocal:      {"keyring", "master_key_file"},
-	BackendAWSKMS:     {"region", "endpoint", "mode", "alias_prefix"},
-	BackendPKCS11:     {"module", "token_label", "slot", "pin"},
-	BackendVault:      {"address", "token", "mount"},
-	BackendKeyProtect: {"endpoint", "instance_id", "api_key", "region", "iam_endpoint"},
-}
-
 func (d *decoder) backends(n *yaml.Node, path string, c *Config) {
 	c.Backends = map[string]BackendConfig{}
 	if n.Kind != yaml.MappingNode {
@@ -540,141 +528,6 @@ func (d *decoder) backends(n *yaml.Node, path string, c *Config) {
 		d.lines[p] = k.Line
 		c.Backends[name] = d.backend(v, p)
 	}
-}
-
-func (d *decoder) backend(n *yaml.Node, path string) BackendConfig {
-	var b BackendConfig
-	if n.Kind != yaml.MappingNode {
-		d.addf(n, path, "expected a backend: a mapping with type (%s) and its fields, got %s", strings.Join(backendTypes, ", "), kindName(n))
-		return b
-	}
-	// The type decides which fields are allowed, so read it first.
-	var typeNode *yaml.Node
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		if k := n.Content[i]; k.Kind == yaml.ScalarNode && k.Value == "type" {
-			typeNode = n.Content[i+1]
-			if typeNode.Kind == yaml.AliasNode {
-				typeNode = typeNode.Alias
-			}
-			break
-		}
-	}
-	tp := path + ".type"
-	if isNull(typeNode) {
-		d.lines[path] = n.Line
-		d.addf(n, tp, "missing: set type to one of %s", strings.Join(backendTypes, ", "))
-		return b
-	}
-	typ, ok := d.scalar(typeNode, tp)
-	if !ok {
-		return b
-	}
-	b.Type = typ
-	if !isOneOf(typ, backendTypes) {
-		d.addf(typeNode, tp, "unknown backend type %q: allowed: %s", typ, strings.Join(backendTypes, ", "))
-		return b
-	}
-	fs := fieldSet{
-		allowed: append([]string{"type"}, backendFields[typ]...),
-		unknown: func(name string) string { return unknownBackendField(typ, name) },
-	}
-	switch typ {
-	case BackendLocal:
-		l := &LocalConfig{}
-		b.Local = l
-		d.fields(n, path, fs, func(name string, v *yaml.Node, p string) {
-			switch name {
-			case "keyring":
-				d.filePath(v, p, &l.Keyring)
-			case "master_key_file":
-				d.filePath(v, p, &l.MasterKeyFile)
-			}
-		})
-	case BackendAWSKMS:
-		a := &AWSKMSConfig{Mode: AWSModeNewKey, AliasPrefix: DefaultAWSAliasPrefix}
-		b.AWSKMS = a
-		d.fields(n, path, fs, func(name string, v *yaml.Node, p string) {
-			switch name {
-			case "region":
-				d.str(v, p, &a.Region)
-			case "endpoint":
-				d.str(v, p, &a.Endpoint)
-			case "mode":
-				d.str(v, p, &a.Mode)
-			case "alias_prefix":
-				d.str(v, p, &a.AliasPrefix)
-			}
-		})
-	case BackendPKCS11:
-		k := &PKCS11Config{}
-		b.PKCS11 = k
-		d.fields(n, path, fs, func(name string, v *yaml.Node, p string) {
-			switch name {
-			case "module":
-				if s, ok := d.scalar(v, p); ok {
-					k.Module = resolveModule(d.baseDir, s)
-				}
-			case "token_label":
-				d.str(v, p, &k.TokenLabel)
-			case "slot":
-				var slot int
-				if d.integer(v, p, &slot) {
-					k.Slot = &slot
-				}
-			case "pin":
-				d.secret(v, p, &k.PIN)
-			}
-		})
-	case BackendVault:
-		vc := &VaultConfig{Mount: DefaultVaultMount}
-		b.Vault = vc
-		d.fields(n, path, fs, func(name string, v *yaml.Node, p string) {
-			switch name {
-			case "address":
-				d.str(v, p, &vc.Address)
-			case "token":
-				d.secret(v, p, &vc.Token)
-			case "mount":
-				d.str(v, p, &vc.Mount)
-				vc.Mount = strings.Trim(vc.Mount, "/")
-			}
-		})
-	case BackendKeyProtect:
-		k := &KeyProtectConfig{}
-		b.KeyProtect = k
-		d.fields(n, path, fs, func(name string, v *yaml.Node, p string) {
-			switch name {
-			case "endpoint":
-				d.str(v, p, &k.Endpoint)
-			case "instance_id":
-				d.str(v, p, &k.InstanceID)
-			case "api_key":
-				d.secret(v, p, &k.APIKey)
-			case "region":
-				d.str(v, p, &k.Region)
-			case "iam_endpoint":
-				d.str(v, p, &k.IAMEndpoint)
-			}
-		})
-	}
-	return b
-}
-
-// unknownBackendField words a field that backend type typ does not have,
-// naming the types it belongs to if any.
-func unknownBackendField(typ, name string) string {
-	allowed := strings.Join(append([]string{"type"}, backendFields[typ]...), ", ")
-	var owners []string
-	for _, t := range backendTypes {
-		if slices.Contains(backendFields[t], name) {
-			owners = append(owners, t)
-		}
-	}
-	if len(owners) > 0 {
-		return fmt.Sprintf("field %q is not used by backend type %s (it belongs to %s): allowed fields for type %s are %s",
-			name, typ, strings.Join(owners, ", "), typ, allowed)
-	}
-	return fmt.Sprintf("unknown field %q for backend type %s: allowed fields are %s", name, typ, allowed)
 }
 
 var policyFields = []string{"rotation_period", "rotate_within", "notify_within", "grace", "destroy_after"}
@@ -766,16 +619,6 @@ func resolvePath(baseDir, p string) string {
 		return p
 	}
 	return filepath.Join(baseDir, p)
-}
-
-// resolveModule resolves a PKCS#11 module path with a directory part; a
-// bare file name is left to the dynamic loader's search path, as dlopen
-// does.
-func resolveModule(baseDir, m string) string {
-	if !strings.ContainsRune(m, filepath.Separator) {
-		return m
-	}
-	return resolvePath(baseDir, m)
 }
 
 // resolveSQLiteDSN resolves the file of a SQLite DSN: a plain path, a path

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -48,10 +48,10 @@ func (c *Config) problems() []Problem {
 	if err := checkListen(c.HTTP.Listen); err != "" {
 		ch.add("http.listen", "%s", err)
 	}
-	if !isOneOf(c.Log.Level, logLevels) {
+	if !slices.Contains(logLevels, c.Log.Level) {
 		ch.add("log.level", "%s", enumMessage("log level", c.Log.Level, logLevels))
 	}
-	if !isOneOf(c.Log.Format, logFormats) {
+	if !slices.Contains(logFormats, c.Log.Format) {
 		ch.add("log.format", "%s", enumMessage("log format", c.Log.Format, logFormats))
 	}
 	c.checkKeys(ch)
@@ -101,127 +101,7 @@ func (c *Config) checkBackends(ch *checker) {
 		if !backendNameRE.MatchString(name) {
 			ch.add(p, "invalid backend name %q: use 1-63 characters of a-z, 0-9, '_', '-', starting with a letter or digit", name)
 		}
-		if !isOneOf(b.Type, backendTypes) {
-			if b.Type == "" {
-				ch.add(p+".type", "missing: set type to one of %s", strings.Join(backendTypes, ", "))
-			} else {
-				ch.add(p+".type", "unknown backend type %q: allowed: %s", b.Type, strings.Join(backendTypes, ", "))
-			}
-			continue
-		}
-		set := map[string]bool{
-			BackendLocal:      b.Local != nil,
-			BackendAWSKMS:     b.AWSKMS != nil,
-			BackendPKCS11:     b.PKCS11 != nil,
-			BackendVault:      b.Vault != nil,
-			BackendKeyProtect: b.KeyProtect != nil,
-		}
-		if !set[b.Type] {
-			ch.add(p, "type %s but no %s settings: set the fields %s", b.Type, b.Type, strings.Join(backendFields[b.Type], ", "))
-			continue
-		}
-		for _, t := range backendTypes {
-			if t != b.Type && set[t] {
-				ch.add(p, "settings for type %s on a backend of type %s: a backend has exactly one type", t, b.Type)
-			}
-		}
-		switch b.Type {
-		case BackendLocal:
-			checkLocal(ch, p, b.Local)
-		case BackendAWSKMS:
-			checkAWSKMS(ch, p, b.AWSKMS)
-		case BackendPKCS11:
-			checkPKCS11(ch, p, b.PKCS11)
-		case BackendVault:
-			checkVault(ch, p, b.Vault)
-		case BackendKeyProtect:
-			checkKeyProtect(ch, p, b.KeyProtect)
-		}
-	}
-}
-
-func checkLocal(ch *checker, p string, l *LocalConfig) {
-	if l.Keyring == "" {
-		ch.add(p+".keyring", "missing: set keyring to the keyring file, e.g. keyring")
-	}
-	if l.MasterKeyFile != "" && l.MasterKeyFile == l.Keyring {
-		ch.add(p+".master_key_file", "is the keyring file: the master key needs a file of its own")
-	}
-}
-
-func checkAWSKMS(ch *checker, p string, a *AWSKMSConfig) {
-	if a.Region == "" {
-		ch.add(p+".region", "missing: set region, e.g. eu-west-1 (or region: ${AWS_REGION})")
-	}
-	if a.Endpoint != "" {
-		checkURL(ch, p+".endpoint", a.Endpoint)
-	}
-	if !isOneOf(a.Mode, awsModes) {
-		ch.add(p+".mode", "%s", enumMessage("mode", a.Mode, awsModes))
-	}
-	switch {
-	case a.AliasPrefix == "":
-		ch.add(p+".alias_prefix", "missing: set alias_prefix, e.g. %s", DefaultAWSAliasPrefix)
-	case !strings.HasPrefix(a.AliasPrefix, "alias/"):
-		ch.add(p+".alias_prefix", "%q does not start with alias/: use e.g. %s", a.AliasPrefix, DefaultAWSAliasPrefix)
-	case strings.HasPrefix(a.AliasPrefix, "alias/aws/"):
-		ch.add(p+".alias_prefix", "alias/aws/ is reserved for AWS managed keys: use e.g. %s", DefaultAWSAliasPrefix)
-	}
-}
-
-func checkPKCS11(ch *checker, p string, k *PKCS11Config) {
-	if k.Module == "" {
-		ch.add(p+".module", "missing: set module to the PKCS#11 library, e.g. /usr/lib/softhsm/libsofthsm2.so")
-	}
-	if k.TokenLabel == "" && k.Slot == nil {
-		ch.add(p+".token_label", "missing: set token_label (or slot) to select the token")
-	}
-	if k.Slot != nil && *k.Slot < 0 {
-		ch.add(p+".slot", "%d is negative: slot numbers start at 0", *k.Slot)
-	}
-	if k.PIN == "" {
-		ch.add(p+".pin", "missing: set pin, e.g. pin: ${REKEY_PKCS11_PIN}")
-	}
-}
-
-func checkVault(ch *checker, p string, v *VaultConfig) {
-	if v.Address == "" {
-		ch.add(p+".address", "missing: set address to the Vault URL, e.g. https://vault.example.com:8200")
-	} else {
-		checkURL(ch, p+".address", v.Address)
-	}
-	if v.Token == "" {
-		ch.add(p+".token", "missing: set token, e.g. token: ${VAULT_TOKEN}")
-	}
-	if strings.Trim(v.Mount, "/") == "" {
-		ch.add(p+".mount", "missing: set mount to the Transit mount path, e.g. %s", DefaultVaultMount)
-	}
-}
-
-func checkKeyProtect(ch *checker, p string, k *KeyProtectConfig) {
-	if k.Endpoint == "" && k.Region == "" {
-		ch.add(p+".region", "missing: set region (e.g. us-south) or endpoint")
-	}
-	if k.Endpoint != "" {
-		checkURL(ch, p+".endpoint", k.Endpoint)
-	}
-	if k.IAMEndpoint != "" {
-		checkURL(ch, p+".iam_endpoint", k.IAMEndpoint)
-	}
-	if k.InstanceID == "" {
-		ch.add(p+".instance_id", "missing: set instance_id to the Key Protect instance id")
-	}
-	if k.APIKey == "" {
-		ch.add(p+".api_key", "missing: set api_key, e.g. api_key: ${IBM_API_KEY}")
-	}
-}
-
-// checkURL reports a value that is not an http(s) URL with a host. It does
-// not repeat the value: a URL may carry credentials.
-func checkURL(ch *checker, p, s string) {
-	u, err := url.Parse(s)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		ch.add(p, "not an http(s) URL: use e.g. https://HOST:PORT")
+		checkBackendSettings(ch, p, b)
 	}
 }
 
@@ -232,27 +112,37 @@ func checkPolicy(ch *checker, p string, pol rekey.Policy) {
 	checkNotNegative(ch, p+".notify_within", pol.NotifyWithin)
 	checkNotNegative(ch, p+".grace", pol.Grace)
 	checkNotNegative(ch, p+".destroy_after", pol.DestroyAfter)
+	checkPolicyWindows(ch, p, pol, "")
+}
+
+// checkPolicyWindows refuses a rotate_within not shorter than the rotation
+// period (the key is due again right after each rotation, so it rotates on
+// every worker cycle) and a notify_within shorter than rotate_within (the
+// key is due before it is reported due soon): rekey.Policy.Validate's rule,
+// worded for the file. from says where inherited values come from ("" when
+// the policy is complete, as the defaults are).
+func checkPolicyWindows(ch *checker, p string, pol rekey.Policy, from string) {
+	fd := rekey.FormatDuration
+	if pol.RotationPeriod > 0 && pol.RotateWithin >= pol.RotationPeriod {
+		ch.add(p+".rotate_within", "%s is not shorter than rotation_period %s%s: the key would be due again right after each rotation and rotate on every worker cycle; set rotate_within well below rotation_period (the defaults are 7d within 90d)",
+			fd(pol.RotateWithin), fd(pol.RotationPeriod), from)
+	}
+	if pol.RotateWithin >= 0 && pol.NotifyWithin >= 0 && pol.NotifyWithin < pol.RotateWithin {
+		ch.add(p+".notify_within", "%s is shorter than rotate_within %s%s: the key would be due before it is reported due soon; set notify_within to %s or more",
+			fd(pol.NotifyWithin), fd(pol.RotateWithin), from, fd(pol.RotateWithin))
+	}
 }
 
 func checkPositive(ch *checker, p string, d time.Duration) {
 	if d <= 0 {
-		ch.add(p, "%s is not positive: use e.g. 90d, 12h, 30s", formatDuration(d))
+		ch.add(p, "%s is not positive: use e.g. 90d, 12h, 30s", rekey.FormatDuration(d))
 	}
 }
 
 func checkNotNegative(ch *checker, p string, d time.Duration) {
 	if d < 0 {
-		ch.add(p, "%s is negative", formatDuration(d))
+		ch.add(p, "%s is negative", rekey.FormatDuration(d))
 	}
-}
-
-// formatDuration prints d like rekey.FormatDuration, which does not handle
-// negative values.
-func formatDuration(d time.Duration) string {
-	if d < 0 {
-		return d.String()
-	}
-	return rekey.FormatDuration(d)
 }
 
 func (c *Config) checkWorker(ch *checker) {
@@ -315,36 +205,26 @@ func (c *Config) checkKeys(ch *checker) {
 				checkNotNegative(ch, p+"."+o.name, *o.d)
 			}
 		}
+		if k.RotationPeriod != nil || k.RotateWithin != nil || k.NotifyWithin != nil {
+			// Only what the key changes: the defaults' own windows are
+			// checked (and reported) once, at defaults.
+			if !policyWindowsOK(c.Defaults) && (k.RotationPeriod == nil || k.RotateWithin == nil || k.NotifyWithin == nil) {
+				continue
+			}
+			from := ""
+			if k.RotationPeriod == nil || k.RotateWithin == nil || k.NotifyWithin == nil {
+				from = " (with the values this key does not set taken from defaults)"
+			}
+			checkPolicyWindows(ch, p, c.Policy(k), from)
+		}
 	}
 }
 
-// Warnings returns settings that are valid but probably not meant: a
-// rotate_within not shorter than the rotation period (the key is due again
-// right after each rotation, so it rotates on every worker cycle) and a
-// notify_within shorter than rotate_within (a key is due before it is "due
-// soon"). rekey config validate prints them; they do not fail a load.
-func (c *Config) Warnings() []Problem {
-	var ws []Problem
-	check := func(p string, pol rekey.Policy) {
-		if pol.RotationPeriod > 0 && pol.RotateWithin >= pol.RotationPeriod {
-			ws = append(ws, Problem{Path: p + ".rotate_within", Message: fmt.Sprintf(
-				"%s is not shorter than rotation_period %s: the key is due right after each rotation and rotates on every worker cycle",
-				formatDuration(pol.RotateWithin), formatDuration(pol.RotationPeriod))})
-		}
-		if pol.NotifyWithin < pol.RotateWithin {
-			ws = append(ws, Problem{Path: p + ".notify_within", Message: fmt.Sprintf(
-				"%s is shorter than rotate_within %s: the key is due before it is reported due soon",
-				formatDuration(pol.NotifyWithin), formatDuration(pol.RotateWithin))})
-		}
-	}
-	check("defaults", c.Defaults)
-	for i, k := range c.Keys {
-		if k.RotationPeriod == nil && k.RotateWithin == nil && k.NotifyWithin == nil {
-			continue // same as the defaults, already reported
-		}
-		check(indexPath("keys", i), c.Policy(k))
-	}
-	return ws
+// policyWindowsOK reports whether checkPolicyWindows finds nothing in pol.
+func policyWindowsOK(pol rekey.Policy) bool {
+	ch := &checker{}
+	checkPolicyWindows(ch, "", pol, "")
+	return len(ch.problems) == 0
 }
 
 // backendList names the configured backends for a message.

@@ -301,16 +301,17 @@ func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) s
 	return out, nil
 }
 
-// openBackend opens one backend by its type.
+// openBackend opens one backend from its settings (config dispatches the
+// YAML to each backend package's settings type).
 func openBackend(ctx context.Context, name string, b config.BackendConfig, getenv func(string) string, logger *slog.Logger) (rekey.KMS, error) {
-	switch b.Type {
-	case config.BackendLocal:
+	switch s := b.Settings.(type) {
+	case *localkms.Settings:
 		mk, err := masterKeyFromEnv(getenv)
 		if err != nil {
 			return nil, err
 		}
 		return localkms.New(ctx, localkms.Config{
-			Keyring: b.Local.Keyring, MasterKeyFile: b.Local.MasterKeyFile, MasterKey: mk, Logger: logger,
+			Keyring: s.Keyring, MasterKeyFile: s.MasterKeyFile, MasterKey: mk, Logger: logger,
 		})
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)

@@ -5,9 +5,10 @@
 // daemon, the CLI, an application using the library). Writing it from a
 // stale copy could drop a version that DEKs are wrapped under, so every
 // change (CreateKey, RotateKey, RetireVersion, DestroyVersion, and the
-// reservation of encryption counts) takes an exclusive flock on
-// "<keyring>.lock", re-reads the file, applies the change and replaces the
-// file atomically (temporary file, fsync, rename, fsync of the directory).
+// reservation of encryption counts) takes an exclusive file lock on
+// "<keyring>.lock" (flock; LockFileEx on Windows), re-reads the file,
+// applies the change and replaces the file atomically (temporary file,
+// fsync, rename, fsync of the directory): internal/fileutil.
 // Between changes a Client works from an in-memory copy, which it re-reads
 // when asked about a key or version it does not know, on every
 // CurrentVersion, and at most every second while in use (so that a version
