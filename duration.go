@@ -1,6 +1,7 @@
 package rekey
 
 import (
+	"math"
 	"regexp"
 	"strconv"
 	"strings"
@@ -57,6 +58,9 @@ func ParseDuration(s string, allowNever bool) (time.Duration, error) {
 // whole multiples of 24h ("90d", "7d", "36h0m0s" stays Go syntax).
 func FormatDuration(d time.Duration) string {
 	if d < 0 {
+		if d == math.MinInt64 { // -d overflows back to itself
+			return d.String()
+		}
 		return "-" + FormatDuration(-d)
 	}
 	if d == 0 {

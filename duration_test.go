@@ -2,6 +2,7 @@ package rekey
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"time"
 )
@@ -55,5 +56,11 @@ func TestFormatDurationRoundTrip(t *testing.T) {
 		if err != nil || got != d {
 			t.Errorf("%v -> %q -> %v, %v", d, FormatDuration(d), got, err)
 		}
+	}
+}
+
+func TestFormatDurationMinInt(t *testing.T) {
+	if got := FormatDuration(math.MinInt64); got != time.Duration(math.MinInt64).String() {
+		t.Errorf("FormatDuration(MinInt64) = %q", got)
 	}
 }

@@ -294,6 +294,17 @@ func (h *e2eHome) must(args ...string) string {
 	return r.stdout
 }
 
+// mustAt is must with the command's clock moved ahead by offset
+// (REKEY_TEST_CLOCK_OFFSET): a deadline is reached without sleeping.
+func (h *e2eHome) mustAt(offset time.Duration, args ...string) string {
+	h.t.Helper()
+	r := h.runEnv(h.environ("REKEY_TEST_CLOCK_OFFSET="+offset.String()), args...)
+	if r.code != 0 {
+		h.t.Fatalf("%v", r)
+	}
+	return r.stdout
+}
+
 // mustJSON runs a command with --json that has to exit 0 and decodes its
 // output into v.
 func (h *e2eHome) mustJSON(v any, args ...string) {
