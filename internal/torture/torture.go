@@ -249,12 +249,12 @@ func (f *Failure) Unwrap() error { return f.Err }
 
 // harness is one run.
 type harness struct {
-	cfg    Config
-	rep    *Report
-	model  *model
-	check  *checker
-	app    *setup.System // the library writer's application
-	opsMu  sync.Mutex
+	cfg   Config
+	rep   *Report
+	model *model
+	check *checker
+	app   *setup.System // the library writer's application
+	opsMu sync.Mutex
 }
 
 // Run tortures the home described by cfg and returns what it did. The
