@@ -48,10 +48,11 @@ type Keeper struct {
 	// Guards checks the store's own guards of the trail; nil means none.
 	Guards GuardChecker
 	// OpenHead is the seq of the head of the trail when this process
-	// opened the store. A trail with neither checkpoint nor anchor is only
-	// checkpointed when every event in it came after OpenHead (written by
-	// this process); otherwise an operator must check it and run
-	// Reanchor.
+	// opened the store (setup.Open sets it). A trail with events but
+	// neither checkpoint nor anchor is invalid (KindUnanchored), and never
+	// checkpointed, unless every event in it came after OpenHead (this
+	// process wrote them: a new home); an operator must check it and run
+	// Reanchor. 0 treats every event as this process's own.
 	OpenHead int64
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
@@ -92,7 +93,7 @@ func (k *Keeper) Checkpoint(ctx context.Context) error {
 	if bad != nil {
 		return fmt.Errorf("audit checkpoint refused: the last verification did not pass: %w", bad)
 	}
-	if _, err := k.check(ctx, false); err != nil {
+	if _, err := k.check(ctx); err != nil {
 		return fmt.Errorf("audit checkpoint: %w", err)
 	}
 	return k.checkpoint(ctx, false)
@@ -120,13 +121,11 @@ func (k *Keeper) checkpoint(ctx context.Context, reset bool) error {
 }
 
 // check runs the checks of Verify: the whole chain (Verify), the
-// cross-check, the anchor and the store's guards. Checkpoint runs them all too: a
-// checkpoint vouches for the whole trail. full says the caller is Verify:
-// events with neither checkpoint nor anchor are then a problem whoever
-// wrote them (Checkpoint lets this process's own first events through).
+// cross-check, the anchor and the store's guards. Checkpoint runs them
+// all too: a checkpoint vouches for the whole trail.
 // It returns the chain's Result and an
 // *InvalidChainError for the first problem.
-func (k *Keeper) check(ctx context.Context, full bool) (Result, error) {
+func (k *Keeper) check(ctx context.Context) (Result, error) {
 	fail := func(res Result, p Problem) (Result, error) {
 		res.Valid = false
 		res.FirstBad = &p
@@ -168,7 +167,7 @@ func (k *Keeper) check(ctx context.Context, full bool) (Result, error) {
 			return fail(res, Problem{Seq: 1, Kind: KindUnanchored, Checkpoint: res.LastCheckpoint, Message: fmt.Sprintf(
 				"the database has checkpoints up to seq %d but the anchor %s has none for this store: it was deleted (or the database copied from another home); compare the trail with the checkpoints in the log, then run rekey audit verify --reanchor",
 				res.LastCheckpoint, k.AnchorPath)})
-		case res.Events > 0 && (full || k.OpenHead > 0):
+		case res.Events > 0 && k.OpenHead > 0:
 			return fail(res, Problem{Seq: 1, Kind: KindUnanchored, Message: fmt.Sprintf(
 				"nothing vouches for the %d event(s) of the trail: the database has no checkpoint and the anchor %s none for this store; either they were deleted (and the trail possibly rewritten), or the first command died before it checkpointed: compare the trail with the log, then run rekey audit verify --reanchor",
 				res.Events, k.AnchorPath)})
@@ -196,7 +195,7 @@ func (k *Keeper) check(ctx context.Context, full bool) (Result, error) {
 // what could not be read or MACed (the trail is then not verified). With
 // no MACer the Result says so in Unverifiable.
 func (k *Keeper) Verify(ctx context.Context) (Result, error) {
-	res, err := k.check(ctx, true)
+	res, err := k.check(ctx)
 	var ice *InvalidChainError
 	if errors.As(err, &ice) {
 		err = nil
@@ -229,7 +228,7 @@ func (k *Keeper) Reanchor(ctx context.Context) (Result, error) {
 	}
 	saved := k.AnchorPath
 	k.AnchorPath = "" // everything but the anchor
-	res, err := k.check(ctx, true)
+	res, err := k.check(ctx)
 	k.AnchorPath = saved
 	if err != nil {
 		return res, err
