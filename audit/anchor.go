@@ -3,12 +3,14 @@ package audit
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
-	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/internal/fileutil"
@@ -21,72 +23,170 @@ import (
 // checkpoint after it; the next checkpoint would then vouch for the
 // rewritten trail. The anchor closes that: VerifyAnchor fails when the
 // database no longer holds the anchored checkpoint or its event, and
-// CheckpointAnchored refuses to checkpoint such a trail.
+// Keeper.Checkpoint refuses to checkpoint such a trail.
 //
 // The anchor file maps a store's identity (its DSN without secrets, or its
 // path) to that store's newest checkpoint, so several stores can share one
 // directory. It is written 0600, under an exclusive lock, atomically, and
-// only ever moves forward. Whoever can write the file can roll it back: it
-// guards against the database's writers, not the machine's.
+// only ever moves forward. Its content is MACed with the backend-held key
+// that MACs the checkpoints, so that whoever can write the file but cannot
+// use that key cannot edit it, forge it or copy an older checkpoint into
+// it; and each entry carries a counter and the hash of the entry it
+// replaced, so that the chain of anchors (forwarded to the log with each
+// checkpoint) shows a rollback to an older, genuine file.
 
-// anchorFile is the file's content.
+// anchorVersion is the format of the files AdvanceAnchor writes. Format 1
+// (no MAC) is refused.
+const anchorVersion = 2
+
+// anchorTag separates anchor MACs from checkpoint MACs made with the same
+// key and purpose.
+const anchorTag = "rekey.audit.anchor.v2"
+
+// Anchor is one store's entry in the anchor file: its newest checkpoint,
+// how many times the entry moved forward, and the hash of the entry it
+// replaced.
+type Anchor struct {
+	rekey.AuditCheckpoint
+	// N counts the entries this store's anchor has had (1 for the first).
+	N int64 `json:"n"`
+	// Prev is the SHA-256 (hex) of the entry this one replaced (see
+	// Anchor.Hash), "" for the first.
+	Prev string `json:"prev"`
+}
+
+// Hash returns the SHA-256 (hex) of the entry's JSON encoding: what the
+// next entry records as Prev, and what the log line of a checkpoint names.
+func (a Anchor) Hash() string {
+	b, _ := json.Marshal(a)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+// anchorFile is the file's content: the stores' entries, exactly as MACed.
 type anchorFile struct {
-	Version int                              `json:"version"`
-	Stores  map[string]rekey.AuditCheckpoint `json:"stores"`
+	Version int             `json:"version"`
+	Stores  json.RawMessage `json:"stores"`
+	MAC     []byte          `json:"mac,omitempty"`
 }
 
-// ReadAnchor returns the checkpoint anchored for storeID in the file at
-// path, and whether there is one. A missing file is no anchor.
-func ReadAnchor(path, storeID string) (rekey.AuditCheckpoint, bool, error) {
-	f, err := readAnchorFile(path)
-	if err != nil {
-		return rekey.AuditCheckpoint{}, false, err
-	}
-	cp, ok := f.Stores[storeID]
-	return cp, ok, nil
+func anchorMessage(stores []byte) []byte {
+	b := make([]byte, 0, 16+len(anchorTag)+len(stores))
+	b = binary.BigEndian.AppendUint64(b, uint64(len(anchorTag)))
+	b = append(b, anchorTag...)
+	b = binary.BigEndian.AppendUint64(b, uint64(len(stores)))
+	return append(b, stores...)
 }
 
-func readAnchorFile(path string) (anchorFile, error) {
+// anchorProblem is the *InvalidChainError of an anchor file that is not
+// what rekey wrote.
+func anchorProblem(format string, args ...any) error {
+	return &InvalidChainError{Problem: Problem{Seq: 1, Kind: KindAnchor, Message: fmt.Sprintf(format, args...)}}
+}
+
+// readAnchorFile reads and, when m is not nil, authenticates the anchor
+// file. A missing file is an empty one. A file that is not an anchor file,
+// is in format 1, or whose MAC is not m's gives an *InvalidChainError of
+// kind KindAnchor.
+func readAnchorFile(ctx context.Context, path string, m rekey.MACer) (map[string]Anchor, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return anchorFile{Version: 1, Stores: map[string]rekey.AuditCheckpoint{}}, nil
+		return map[string]Anchor{}, nil
 	}
 	if err != nil {
-		return anchorFile{}, fmt.Errorf("audit anchor %s: %w", path, err)
+		return nil, fmt.Errorf("audit anchor %s: %w", path, err)
 	}
 	var f anchorFile
-	if err := json.Unmarshal(b, &f); err != nil || f.Version != 1 {
-		return anchorFile{}, fmt.Errorf("audit anchor %s is not a rekey anchor file (corrupt?): move it aside to start a new one, after checking why", path)
+	if err := json.Unmarshal(b, &f); err != nil || (f.Version != 1 && f.Version != anchorVersion) {
+		return nil, anchorProblem("the audit anchor %s is not a rekey anchor file (edited or corrupt): compare the trail with the checkpoints in the log, then run rekey audit verify --reanchor", path)
 	}
-	if f.Stores == nil {
-		f.Stores = map[string]rekey.AuditCheckpoint{}
+	if f.Version == 1 {
+		return nil, anchorProblem("the audit anchor %s is in format 1, which carries no MAC (written by an older rekey, or forged to avoid the MAC): compare the trail with the checkpoints in the log, then run rekey audit verify --reanchor", path)
 	}
-	return f, nil
+	if m != nil {
+		want, err := m.MAC(ctx, Purpose, anchorMessage(f.Stores))
+		if err != nil {
+			return nil, fmt.Errorf("audit anchor %s: MAC: %w", path, err)
+		}
+		if !hmac.Equal(want, f.MAC) {
+			return nil, anchorProblem("the audit anchor %s does not carry the backend key's MAC of its content: it was edited, forged or copied from another home (made with another key); compare the trail with the checkpoints in the log, then run rekey audit verify --reanchor", path)
+		}
+	}
+	stores := map[string]Anchor{}
+	if err := json.Unmarshal(f.Stores, &stores); err != nil {
+		return nil, anchorProblem("the audit anchor %s is not a rekey anchor file (corrupt): %v", path, err)
+	}
+	return stores, nil
+}
+
+// ReadAnchor returns the anchor of storeID in the file at path, and whether
+// there is one, after checking the file's MAC with m (not checked when m is
+// nil). A missing file is no anchor. A file whose MAC is wrong, in the
+// unMACed format 1, or not an anchor file gives an *InvalidChainError of
+// kind KindAnchor; other errors are the file system's and m's.
+func ReadAnchor(ctx context.Context, path, storeID string, m rekey.MACer) (Anchor, bool, error) {
+	stores, err := readAnchorFile(ctx, path, m)
+	if err != nil {
+		return Anchor{}, false, err
+	}
+	a, ok := stores[storeID]
+	return a, ok, nil
 }
 
 // AdvanceAnchor records cp as storeID's anchor in the file at path, unless
-// the file already anchors a later checkpoint for it. It holds an exclusive
-// lock on path+".lock" (waiting for it until ctx ends) while it reads and
-// atomically replaces the file (mode 0600). Errors: ctx's while waiting,
-// a corrupt anchor file, and the file system's.
-func AdvanceAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint) error {
+// the file already anchors a later checkpoint for it, and MACs the file
+// with m. It holds an exclusive lock on path+".lock" (waiting for it until
+// ctx ends) while it reads, authenticates and atomically replaces the file
+// (mode 0600). It refuses a file whose MAC is not m's (as ReadAnchor).
+// Errors: ctx's while waiting, m's, and the file system's.
+func AdvanceAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint, m rekey.MACer) error {
+	return writeAnchor(ctx, path, storeID, cp, m, false)
+}
+
+// ResetAnchor is AdvanceAnchor for an operator who checked the trail: it
+// starts storeID's anchor afresh at cp whatever the file holds (a file
+// that does not authenticate is replaced, other stores' entries dropped).
+func ResetAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint, m rekey.MACer) error {
+	return writeAnchor(ctx, path, storeID, cp, m, true)
+}
+
+func writeAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint, m rekey.MACer, reset bool) error {
 	if cp.Seq <= 0 {
 		return nil
+	}
+	if m == nil {
+		return rekey.Invalidf("audit anchor: no MAC key")
 	}
 	unlock, err := fileutil.Lock(ctx, path+".lock")
 	if err != nil {
 		return fmt.Errorf("audit anchor: %w", err)
 	}
 	defer unlock()
-	f, err := readAnchorFile(path)
+	stores, err := readAnchorFile(ctx, path, m)
+	var ice *InvalidChainError
+	switch {
+	case err != nil && reset && errors.As(err, &ice):
+		stores = map[string]Anchor{}
+	case err != nil:
+		return err
+	}
+	next := Anchor{AuditCheckpoint: cp, N: 1}
+	if cur, ok := stores[storeID]; ok {
+		if cur.Seq >= cp.Seq && !reset {
+			return nil
+		}
+		next.N, next.Prev = cur.N+1, cur.Hash()
+	}
+	stores[storeID] = next
+	raw, err := json.Marshal(stores)
 	if err != nil {
 		return err
 	}
-	if cur, ok := f.Stores[storeID]; ok && cur.Seq >= cp.Seq {
-		return nil
+	mac, err := m.MAC(ctx, Purpose, anchorMessage(raw))
+	if err != nil {
+		return fmt.Errorf("audit anchor: MAC: %w", err)
 	}
-	f.Stores[storeID] = cp
-	b, err := json.MarshalIndent(f, "", "  ")
+	b, err := json.Marshal(anchorFile{Version: anchorVersion, Stores: raw, MAC: mac})
 	if err != nil {
 		return err
 	}
@@ -148,30 +248,4 @@ func VerifyAnchored(ctx context.Context, s rekey.Store, m rekey.MACer, purpose s
 	res.Valid = false
 	res.FirstBad = &p
 	return res, nil
-}
-
-// CheckpointAnchored is Checkpoint that first checks the trail against the
-// anchor (when there is one) and refuses, with an *InvalidChainError, to
-// vouch for a trail that no longer holds it; then it advances the anchor to
-// the new checkpoint.
-func CheckpointAnchored(ctx context.Context, s rekey.Store, m rekey.MACer, purpose, keyID string, now time.Time, anchorPath, storeID string) (rekey.AuditCheckpoint, error) {
-	if anchor, ok, err := ReadAnchor(anchorPath, storeID); err != nil {
-		return rekey.AuditCheckpoint{}, err
-	} else if ok {
-		res, err := VerifyAnchor(ctx, s, m, purpose, anchor)
-		if err != nil {
-			return rekey.AuditCheckpoint{}, fmt.Errorf("audit: checkpoint: %w", err)
-		}
-		if !res.Valid {
-			return rekey.AuditCheckpoint{}, &InvalidChainError{Problem: *res.FirstBad}
-		}
-	}
-	cp, err := Checkpoint(ctx, s, m, purpose, keyID, now)
-	if err != nil {
-		return cp, err
-	}
-	if err := AdvanceAnchor(ctx, anchorPath, storeID, cp); err != nil {
-		return cp, err
-	}
-	return cp, nil
 }

@@ -1,6 +1,7 @@
 package audit_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"os"
@@ -10,36 +11,103 @@ import (
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/audit"
 	"github.com/rekeyhq/rekey/internal/fileutil"
+	"github.com/rekeyhq/rekey/kms/memkms"
 )
+
+// anchoredCheckpoint checkpoints the trail and anchors the checkpoint.
+func anchoredCheckpoint(t *testing.T, s rekey.Store, m rekey.MACer, path string) rekey.AuditCheckpoint {
+	t.Helper()
+	cp, err := audit.Checkpoint(t.Context(), s, m, audit.Purpose, "k", t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := audit.AdvanceAnchor(t.Context(), path, "db", cp, m); err != nil {
+		t.Fatal(err)
+	}
+	return cp
+}
 
 // TestAnchorAdvancesOnly: the anchor file moves forward only, per store,
 // and is private.
 func TestAnchorAdvancesOnly(t *testing.T) {
 	t.Parallel()
 	p := filepath.Join(t.TempDir(), "audit.anchor")
-	if _, ok, err := audit.ReadAnchor(p, "a"); err != nil || ok {
+	m := memkms.New()
+	if _, ok, err := audit.ReadAnchor(t.Context(), p, "a", m); err != nil || ok {
 		t.Fatalf("missing file: ok=%v err=%v", ok, err)
 	}
 	for _, seq := range []int64{5, 3, 9} {
-		if err := audit.AdvanceAnchor(t.Context(), p, "a", rekey.AuditCheckpoint{Seq: seq, Hash: "h"}); err != nil {
+		if err := audit.AdvanceAnchor(t.Context(), p, "a", rekey.AuditCheckpoint{Seq: seq, Hash: "h"}, m); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := audit.AdvanceAnchor(t.Context(), p, "b", rekey.AuditCheckpoint{Seq: 2, Hash: "x"}); err != nil {
+	if err := audit.AdvanceAnchor(t.Context(), p, "b", rekey.AuditCheckpoint{Seq: 2, Hash: "x"}, m); err != nil {
 		t.Fatal(err)
 	}
-	if cp, ok, err := audit.ReadAnchor(p, "a"); err != nil || !ok || cp.Seq != 9 {
+	if cp, ok, err := audit.ReadAnchor(t.Context(), p, "a", m); err != nil || !ok || cp.Seq != 9 {
 		t.Fatalf("store a: %+v %v %v, want seq 9", cp, ok, err)
 	}
-	if cp, ok, _ := audit.ReadAnchor(p, "b"); !ok || cp.Seq != 2 {
+	if cp, ok, _ := audit.ReadAnchor(t.Context(), p, "b", m); !ok || cp.Seq != 2 {
 		t.Fatalf("store b: %+v", cp)
 	}
 	if st, err := os.Stat(p); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("anchor file mode: %v %v", st, err)
 	}
+	if a, _, _ := audit.ReadAnchor(t.Context(), p, "a", m); a.N != 2 || a.Prev == "" {
+		t.Errorf("store a after two advances (3 was refused): n=%d prev=%q, want n 2 and the previous entry's hash", a.N, a.Prev)
+	}
 	os.WriteFile(p, []byte("garbage"), 0o600)
-	if _, _, err := audit.ReadAnchor(p, "a"); err == nil {
-		t.Fatal("a corrupt anchor file was accepted")
+	if _, _, err := audit.ReadAnchor(t.Context(), p, "a", m); !errors.Is(err, audit.ErrInvalidChain) {
+		t.Fatalf("a corrupt anchor file: %v, want ErrInvalidChain", err)
+	}
+}
+
+// TestAnchorIsMACed: an anchor file edited (a checkpoint copied into it),
+// rolled to the unMACed format 1, or MACed with another key is refused by
+// ReadAnchor and AdvanceAnchor, and ResetAnchor starts it afresh.
+func TestAnchorIsMACed(t *testing.T) {
+	t.Parallel()
+	m := memkms.New()
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	if err := audit.AdvanceAnchor(t.Context(), good, "db", rekey.AuditCheckpoint{Seq: 7, Hash: "h7", MAC: []byte("m7")}, m); err != nil {
+		t.Fatal(err)
+	}
+	orig, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string][]byte{
+		"checkpoint_copied_in": bytes.Replace(bytes.Replace(orig, []byte(`"seq":7`), []byte(`"seq":3`), 1), []byte(`"h7"`), []byte(`"h3"`), 1),
+		"format_1":             []byte(`{"version":1,"stores":{"db":{"seq":3,"hash":"h3","mac":"bTM="}}}`),
+		"mac_removed":          bytes.Replace(orig, []byte(`"mac":"`), []byte(`"mac_":"`), 1),
+	}
+	other := filepath.Join(dir, "other")
+	if err := audit.AdvanceAnchor(t.Context(), other, "db", rekey.AuditCheckpoint{Seq: 7, Hash: "h7"}, memkms.New()); err != nil {
+		t.Fatal(err)
+	}
+	cases["other_key"], _ = os.ReadFile(other)
+	for name, b := range cases {
+		if bytes.Equal(b, orig) {
+			t.Fatalf("%s: the edit changed nothing", name)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var ice *audit.InvalidChainError
+		if _, _, err := audit.ReadAnchor(t.Context(), p, "db", m); !errors.As(err, &ice) || ice.Problem.Kind != audit.KindAnchor {
+			t.Errorf("%s: ReadAnchor = %v, want an InvalidChainError of kind anchor", name, err)
+		}
+		if err := audit.AdvanceAnchor(t.Context(), p, "db", rekey.AuditCheckpoint{Seq: 9, Hash: "h9"}, m); !errors.Is(err, audit.ErrInvalidChain) {
+			t.Errorf("%s: AdvanceAnchor = %v, want ErrInvalidChain", name, err)
+		}
+		if err := audit.ResetAnchor(t.Context(), p, "db", rekey.AuditCheckpoint{Seq: 9, Hash: "h9"}, m); err != nil {
+			t.Errorf("%s: ResetAnchor = %v", name, err)
+		}
+		if a, ok, err := audit.ReadAnchor(t.Context(), p, "db", m); err != nil || !ok || a.Seq != 9 {
+			t.Errorf("%s: after ResetAnchor: %+v %v %v", name, a, ok, err)
+		}
 	}
 }
 
@@ -49,20 +117,21 @@ func TestAnchorAdvancesOnly(t *testing.T) {
 func TestAnchorWaitsForTheLock(t *testing.T) {
 	t.Parallel()
 	p := filepath.Join(t.TempDir(), "audit.anchor")
+	m := memkms.New()
 	unlock, err := fileutil.Lock(t.Context(), p+".lock")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	if err := audit.AdvanceAnchor(ctx, p, "a", rekey.AuditCheckpoint{Seq: 1, Hash: "h"}); !errors.Is(err, context.Canceled) {
+	if err := audit.AdvanceAnchor(ctx, p, "a", rekey.AuditCheckpoint{Seq: 1, Hash: "h"}, m); !errors.Is(err, context.Canceled) {
 		t.Errorf("AdvanceAnchor while the lock is held, context cancelled = %v, want context.Canceled", err)
 	}
-	if _, ok, err := audit.ReadAnchor(p, "a"); err != nil || ok {
+	if _, ok, err := audit.ReadAnchor(t.Context(), p, "a", m); err != nil || ok {
 		t.Errorf("anchor written without the lock: ok=%v err=%v", ok, err)
 	}
 	unlock()
-	if err := audit.AdvanceAnchor(t.Context(), p, "a", rekey.AuditCheckpoint{Seq: 1, Hash: "h"}); err != nil {
+	if err := audit.AdvanceAnchor(t.Context(), p, "a", rekey.AuditCheckpoint{Seq: 1, Hash: "h"}, m); err != nil {
 		t.Errorf("AdvanceAnchor after the lock was released: %v", err)
 	}
 }
@@ -77,9 +146,8 @@ func TestAnchorCatchesDeletedCheckpoints(t *testing.T) {
 	anchorPath := filepath.Join(t.TempDir(), "audit.anchor")
 	{
 		s := tr.open(t)
-		cp, err := audit.CheckpointAnchored(t.Context(), s, tr.mac, audit.Purpose, "k", t0, anchorPath, "db")
-		if err != nil || cp.Seq != trailEvents {
-			t.Fatalf("CheckpointAnchored: %+v %v", cp, err)
+		if cp := anchoredCheckpoint(t, s, tr.mac, anchorPath); cp.Seq != trailEvents {
+			t.Fatalf("checkpoint: %+v", cp)
 		}
 		s.Close()
 	}
@@ -94,21 +162,22 @@ func TestAnchorCatchesDeletedCheckpoints(t *testing.T) {
 		t.Fatalf("without the anchor the rewrite should pass (that is the hole): %+v", res.FirstBad)
 	}
 	s := tr.open(t)
-	anchor, ok, err := audit.ReadAnchor(anchorPath, "db")
+	anchor, ok, err := audit.ReadAnchor(t.Context(), anchorPath, "db", tr.mac)
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}
-	res, err := audit.VerifyAnchored(t.Context(), s, tr.mac, audit.Purpose, &anchor)
+	res, err := audit.VerifyAnchored(t.Context(), s, tr.mac, audit.Purpose, &anchor.AuditCheckpoint)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Valid || res.FirstBad == nil || res.FirstBad.Seq != 11 {
 		t.Fatalf("VerifyAnchored: valid=%v first bad %+v; want invalid from seq 11", res.Valid, res.FirstBad)
 	}
-	_, err = audit.CheckpointAnchored(t.Context(), s, tr.mac, audit.Purpose, "k", t0, anchorPath, "db")
+	k := &audit.Keeper{Store: s, MACer: tr.mac, KeyID: "k", AnchorPath: anchorPath, StoreID: "db"}
+	err = k.Checkpoint(t.Context())
 	var ice *audit.InvalidChainError
 	if !errors.As(err, &ice) {
-		t.Fatalf("CheckpointAnchored over a rewritten trail: %v, want InvalidChainError", err)
+		t.Fatalf("Keeper.Checkpoint over a rewritten trail: %v, want an InvalidChainError", err)
 	}
 	if cp, err := s.LastAuditCheckpoint(t.Context()); err != nil || cp.Seq != 10 {
 		t.Fatalf("a checkpoint was written over the rewritten trail: %+v %v", cp, err)
@@ -123,9 +192,7 @@ func TestAnchorCatchesEmptiedTrail(t *testing.T) {
 	anchorPath := filepath.Join(t.TempDir(), "audit.anchor")
 	{
 		s := tr.open(t)
-		if _, err := audit.CheckpointAnchored(t.Context(), s, tr.mac, audit.Purpose, "k", t0, anchorPath, "db"); err != nil {
-			t.Fatal(err)
-		}
+		anchoredCheckpoint(t, s, tr.mac, anchorPath)
 		s.Close()
 	}
 	tr.tamper(t, func(a *attacker) {
@@ -133,8 +200,8 @@ func TestAnchorCatchesEmptiedTrail(t *testing.T) {
 		a.exec(`DELETE FROM audit_checkpoints`)
 	})
 	s := tr.open(t)
-	anchor, _, _ := audit.ReadAnchor(anchorPath, "db")
-	res, err := audit.VerifyAnchored(t.Context(), s, tr.mac, audit.Purpose, &anchor)
+	anchor, _, _ := audit.ReadAnchor(t.Context(), anchorPath, "db", tr.mac)
+	res, err := audit.VerifyAnchored(t.Context(), s, tr.mac, audit.Purpose, &anchor.AuditCheckpoint)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -208,6 +208,10 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	if s.auditHead, err = audit.HeadSeq(ctx, s.Store); err != nil {
 		return nil, err
 	}
+	s.Audit.OpenHead = s.auditHead
+	if g, ok := st.(audit.GuardChecker); ok {
+		s.Audit.Guards = g
+	}
 	clock := o.Clock
 	if clock == nil {
 		clock = nowClock{now}
@@ -293,6 +297,12 @@ func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) s
 			}
 			logger.Error("backend unavailable: keys on it will fail until it is fixed", "backend", name, "error", err.Error())
 			inner = failingKMS{err: err}
+			if _, ok := cfg.Backends[name].Settings.(*localkms.Settings); ok {
+				// It would MAC the audit checkpoints: it still does, by
+				// failing, so that verification says it could not check
+				// them instead of skipping them.
+				inner = failingMACKMS{failingKMS{err: err}}
+			}
 		}
 		out[name] = kmsmw.Wrap(inner, kmsmw.Options{
 			Name: name, RateLimit: cfg.Worker.KMSRateLimit, Observer: obs, Logger: logger,
@@ -342,6 +352,12 @@ func (f failingKMS) Unwrap(context.Context, string, int, []byte) ([]byte, error)
 	return nil, f.err
 }
 func (f failingKMS) Ping(context.Context) error { return f.err }
+
+// failingMACKMS is a failingKMS of a type that MACs (the local backend):
+// its MAC fails with the same error.
+type failingMACKMS struct{ failingKMS }
+
+func (f failingMACKMS) MAC(context.Context, string, []byte) ([]byte, error) { return nil, f.err }
 
 // auditMACer is the backend whose key MACs the audit checkpoints: the
 // "local" backend when it has one, else the first (by name) that can. The

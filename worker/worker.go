@@ -84,6 +84,8 @@ type Worker struct {
 
 	mu         sync.Mutex
 	auditSeq   int64
+	cpSeq      int64 // the last checkpoint forwarded to the log
+	auditErr   error // why the last verification did not pass; nil when it did
 	lastVerify time.Time
 	started    bool
 	cancel     context.CancelFunc
@@ -203,6 +205,18 @@ func (w *Worker) LastReport() (rotation.CycleReport, int) {
 	return w.last, w.cycles
 }
 
+// AuditProblem returns nil when the last verification of the audit trail
+// passed, else why it did not (an error matching audit.ErrInvalidChain for
+// a trail that failed; another for one that could not be verified, such as
+// with the MAC backend down). While it is not nil the worker writes no
+// checkpoint, re-verifies every cycle, and keeps rekey_audit_chain_valid
+// at 0. It is nil before the first verification.
+func (w *Worker) AuditProblem() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.auditErr
+}
+
 // startup reconciles declared keys and verifies the audit chain.
 func (w *Worker) startup(ctx context.Context) {
 	w.log.Info("rotation worker starting", "owner", w.cfg.Engine.Owner(), "check_interval", w.cfg.Interval.String())
@@ -212,6 +226,13 @@ func (w *Worker) startup(ctx context.Context) {
 			// problem: the others still rotate.
 			w.log.Error("reconciling declared keys", "error", err.Error())
 		}
+	}
+	if cp, err := w.cfg.Store.LastAuditCheckpoint(ctx); err == nil {
+		// The newest checkpoint is forwarded again at start, so that the
+		// log has the head a restarted worker begins from.
+		w.mu.Lock()
+		w.cpSeq = cp.Seq - 1
+		w.mu.Unlock()
 	}
 	w.verifyAudit(ctx)
 }
@@ -233,7 +254,9 @@ func (w *Worker) cycle(ctx context.Context) rotation.CycleReport {
 }
 
 // auditBookkeeping sends new audit events to the JSON log (for a SIEM),
-// checkpoints the chain head, and re-verifies the chain when due.
+// re-verifies the chain when due (every cycle while the last verification
+// did not pass), checkpoints the chain head only while the trail verifies,
+// and forwards every new checkpoint to the log.
 func (w *Worker) auditBookkeeping(ctx context.Context) {
 	w.mu.Lock()
 	since := w.auditSeq
@@ -248,39 +271,73 @@ func (w *Worker) auditBookkeeping(ctx context.Context) {
 	if w.cfg.Audit == nil {
 		return
 	}
-	if err := w.cfg.Audit.Checkpoint(ctx); err != nil {
-		w.log.Error("audit checkpoint refused", "error", err.Error())
-		if errors.Is(err, audit.ErrInvalidChain) && w.cfg.Gauge != nil {
-			w.cfg.Gauge.SetAuditChainValid(false)
-		}
-	}
 	w.mu.Lock()
-	due := w.cfg.Clock.Now().Sub(w.lastVerify) >= w.cfg.VerifyEvery
+	due := w.auditErr != nil || w.cfg.Clock.Now().Sub(w.lastVerify) >= w.cfg.VerifyEvery
 	w.mu.Unlock()
 	if due {
 		w.verifyAudit(ctx)
 	}
+	if bad := w.AuditProblem(); bad != nil {
+		w.log.Error("audit checkpoint skipped: the audit trail did not verify, and no checkpoint may vouch for it", "error", bad.Error())
+	} else if err := w.cfg.Audit.Checkpoint(ctx); err != nil {
+		w.log.Error("audit checkpoint refused", "error", err.Error())
+		w.mu.Lock()
+		w.auditErr = err
+		w.mu.Unlock()
+		if w.cfg.Gauge != nil {
+			w.cfg.Gauge.SetAuditChainValid(false)
+		}
+	}
+	w.forwardCheckpoints(ctx)
 }
 
-// verifyAudit verifies the whole chain and sets the gauge.
+// forwardCheckpoints logs every checkpoint made since the last one
+// forwarded, by this process or another sharing the store: a copy of each
+// lives outside the home.
+func (w *Worker) forwardCheckpoints(ctx context.Context) {
+	w.mu.Lock()
+	since := w.cpSeq
+	w.mu.Unlock()
+	seq, err := audit.TailCheckpoints(ctx, w.cfg.Store, since, func(cp rekey.AuditCheckpoint) error {
+		audit.LogCheckpoint(w.log, cp)
+		return nil
+	})
+	if err != nil {
+		w.log.Error("forwarding audit checkpoints to the log", "error", err.Error())
+	}
+	w.mu.Lock()
+	w.cpSeq = seq
+	w.mu.Unlock()
+}
+
+// verifyAudit verifies the whole chain and sets the gauge: 1 only when
+// every check ran and passed. A verification that could not check
+// everything (the MAC backend down, no MAC key) sets 0 and logs an ERROR
+// saying why, never "verified".
 func (w *Worker) verifyAudit(ctx context.Context) {
 	if w.cfg.Audit == nil {
 		return
 	}
 	res, err := w.cfg.Audit.Verify(ctx)
-	if err != nil {
-		w.log.Error("verifying the audit chain", "error", err.Error())
-		return
+	var bad error
+	switch {
+	case err != nil:
+		bad = fmt.Errorf("the audit chain could not be verified: %w", err)
+		w.log.Error("audit chain could not be verified", "error", err.Error())
+	case !res.Valid:
+		bad = &audit.InvalidChainError{Problem: *res.FirstBad}
+		w.log.Error("audit chain INVALID", "first_bad", res.FirstBad.String())
+	case res.Unverifiable != "":
+		bad = fmt.Errorf("the audit chain could not be verified: %s", res.Unverifiable)
+		w.log.Error("audit chain could not be verified", "error", res.Unverifiable)
+	default:
+		w.log.Info("audit chain verified", "events", res.Events, "checkpoints", res.Checkpoints)
 	}
 	w.mu.Lock()
 	w.lastVerify = w.cfg.Clock.Now()
+	w.auditErr = bad
 	w.mu.Unlock()
 	if w.cfg.Gauge != nil {
-		w.cfg.Gauge.SetAuditChainValid(res.Valid)
+		w.cfg.Gauge.SetAuditChainValid(bad == nil)
 	}
-	if !res.Valid {
-		w.log.Error("audit chain INVALID", "first_bad", res.FirstBad.String())
-		return
-	}
-	w.log.Info("audit chain verified", "events", res.Events, "checkpoints", res.Checkpoints)
 }

@@ -128,10 +128,17 @@ func (b *bundle) engine(t *testing.T, owner string, batch int) *rotation.Engine 
 
 func (b *bundle) worker(t *testing.T, eng *rotation.Engine) *worker.Worker {
 	t.Helper()
+	keeper := &audit.Keeper{Store: b.store, MACer: b.kms, KeyID: "mem/" + audit.Purpose,
+		AnchorPath: filepath.Join(t.TempDir(), "audit.anchor"), StoreID: "mem", Now: b.clock.Now}
+	// What setup.System.Close does after the commands that wrote the
+	// events so far: a trail with events but neither checkpoint nor anchor
+	// does not verify.
+	if err := keeper.Checkpoint(b.ctx); err != nil {
+		t.Fatal(err)
+	}
 	w, err := worker.New(worker.Config{
 		Engine: eng, Store: b.store, Clock: b.clock, Gauge: b.gauge,
-		Audit: &audit.Keeper{Store: b.store, MACer: b.kms, KeyID: "mem/" + audit.Purpose,
-			AnchorPath: filepath.Join(t.TempDir(), "audit.anchor"), StoreID: "mem", Now: b.clock.Now},
+		Audit:      keeper,
 		Logger:     slog.New(slog.NewJSONHandler(b.logs, nil)),
 		AfterCycle: func(r rotation.CycleReport) { b.cycles <- r },
 	})

@@ -112,7 +112,8 @@ func (c *cli) auditListCommand() *cobra.Command {
 }
 
 func (c *cli) auditVerifyCommand() *cobra.Command {
-	return &cobra.Command{
+	var reanchor bool
+	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Recompute the hash chain and check every checkpoint; exit 1 naming the first bad event",
 		Long: `Recompute every event's hash and link, check that sequence numbers are
@@ -121,14 +122,34 @@ first edited, deleted, inserted, reordered or truncated event and exits 1.
 
 Events after the newest checkpoint are hash-chained but not yet vouched for by
 a MAC: a consistent rewrite of them by someone with database write access
-would only be caught against the next checkpoint. verify says how many.`,
+would only be caught against the next checkpoint. verify says how many.
+
+verify also checks the trail against the state it describes (every key,
+version, state change and rotation has its event, and no event contradicts the
+state), the MACed anchor kept beside the database (audit.anchor), and the
+database's append-only triggers.
+
+--reanchor is for an operator who has checked the trail (against the
+checkpoints the worker forwards to its log, or a backup) when verify rejects
+only its anchor (missing, in an old format, or not MACed by this backend's
+key): if everything else verifies, it checkpoints the head and writes a new
+anchor there.`,
 		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a, err := c.open(cmd.Context())
 			if err != nil {
 				return err
 			}
-			res, err := a.Audit.Verify(cmd.Context())
+			var res audit.Result
+			if reanchor {
+				res, err = a.Audit.Reanchor(cmd.Context())
+				var ice *audit.InvalidChainError
+				if errors.As(err, &ice) {
+					return exitError{code: exitFailure, msg: "not re-anchored: the audit trail does not verify: " + ice.Problem.String()}
+				}
+			} else {
+				res, err = a.Audit.Verify(cmd.Context())
+			}
 			if err != nil {
 				return err
 			}
@@ -145,6 +166,8 @@ would only be caught against the next checkpoint. verify says how many.`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&reanchor, "reanchor", false, "after checking the trail yourself: checkpoint it and start a new anchor, when only the anchor is wrong")
+	return cmd
 }
 
 func printVerify(c *cli, res audit.Result) {

@@ -74,6 +74,11 @@ func (c *cli) runWorker(ctx context.Context, once bool, listen string, listenSet
 	if ctx.Err() != nil {
 		return nil // stopped by a signal: checkpointed, leases released
 	}
+	if bad := a.Worker.AuditProblem(); bad != nil {
+		// The cycle ran, but no checkpoint vouches for a trail that does
+		// not verify: say so, and fail.
+		return exitError{code: exitFailure, msg: fmt.Sprintf("%v; no audit checkpoint was written: run rekey audit verify", bad)}
+	}
 	if !r.OK() {
 		return exitError{code: exitFailure, msg: fmt.Sprintf("%d key(s) failed this cycle: see the log above", r.Failed)}
 	}

@@ -70,6 +70,10 @@ type Store struct {
 	log  *slog.Logger
 	now  func() time.Time
 
+	// restored names the audit triggers Open found missing or altered and
+	// recreated (see AuditGuardProblems).
+	restored []string
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -133,6 +137,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	for _, v := range applied {
 		log.Info("sqlitestore: applied migration", "path", path, "version", v)
+	}
+	if s.restored, err = s.restoreGuards(ctx); err != nil {
+		_ = s.w.Close()
+		return nil, fmt.Errorf("sqlitestore: %s: check the audit trail's append-only triggers: %w", path, err)
+	}
+	for _, p := range s.restored {
+		log.Error("sqlitestore: restored an append-only trigger of the audit trail: someone with write access to the database file dropped or altered it; run rekey audit verify",
+			"path", path, "problem", p)
 	}
 
 	s.r, err = sql.Open("sqlite3", path+"?_txlock=deferred&_query_only=true&"+common)
@@ -238,11 +250,18 @@ func (s *Store) Path() string { return s.path }
 // readable, and still starts with a SQLite header. (SQLite keeps working
 // from open connections and cached pages on a file that was deleted, made
 // unreadable, truncated or overwritten, so the query alone would not
-// notice.) It costs a query, a stat and a 100-byte read.
+// notice.) It also checks that the audit trail's append-only triggers are
+// there, unaltered (a dropped one is reported here, and restored by the
+// next Open). It costs two queries, a stat and a 100-byte read.
 func (s *Store) Ping(ctx context.Context) error {
 	var n int
 	if err := s.r.QueryRowContext(ctx, "SELECT count(*) FROM (SELECT 1 FROM keys LIMIT 1)").Scan(&n); err != nil {
 		return s.fail("ping", err)
+	}
+	if _, problems, err := brokenGuards(ctx, s.r); err != nil {
+		return s.fail("ping", err)
+	} else if len(problems) > 0 {
+		return fmt.Errorf("sqlitestore: ping: %s: someone with write access to %s changed the schema; restart rekey (the next open restores them) and run rekey audit verify", strings.Join(problems, "; "), s.path)
 	}
 	unreachable := func(format string, args ...any) error {
 		return &rekey.UnreachableError{Service: service, Err: fmt.Errorf(format, args...)}
