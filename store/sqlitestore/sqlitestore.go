@@ -183,15 +183,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// openReadOnly opens both pools read-only (mode=ro: SQLite itself refuses
-// every write). A WAL database needs its -shm index, which SQLite cannot
-// create in a read-only directory; when the directory is not writable and
-// no -wal file holds unmerged pages, the file is opened as immutable
-// instead (nothing can change it under us there). The schema must be
+// openReadOnly opens one query-only pool for reads and writes: SQLite
+// refuses every write. Where the file and its directory can be written it
+// is opened as usual otherwise, so that SQLite shares the -wal/-shm files
+// with other processes (a running daemon) and removes them on close as it
+// always does. On a read-only copy it is opened with mode=ro; a WAL
+// database needs its -shm index, which SQLite cannot create in a
+// read-only directory, so when no -wal file holds unmerged pages the file
+// is opened as immutable (nothing can change it there). The schema must be
 // current: nothing is migrated.
 func (s *Store) openReadOnly(ctx context.Context, common string) error {
-	dsn := "file:" + s.path + "?mode=ro&_txlock=deferred&_query_only=true&" + common
-	if readOnlyDir(filepath.Dir(s.path)) {
+	dsn := s.path + "?_txlock=deferred&_query_only=true&" + common
+	if readOnlyDir(filepath.Dir(s.path)) || !writable(s.path) {
+		dsn = "file:" + s.path + "?mode=ro&_txlock=deferred&_query_only=true&" + common
 		if st, err := os.Stat(s.path + "-wal"); errors.Is(err, fs.ErrNotExist) || (err == nil && st.Size() == 0) {
 			dsn += "&immutable=1"
 		}
@@ -218,17 +222,14 @@ func (s *Store) openReadOnly(ctx context.Context, common string) error {
 	return nil
 }
 
-// readOnlyDir reports whether dir cannot be written by this process (a
-// read-only file system or a directory without write permission).
-func readOnlyDir(dir string) bool {
-	f, err := os.CreateTemp(dir, ".rekey-write-probe-*")
+// writable reports whether this process can open path for writing.
+func writable(path string) bool {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
-		return true
+		return false
 	}
-	name := f.Name()
 	f.Close()
-	os.Remove(name)
-	return false
+	return true
 }
 
 // enableWAL switches the database to WAL mode, which then persists in the

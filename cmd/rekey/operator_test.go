@@ -1,0 +1,236 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Careless-operator tests (issue 8, items 5-9): each reproduces one report
+// as it was written and checks the answer now given.
+
+// assertUnchanged fails when any file of dir changed, appeared or went
+// away since before (fileDigests).
+func assertUnchanged(t *testing.T, what, dir string, before map[string]string) {
+	t.Helper()
+	after := fileDigests(t, dir)
+	for p, d := range before {
+		if after[p] != d {
+			t.Errorf("%s: %s changed or went away", what, p)
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			t.Errorf("%s: %s appeared", what, p)
+		}
+	}
+}
+
+// TestPolicyWindowsRefused (item 5): `key create storm --period 1h
+// --rotate-within 2h` and the same in defaults: are refused, saying why
+// and what to set, and create nothing.
+func TestPolicyWindowsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	before := fileDigests(t, e.home)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"key", "create", "storm", "--period", "1h", "--rotate-within", "2h"}, []string{"rotate_within 2h0m0s is not shorter than rotation_period 1h0m0s", "rotate on every worker cycle", "set rotate_within well below rotation_period"}},
+		{[]string{"key", "create", "storm", "--period", "1h", "--rotate-within", "1h"}, []string{"is not shorter than rotation_period"}},
+		{[]string{"key", "create", "storm", "--rotate-within", "10d", "--notify-within", "2d"}, []string{"notify_within 2d is shorter than rotate_within 10d", "set notify_within to 10d or more"}},
+	} {
+		code, _, errs := e.rekey(tc.args...)
+		if code != 2 {
+			t.Errorf("rekey %v: exit %d, want 2 (stderr %q)", tc.args, code, errs)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(errs, w) {
+				t.Errorf("rekey %v: stderr %q does not say %q", tc.args, errs, w)
+			}
+		}
+	}
+	assertUnchanged(t, "refused key create", e.home, before)
+
+	cfg := filepath.Join(e.home, "rekey.yaml")
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ from, to, want string }{
+		{"rotation_period: 90d", "rotation_period: 1h", "defaults.rotate_within"},
+		{"notify_within: 14d", "notify_within: 1d", "defaults.notify_within"},
+	} {
+		if !strings.Contains(string(b), tc.from) {
+			t.Fatalf("rekey.yaml has no %q (did config/default.yaml change?)", tc.from)
+		}
+		if err := os.WriteFile(cfg, []byte(strings.Replace(string(b), tc.from, tc.to, 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range [][]string{{"config", "validate"}, {"key", "create", "storm"}, {"status"}} {
+			code, _, errs := e.rekey(args...)
+			if code == 0 || !strings.Contains(errs, tc.want) {
+				t.Errorf("defaults with %s, rekey %v: exit %d, stderr %q; want a failure naming %s", tc.to, args, code, errs, tc.want)
+			}
+		}
+	}
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must("key", "list"); !strings.Contains(out, "no keys yet") {
+		t.Errorf("a refused key was created: %s", out)
+	}
+}
+
+// TestDeletedDatabaseNotRecreated (item 6): with rekey.db deleted, every
+// command but init fails naming the file and what to do, and nothing is
+// created; init refuses too (the keyring is there).
+func TestDeletedDatabaseNotRecreated(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	e.must("key", "create", "payments")
+	e.must("dek", "create", "--key", "payments")
+	db := filepath.Join(e.home, "rekey.db")
+	for _, f := range []string{db, db + "-wal", db + "-shm"} {
+		os.Remove(f)
+	}
+	before := fileDigests(t, e.home)
+	for _, args := range [][]string{{"status"}, {"key", "list"}, {"key", "create", "other"}, {"dek", "create", "--key", "payments"}, {"plan"}, {"run", "--once"}, {"audit", "verify"}} {
+		code, out, errs := e.rekey(args...)
+		if code != 1 || !strings.Contains(errs, db) || !strings.Contains(errs, "does not exist") || !strings.Contains(errs, "restore it from backup") || !strings.Contains(errs, "rekey init") {
+			t.Errorf("rekey %v without rekey.db: exit %d, stdout %q, stderr %q; want exit 1 naming %s, restore from backup and rekey init", args, code, out, errs, db)
+		}
+		if strings.Contains(out, "no keys yet") {
+			t.Errorf("rekey %v without rekey.db says %q", args, out)
+		}
+	}
+	code, _, errs := e.rekey("init")
+	if code != 1 || !strings.Contains(errs, "not rekey.db") || !strings.Contains(errs, "restore the missing file(s) from backup") {
+		t.Errorf("init without rekey.db: exit %d, stderr %q", code, errs)
+	}
+	assertUnchanged(t, "commands without rekey.db", e.home, before)
+}
+
+// TestMissingKeyringMessage (item 9): a missing keyring no longer says
+// "run rekey init" (init refuses beside existing data): it says to
+// restore the keyring, and init agrees.
+func TestMissingKeyringMessage(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	e.must("key", "create", "payments")
+	kr := filepath.Join(e.home, "keyring")
+	if err := os.Remove(kr); err != nil {
+		t.Fatal(err)
+	}
+	before := fileDigests(t, e.home)
+	code, _, errs := e.rekey("status")
+	if code != 1 || !strings.Contains(errs, kr) || !strings.Contains(errs, "restore it from backup") || strings.Contains(errs, "run rekey init to create") {
+		t.Errorf("status without a keyring: exit %d, stderr %q; want the keyring named and restore from backup, not 'run rekey init'", code, errs)
+	}
+	if code, _, errs := e.rekey("init"); code != 1 || !strings.Contains(errs, "restore the missing file(s) from backup") {
+		t.Errorf("init without a keyring: exit %d, stderr %q", code, errs)
+	}
+	assertUnchanged(t, "commands without the keyring", e.home, before)
+}
+
+// TestConcurrentFirstUse (item 9): several processes using a new home at
+// once: one creates it, the others wait and use it; nobody is told to
+// restore from backup.
+func TestConcurrentFirstUse(t *testing.T) {
+	h := &e2eHome{t: t, bin: e2eBinary(t), dir: t.TempDir()}
+	for round := 0; round < 5; round++ {
+		h.home = filepath.Join(h.dir, "home"+string(rune('a'+round)))
+		var wg sync.WaitGroup
+		results := make([]e2eResult, 6)
+		for i := range results {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				args := []string{"status"}
+				if i%2 == 1 {
+					args = []string{"init"}
+				}
+				results[i] = h.run(args...)
+			}()
+		}
+		wg.Wait()
+		for _, r := range results {
+			if r.code != 0 || strings.Contains(r.stderr, "backup") {
+				t.Errorf("round %d, concurrent first use: %v", round, r)
+			}
+		}
+		h.must("key", "create", "k")
+	}
+}
+
+// TestReadOnlyHome (item 9): the read-only commands work on a read-only
+// copy of a home (a read-only bind mount for root, whom modes do not stop;
+// chmod a-w otherwise) and leave it byte-identical; a writing command
+// fails saying so, not "create database file".
+func TestReadOnlyHome(t *testing.T) {
+	h := newE2EHome(t, e2eOpts{})
+	h.must("key", "create", "payments")
+	id := strings.TrimSpace(h.must("dek", "create", "--key", "payments", "--label", "x"))
+	in := filepath.Join(h.dir, "plain")
+	if err := os.WriteFile(in, []byte("hello"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h.must("encrypt", "--key", "payments", "--in", in, "--out", in+".rekey")
+	h.must("rotate", "payments")
+	before := fileDigests(t, h.home)
+
+	readOnly := func(args ...string) e2eResult {
+		t.Helper()
+		if os.Geteuid() != 0 {
+			return h.run(args...)
+		}
+		quoted := make([]string, len(args))
+		for i, a := range args {
+			quoted[i] = "'" + a + "'"
+		}
+		script := "mount --bind -o ro '" + h.home + "' '" + h.home + "' && exec '" + h.bin + "' " + strings.Join(quoted, " ")
+		cmd := exec.Command("unshare", "-m", "sh", "-c", script)
+		cmd.Env, cmd.Dir = h.environ(), h.dir
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("unshare (root needs a private read-only mount for this test): %v", err)
+		}
+		return e2eResult{args: args, code: cmd.ProcessState.ExitCode(), stdout: o.String(), stderr: e.String()}
+	}
+	if os.Geteuid() != 0 {
+		filepath.WalkDir(h.home, func(p string, d fs.DirEntry, err error) error {
+			if err == nil {
+				os.Chmod(p, map[bool]fs.FileMode{true: 0o500, false: 0o400}[d.IsDir()])
+			}
+			return err
+		})
+		t.Cleanup(func() { os.Chmod(h.home, 0o700) })
+	}
+	out := filepath.Join(h.dir, "out")
+	for _, args := range [][]string{
+		{"status"}, {"key", "list"}, {"key", "show", "payments"}, {"dek", "show", id}, {"plan"},
+		{"audit", "list"}, {"audit", "verify"}, {"audit", "export"}, {"report"}, {"decrypt", "--in", in + ".rekey", "--out", out},
+	} {
+		if r := readOnly(args...); r.code != 0 {
+			t.Errorf("read-only home: %v", r)
+		}
+	}
+	if b, err := os.ReadFile(out); err != nil || string(b) != "hello" {
+		t.Errorf("decrypt from a read-only home: %q, %v", b, err)
+	}
+	r := readOnly("key", "create", "other")
+	if r.code != 1 || strings.Contains(r.stderr, "create database file") || !strings.Contains(strings.ToLower(r.stderr), "read") {
+		t.Errorf("key create in a read-only home: %v; want exit 1 saying the home is read-only", r)
+	}
+	assertUnchanged(t, "read-only commands", h.home, before)
+}
