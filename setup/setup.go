@@ -305,6 +305,9 @@ func openStore(ctx context.Context, cfg *config.Config, cfgPath string, logger *
 			return nil, missingStoreError{fmt.Sprintf("store.dsn (in %s): the database file %s does not exist: rekey does not create it again, since the DEKs it held would be lost while their keys stay in the backend. If it was deleted or moved, restore it from backup (or fix store.dsn); for a new setup, run 'rekey init --dir DIR' with a new directory. Nothing was changed",
 				cfgPath, path)}
 		}
+		if errors.Is(err, sqlitestore.ErrReadOnly) {
+			return nil, fmt.Errorf("store.dsn (in %s): %w: this command writes to the store; run it on a writable home (the read-only commands status, key list/show, dek show, plan, audit list/verify/export, report and decrypt work on a read-only copy). Nothing was changed", cfgPath, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
 		}

@@ -229,7 +229,7 @@ func TestReadOnlyHome(t *testing.T) {
 		t.Errorf("decrypt from a read-only home: %q, %v", b, err)
 	}
 	r := readOnly("key", "create", "other")
-	if r.code != 1 || strings.Contains(r.stderr, "create database file") || !strings.Contains(strings.ToLower(r.stderr), "read") {
+	if r.code != 1 || strings.Contains(r.stderr, "create database file") || !strings.Contains(r.stderr, "read-only file system, or no write permission") {
 		t.Errorf("key create in a read-only home: %v; want exit 1 saying the home is read-only", r)
 	}
 	assertUnchanged(t, "read-only commands", h.home, before)

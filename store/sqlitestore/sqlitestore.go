@@ -68,6 +68,11 @@ type Config struct {
 	Now func() time.Time
 }
 
+// ErrReadOnly is returned by Open, without ReadOnly, when the database
+// file or its directory cannot be written (a read-only file system, or no
+// write permission): open it with ReadOnly to read it.
+var ErrReadOnly = errors.New("the database cannot be written (read-only file system, or no write permission on the file or its directory)")
+
 // readConns is the size of the read pool.
 const readConns = 4
 
@@ -125,6 +130,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+
+	if !cfg.ReadOnly && (readOnlyDir(filepath.Dir(path)) || !writable(path)) {
+		return nil, fmt.Errorf("sqlitestore: %s: %w", path, ErrReadOnly)
 	}
 
 	s := &Store{path: path, file: info, log: log, now: now}
