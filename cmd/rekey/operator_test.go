@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -233,4 +235,118 @@ func TestReadOnlyHome(t *testing.T) {
 		t.Errorf("key create in a read-only home: %v; want exit 1 saying the home is read-only", r)
 	}
 	assertUnchanged(t, "read-only commands", h.home, before)
+}
+
+// dekCount is the number of DEKs of key payments in the home's store.
+func (e *env) dekCount() int {
+	e.t.Helper()
+	s, _, _ := e.openDirect()
+	byVersion, err := s.CountDEKs(context.Background(), "payments")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	s.Close()
+	n := 0
+	for _, c := range byVersion {
+		n += int(c)
+	}
+	return n
+}
+
+// TestEncryptChecksPathsFirst (item 7): `encrypt --in DIRECTORY` (and a
+// bad --out) fails before any DEK is made, with the flag name first.
+func TestEncryptChecksPathsFirst(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	e.must("key", "create", "payments")
+	dir := filepath.Dir(e.home)
+	file := e.writeFile("plain", []byte("hello"))
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--in", dir, "--out", filepath.Join(dir, "x")}, "--in: "},
+		{[]string{"--in", filepath.Join(dir, "nosuch")}, "--in: "},
+		{[]string{"--in", file, "--out", dir}, "--out: "},
+		{[]string{"--in", file, "--out", filepath.Join(dir, "nosuch", "x")}, "--out: "},
+		{[]string{"--in", file, "--out", file}, "--out: "},
+	} {
+		code, _, errs := e.rekey(append([]string{"encrypt", "--key", "payments"}, tc.args...)...)
+		if code != 1 || !strings.HasPrefix(errs, "rekey: "+tc.want) {
+			t.Errorf("encrypt %v: exit %d, stderr %q; want 1 and %q first", tc.args, code, errs, tc.want)
+		}
+		if n := e.dekCount(); n != 0 {
+			t.Fatalf("encrypt %v failed but left %d DEK(s)", tc.args, n)
+		}
+		code, _, errs = e.rekey(append([]string{"decrypt"}, tc.args...)...)
+		if code != 1 || !strings.HasPrefix(errs, "rekey: "+tc.want) {
+			t.Errorf("decrypt %v: exit %d, stderr %q; want 1 and %q first", tc.args, code, errs, tc.want)
+		}
+	}
+	if b, _ := os.ReadFile(file); string(b) != "hello" {
+		t.Errorf("--out same as --in changed it: %q", b)
+	}
+}
+
+// TestLabelsEscaped (item 8): dek create refuses control characters in
+// --label; a label stored through the library with terminal escapes is
+// printed escaped by dek show, and as JSON by dek show --json.
+func TestLabelsEscaped(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	e.must("key", "create", "payments")
+	evil := "\x1b[31mRED\a"
+	if code, _, errs := e.rekey("dek", "create", "--key", "payments", "--label", evil); code != 2 || !strings.Contains(errs, "--label: control character") || strings.Contains(errs, "\x1b") {
+		t.Errorf("dek create --label with escapes: exit %d, stderr %q", code, errs)
+	}
+	if n := e.dekCount(); n != 0 {
+		t.Fatalf("a refused label left %d DEK(s)", n)
+	}
+	s, _, kr := e.openDirect()
+	id, plain, err := kr.NewDEK(context.Background(), "payments", evil+"\nline2")
+	clear(plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	out := e.must("dek", "show", id)
+	if strings.ContainsAny(out, "\x1b\a") || !strings.Contains(out, `"\x1b[31mRED\a\nline2"`) {
+		t.Errorf("dek show printed the label unescaped: %q", out)
+	}
+	var j struct{ Label string }
+	if err := json.Unmarshal([]byte(e.must("dek", "show", id, "--json")), &j); err != nil || j.Label != evil+"\nline2" {
+		t.Errorf("dek show --json label: %q, %v", j.Label, err)
+	}
+	if out := e.must("dek", "create", "--key", "payments", "--label", "order 42 — ünïcode"); strings.TrimSpace(out) == "" {
+		t.Error("a printable label was refused")
+	}
+}
+
+// TestEnvelopeFromAnotherHome (item 9): decrypting another home's
+// envelope says the store has no such DEK and to check the home/config.
+func TestEnvelopeFromAnotherHome(t *testing.T) {
+	a, b := newEnv(t), newEnv(t)
+	a.must("init")
+	a.must("key", "create", "payments")
+	in := a.writeFile("plain", []byte("hello"))
+	a.must("encrypt", "--key", "payments", "--in", in, "--out", in+".rekey")
+	b.must("init")
+	code, _, errs := b.rekey("decrypt", "--in", in+".rekey")
+	if code != 1 || !strings.Contains(errs, "this store") || !strings.Contains(errs, "another home or config") {
+		t.Errorf("decrypt of another home's envelope: exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestPlanText (item 9): plan prints backend calls as "name N, …", not Go
+// map syntax.
+func TestPlanText(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	e.must("key", "create", "payments", "--period", "1h", "--rotate-within", "59m")
+	e.must("dek", "create", "--key", "payments", "--count", "3")
+	e.vars[envClockOffset] = "2m" // due now
+	out := e.must("plan")
+	if strings.Contains(out, "map[") || !strings.Contains(out, "backend calls: current_version 1, ") || !strings.Contains(out, "rotate_key 1") {
+		t.Errorf("plan printed:\n%s", out)
+	}
 }
