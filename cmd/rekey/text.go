@@ -37,4 +37,3 @@ func checkLabel(label string) error {
 
 // maxLabelBytes bounds a label given on the command line.
 const maxLabelBytes = 1024
-
