@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/rekeyhq/rekey/config"
 )
 
 // Careless-operator tests (issue 8, items 5-9): each reproduces one report
@@ -348,5 +350,98 @@ func TestPlanText(t *testing.T) {
 	out := e.must("plan")
 	if strings.Contains(out, "map[") || !strings.Contains(out, "backend calls: current_version 1, ") || !strings.Contains(out, "rotate_key 1") {
 		t.Errorf("plan printed:\n%s", out)
+	}
+}
+
+// TestStatusBackendProblems (item 9): a corrupt keyring no longer hides
+// the database from status, and a keyring rolled back behind the store is
+// an error, not "ok"; both exit 1 with the problem per key.
+func TestStatusBackendProblems(t *testing.T) {
+	e := newEnv(t)
+	e.must("init")
+	e.must("key", "create", "payments")
+	e.must("dek", "create", "--key", "payments", "--count", "2")
+	kr := filepath.Join(e.home, "keyring")
+	old, err := os.ReadFile(kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.must("rotate", "payments")
+	current, err := os.ReadFile(kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := e.must("status"); strings.Contains(out, "BACKEND ERROR") {
+		t.Fatalf("a healthy home shows a backend error:\n%s", out)
+	}
+
+	// Rolled back: the keyring from before the rotation.
+	if err := os.WriteFile(kr, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := e.rekey("status")
+	if code != 1 || !strings.Contains(out, "key payments") || !strings.Contains(out, "BACKEND ERROR") || !strings.Contains(out, "behind the store's active v2") {
+		t.Errorf("status with a rolled-back keyring: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	var j struct {
+		Keys []struct {
+			Name         string `json:"name"`
+			DEKs         int64  `json:"deks"`
+			BackendError string `json:"backend_error"`
+		} `json:"keys"`
+	}
+	code, out, _ = e.rekey("status", "--json")
+	if err := json.Unmarshal([]byte(out), &j); err != nil || code != 1 || len(j.Keys) != 1 || j.Keys[0].DEKs != 2 || !strings.Contains(j.Keys[0].BackendError, "behind") {
+		t.Errorf("status --json with a rolled-back keyring: exit %d, %+v, %v\n%s", code, j, err, out)
+	}
+
+	// Corrupt: one byte short.
+	if err := os.WriteFile(kr, current[:len(current)-1], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs = e.rekey("status")
+	if code != 1 || !strings.Contains(out, "key payments") || !strings.Contains(out, "v2") || !strings.Contains(out, "BACKEND ERROR") || !strings.Contains(out, "keyring") {
+		t.Errorf("status with a corrupt keyring: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	if err := os.WriteFile(kr, current, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.must("status")
+}
+
+// TestConfigValidateMessages (item 9): a huge value is echoed truncated
+// with its size, and an unreadable or missing config says it cannot be
+// read and why, not that it is "not valid".
+func TestConfigValidateMessages(t *testing.T) {
+	e := newEnv(t)
+	dir := t.TempDir()
+	good := string(config.DefaultYAML())
+	huge := strings.Repeat("x", 50<<20)
+	p := filepath.Join(dir, "huge.yaml")
+	if err := os.WriteFile(p, []byte(strings.Replace(good, "check_interval: 1m", "check_interval: "+huge, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := e.rekey("config", "validate", "--config", p)
+	if code != 1 || len(errs) > 4096 || !strings.Contains(errs, "worker.check_interval") || !strings.Contains(errs, "(52428800 bytes)") {
+		t.Errorf("50 MB value: exit %d, %d bytes of stderr: %q", code, len(errs), e2eTail(errs, 600))
+	}
+
+	missing := filepath.Join(dir, "nosuch.yaml")
+	code, _, errs = e.rekey("config", "validate", "--config", missing)
+	if code != 1 || strings.Contains(errs, "not valid") || !strings.Contains(errs, "cannot be read") || !strings.Contains(errs, "does not exist") {
+		t.Errorf("missing config: exit %d, stderr %q", code, errs)
+	}
+	dirAsConfig := dir
+	code, _, errs = e.rekey("config", "validate", "--config", dirAsConfig)
+	if code != 1 || strings.Contains(errs, "not valid") || !strings.Contains(errs, "cannot be read") {
+		t.Errorf("a directory as config: exit %d, stderr %q", code, errs)
+	}
+	if os.Geteuid() != 0 {
+		unreadable := filepath.Join(dir, "unreadable.yaml")
+		os.WriteFile(unreadable, []byte(good), 0o000)
+		code, _, errs = e.rekey("config", "validate", "--config", unreadable)
+		if code != 1 || strings.Contains(errs, "not valid") || !strings.Contains(errs, "permission") {
+			t.Errorf("unreadable config: exit %d, stderr %q", code, errs)
+		}
 	}
 }
