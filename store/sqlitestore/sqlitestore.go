@@ -49,11 +49,11 @@ type Config struct {
 	// fs.ErrNotExist, and nothing is created: a database that was deleted
 	// must not come back empty beside the keys its DEKs were wrapped with.
 	Create bool
-	// ReadOnly opens the database for reading only: nothing is created,
-	// migrated or written (writes fail), and it works on a read-only copy
-	// of the file (a read-only file system or directory). A database whose
-	// schema is older than this binary is refused: open it once read-write
-	// to migrate it.
+	// ReadOnly opens the database for reading only: nothing is created or
+	// written through the Store (writes fail), and it works on a read-only
+	// copy of the file (a read-only file system or directory). A database
+	// whose schema is older than this binary is migrated first when the
+	// file can be written, and refused when it cannot.
 	ReadOnly bool
 	// BusyTimeout is how long a write waits for another process holding the
 	// write lock before it fails with an *rekey.UnreachableError. Zero means
@@ -203,7 +203,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // current: nothing is migrated.
 func (s *Store) openReadOnly(ctx context.Context, common string) error {
 	dsn := s.path + "?_txlock=deferred&_query_only=true&" + common
-	if readOnlyDir(filepath.Dir(s.path)) || !writable(s.path) {
+	canWrite := !readOnlyDir(filepath.Dir(s.path)) && writable(s.path)
+	if canWrite {
+		// A file this process may write is brought to the current schema
+		// first, as any open would (a new binary's first command may be
+		// status): reads need the current schema.
+		if err := s.migrateBeforeReadOnly(ctx, common); err != nil {
+			return err
+		}
+	} else {
 		dsn = "file:" + s.path + "?mode=ro&_txlock=deferred&_query_only=true&" + common
 		if st, err := os.Stat(s.path + "-wal"); errors.Is(err, fs.ErrNotExist) || (err == nil && st.Size() == 0) {
 			dsn += "&immutable=1"
@@ -226,7 +234,37 @@ func (s *Store) openReadOnly(ctx context.Context, common string) error {
 	case v > len(migrations):
 		return fmt.Errorf("sqlitestore: %s: database schema version %d is newer than this rekey knows (%d): upgrade rekey, or restore a backup made before the upgrade", s.path, v, len(migrations))
 	case v < len(migrations):
-		return fmt.Errorf("sqlitestore: %s: database schema version %d is older than this rekey's (%d), and a read-only open cannot migrate it: open it once read-write (any rekey command that writes, on a writable copy)", s.path, v, len(migrations))
+		return fmt.Errorf("sqlitestore: %s: database schema version %d is older than this rekey's (%d), and it cannot be written here to migrate it: run one rekey command on a writable copy first", s.path, v, len(migrations))
+	}
+	return nil
+}
+
+// migrateBeforeReadOnly applies the migrations a writable database lacks,
+// through a connection of its own that it closes; a current schema is left
+// untouched (migrate writes nothing then).
+func (s *Store) migrateBeforeReadOnly(ctx context.Context, common string) error {
+	db, err := sql.Open("sqlite3", s.path+"?_txlock=immediate&"+common)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: open %s: %w", s.path, mapErr(err))
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	var v int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("sqlitestore: %s: read the schema version: %w", s.path, mapErr(err))
+	}
+	if v >= len(migrations) {
+		return nil
+	}
+	if err := enableWAL(ctx, s.path, 5*time.Second); err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
+	}
+	applied, err := migrate(ctx, db)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
+	}
+	for _, v := range applied {
+		s.log.Info("sqlitestore: applied migration", "path", s.path, "version", v)
 	}
 	return nil
 }
