@@ -103,7 +103,7 @@ func buildTrail(t *testing.T) *trail {
 // open opens the trail's store; it is closed when the test ends.
 func (tr *trail) open(t *testing.T) *sqlitestore.Store {
 	t.Helper()
-	s, err := sqlitestore.Open(context.Background(), sqlitestore.Config{Path: tr.path})
+	s, err := sqlitestore.Open(context.Background(), sqlitestore.Config{Create: true, Path: tr.path})
 	if err != nil {
 		t.Fatalf("sqlitestore.Open: %v", err)
 	}

@@ -79,7 +79,7 @@ func backendTypeProblem(typ string) string {
 	case slices.Contains(plannedBackendTypes, typ):
 		return fmt.Sprintf("backend type %s is not available in this build yet: available types: %s", typ, avail)
 	}
-	return fmt.Sprintf("unknown backend type %q: available types: %s", typ, avail)
+	return fmt.Sprintf("unknown backend type %q: available types: %s", echo(typ), avail)
 }
 
 // settingsFields returns the YAML field names of a settings struct and
@@ -144,7 +144,7 @@ func (d *decoder) backend(n *yaml.Node, path string) BackendConfig {
 	d.fields(n, path, fieldSet{
 		allowed: allowed,
 		unknown: func(name string) string {
-			return fmt.Sprintf("unknown field %q for backend type %s: allowed fields are %s", name, typ, strings.Join(allowed, ", "))
+			return fmt.Sprintf("unknown field %q for backend type %s: allowed fields are %s", echo(name), typ, strings.Join(allowed, ", "))
 		},
 	}, func(name string, v *yaml.Node, p string) {
 		if name != "type" {
@@ -197,28 +197,28 @@ func (d *decoder) parseSetting(n *yaml.Node, p, s string, dst reflect.Value) boo
 			dst.SetInt(v)
 			return true
 		}
-		d.addf(n, p, "%q is not a whole number", s)
+		d.addf(n, p, "%q is not a whole number", echo(s))
 	case dst.CanUint():
 		var v uint64
 		if v, err = strconv.ParseUint(t, 10, dst.Type().Bits()); err == nil {
 			dst.SetUint(v)
 			return true
 		}
-		d.addf(n, p, "%q is not a whole number from 0", s)
+		d.addf(n, p, "%q is not a whole number from 0", echo(s))
 	case dst.CanFloat():
 		var v float64
 		if v, err = strconv.ParseFloat(t, dst.Type().Bits()); err == nil && !dst.OverflowFloat(v) && !math.IsNaN(v) && !math.IsInf(v, 0) {
 			dst.SetFloat(v)
 			return true
 		}
-		d.addf(n, p, "%q is not a number", s)
+		d.addf(n, p, "%q is not a number", echo(s))
 	case dst.Kind() == reflect.Bool:
 		var v bool
 		if v, err = strconv.ParseBool(t); err == nil {
 			dst.SetBool(v)
 			return true
 		}
-		d.addf(n, p, "%q is not true or false", s)
+		d.addf(n, p, "%q is not true or false", echo(s))
 	default:
 		// A backend's settings struct with a field of another kind: a bug
 		// in this build, reported rather than ignored.

@@ -3,7 +3,31 @@ package config
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 )
+
+// maxEcho is how many bytes of a configuration value a message repeats.
+const maxEcho = 100
+
+// echo is a value from the configuration as a message repeats it: a value
+// longer than maxEcho bytes is cut there, quoted, and followed by its full
+// size, "…(N bytes)", so that a 50 MB value does not make a 50 MB message.
+// Shorter values format as a plain string would.
+type echo string
+
+// Format implements fmt.Formatter.
+func (e echo) Format(f fmt.State, verb rune) {
+	s := string(e)
+	if len(s) <= maxEcho {
+		fmt.Fprintf(f, fmt.FormatString(f, verb), s)
+		return
+	}
+	cut := s[:maxEcho]
+	for len(cut) > 0 && !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	fmt.Fprintf(f, "%q…(%d bytes)", cut, len(s))
+}
 
 // maxProblems bounds how many problems one Parse reports, so that a
 // pathological file cannot produce an unbounded error.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"path/filepath"
@@ -20,6 +21,25 @@ import (
 	"github.com/rekeyhq/rekey"
 )
 
+// readError says why the configuration file at path cannot be read, and
+// what to do; it wraps err (errors.Is(err, fs.ErrNotExist) still holds).
+func readError(path string, err error) error {
+	var why string
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		why = "it does not exist: check --config and $REKEY_CONFIG (without either, rekey uses ./rekey.yaml or the embedded default in $REKEY_HOME)"
+	case errors.Is(err, fs.ErrPermission):
+		why = "permission denied: make it readable by the user running rekey (as its owner: chmod 600 " + path + ")"
+	default:
+		if st, serr := os.Stat(path); serr == nil && st.IsDir() {
+			why = "it is a directory: give the YAML file in it (rekey.yaml)"
+		} else {
+			why = "check the file and the disk"
+		}
+	}
+	return fmt.Errorf("config file %s cannot be read: %s: %w", path, why, err)
+}
+
 // Load reads the configuration file at path and parses it with Parse,
 // resolving relative paths against the file's directory (made absolute).
 // A file that cannot be read gives an error naming it; a configuration
@@ -27,7 +47,7 @@ import (
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config file: %w", err)
+		return nil, readError(path, err)
 	}
 	dir := filepath.Dir(path)
 	if abs, err := filepath.Abs(dir); err == nil {
@@ -321,12 +341,12 @@ func (d *decoder) fields(n *yaml.Node, path string, fs fieldSet, set func(name s
 			continue
 		}
 		if line, dup := first[name]; dup {
-			d.addf(k, p, "duplicate field %q (first at line %d)", name, line)
+			d.addf(k, p, "duplicate field %q (first at line %d)", echo(name), line)
 			continue
 		}
 		first[name] = k.Line
 		if !slices.Contains(fs.allowed, name) {
-			msg := fmt.Sprintf("unknown field %q: allowed fields are %s", name, strings.Join(fs.allowed, ", "))
+			msg := fmt.Sprintf("unknown field %q: allowed fields are %s", echo(name), strings.Join(fs.allowed, ", "))
 			if fs.unknown != nil {
 				msg = fs.unknown(name)
 			}
@@ -376,7 +396,7 @@ func (d *decoder) integer(n *yaml.Node, p string, dst *int) bool {
 	}
 	v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 32)
 	if err != nil {
-		d.addf(n, p, "%q is not a whole number", s)
+		d.addf(n, p, "%q is not a whole number", echo(s))
 		return false
 	}
 	*dst = int(v)
@@ -390,7 +410,7 @@ func (d *decoder) number(n *yaml.Node, p string, dst *float64) {
 	}
 	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
 	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
-		d.addf(n, p, "%q is not a number", s)
+		d.addf(n, p, "%q is not a number", echo(s))
 		return
 	}
 	*dst = v
@@ -429,19 +449,19 @@ func parseDuration(s string, allowNever bool) (time.Duration, string) {
 	const syntax = "use Go syntax plus d for days, e.g. 90d, 12h, 30s"
 	switch {
 	case t == "never" && !allowNever:
-		return 0, fmt.Sprintf("bad duration %q: never is only allowed for destroy_after", s)
+		return 0, fmt.Sprintf("bad duration %q: never is only allowed for destroy_after", echo(s))
 	case strings.HasPrefix(t, "-"):
-		return 0, fmt.Sprintf("bad duration %q: must not be negative", s)
+		return 0, fmt.Sprintf("bad duration %q: must not be negative", echo(s))
 	case strings.Contains(strings.ToLower(t), "nan"):
 		// rekey.ParseDuration lets a NaN day count through.
-		return 0, fmt.Sprintf("bad duration %q: %s", s, syntax)
+		return 0, fmt.Sprintf("bad duration %q: %s", echo(s), syntax)
 	}
 	v, err := rekey.ParseDuration(t, allowNever)
 	if err != nil || v < 0 { // v < 0: overflow
-		return 0, fmt.Sprintf("bad duration %q: %s", s, syntax)
+		return 0, fmt.Sprintf("bad duration %q: %s", echo(s), syntax)
 	}
 	if allowNever && v == 0 && t != "never" {
-		return 0, fmt.Sprintf("bad duration %q: zero would mean never: write never, or a positive duration", s)
+		return 0, fmt.Sprintf("bad duration %q: zero would mean never: write never, or a positive duration", echo(s))
 	}
 	return v, ""
 }
@@ -521,7 +541,7 @@ func (d *decoder) backends(n *yaml.Node, path string, c *Config) {
 		name := k.Value
 		p := childPath(path, name)
 		if line, dup := first[name]; dup {
-			d.addf(k, p, "duplicate backend %q (first at line %d)", name, line)
+			d.addf(k, p, "duplicate backend %q (first at line %d)", echo(name), line)
 			continue
 		}
 		first[name] = k.Line

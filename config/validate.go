@@ -64,7 +64,7 @@ func enumMessage(what, v string, allowed []string) string {
 	if v == "" {
 		return "missing: set it to one of " + strings.Join(allowed, ", ")
 	}
-	return fmt.Sprintf("unknown %s %q: allowed: %s", what, v, strings.Join(allowed, ", "))
+	return fmt.Sprintf("unknown %s %q: allowed: %s", what, echo(v), strings.Join(allowed, ", "))
 }
 
 func (c *Config) checkStore(ch *checker) {
@@ -99,7 +99,7 @@ func (c *Config) checkBackends(ch *checker) {
 		b := c.Backends[name]
 		p := childPath("backends", name)
 		if !backendNameRE.MatchString(name) {
-			ch.add(p, "invalid backend name %q: use 1-63 characters of a-z, 0-9, '_', '-', starting with a letter or digit", name)
+			ch.add(p, "invalid backend name %q: use 1-63 characters of a-z, 0-9, '_', '-', starting with a letter or digit", echo(name))
 		}
 		checkBackendSettings(ch, p, b)
 	}
@@ -167,10 +167,10 @@ func checkListen(addr string) string {
 	}
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Sprintf("%q is not HOST:PORT: use e.g. %s", addr, DefaultListen)
+		return fmt.Sprintf("%q is not HOST:PORT: use e.g. %s", echo(addr), DefaultListen)
 	}
 	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > math.MaxUint16 {
-		return fmt.Sprintf("%q: port %q is not a number from 0 to 65535", addr, port)
+		return fmt.Sprintf("%q: port %q is not a number from 0 to 65535", echo(addr), echo(port))
 	}
 	return ""
 }
@@ -184,7 +184,7 @@ func (c *Config) checkKeys(ch *checker) {
 		} else if err := rekey.ValidateKeyName(k.Name); err != nil {
 			ch.add(p+".name", "invalid %s", strings.TrimPrefix(err.Error(), rekey.ErrInvalidArgument.Error()+": "))
 		} else if j, dup := first[k.Name]; dup {
-			ch.add(p+".name", "duplicate key name %q (first declared at %s)", k.Name, indexPath("keys", j))
+			ch.add(p+".name", "duplicate key name %q (first declared at %s)", echo(k.Name), indexPath("keys", j))
 		} else {
 			first[k.Name] = i
 		}
@@ -192,7 +192,7 @@ func (c *Config) checkKeys(ch *checker) {
 		case k.Backend == "":
 			ch.add(p+".backend", "missing: set backend to one of the configured backends (%s)", c.backendList())
 		case !ok:
-			ch.add(p+".backend", "unknown backend %q: configured backends: %s", k.Backend, c.backendList())
+			ch.add(p+".backend", "unknown backend %q: configured backends: %s", echo(k.Backend), c.backendList())
 		}
 		if k.RotationPeriod != nil {
 			checkPositive(ch, p+".rotation_period", *k.RotationPeriod)

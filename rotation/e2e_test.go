@@ -27,7 +27,7 @@ func openSQLite(t testing.TB, dir string, now time.Time) *env {
 	t.Helper()
 	ctx := context.Background()
 	c := &clock{now: now}
-	st, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: filepath.Join(dir, "rekey.db"), Now: c.Now})
+	st, err := sqlitestore.Open(ctx, sqlitestore.Config{Create: true, Path: filepath.Join(dir, "rekey.db"), Now: c.Now})
 	if err != nil {
 		t.Fatalf("open sqlite: %v", err)
 	}

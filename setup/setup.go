@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"net"
@@ -92,6 +93,12 @@ type Options struct {
 	// NoCreate refuses to create the embedded default when it does not
 	// exist yet (Open then fails with an error matching fs.ErrNotExist).
 	NoCreate bool
+	// ReadOnly opens for reading only: the SQLite store is opened
+	// read-only and Close writes no audit checkpoint. (The embedded
+	// default is still created on first use, unless NoCreate.) Commands that only read (status, key list/show, dek
+	// show, plan, audit list/verify/export, report, decrypt) use it, so
+	// that they work on a read-only copy of a home.
+	ReadOnly bool
 }
 
 // System is rekey opened from one configuration. Close it when done.
@@ -126,6 +133,7 @@ type System struct {
 
 	gatherer  prometheus.Gatherer
 	now       func() time.Time
+	readOnly  bool
 	auditHead int64
 	handler   http.Handler
 }
@@ -172,7 +180,8 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	}
 	s.gatherer = gatherer
 
-	st, err := openStore(ctx, s.Config, logger)
+	s.readOnly = o.ReadOnly
+	st, err := openStore(ctx, s.Config, s.ConfigPath, logger, o.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
@@ -249,6 +258,17 @@ func (s *System) resolve(ctx context.Context, o Options, getenv func(string) str
 			}
 		}
 		created, err := InitHome(ctx, home, getenv)
+		if err != nil && o.ReadOnly && homeComplete(home, getenv) {
+			// A complete home without its rekey.yaml that cannot be
+			// written (a read-only copy): read it as the embedded
+			// default, without the file.
+			cfg := config.Default(home)
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			s.Config, s.ConfigPath, s.Home = cfg, filepath.Join(home, config.FileName), home
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -263,16 +283,35 @@ func (s *System) resolve(ctx context.Context, o Options, getenv func(string) str
 	return nil
 }
 
+// homeComplete reports whether home holds every file of the embedded
+// default.
+func homeComplete(home string, getenv func(string) string) bool {
+	_, missing, err := scanHome(home, getenv(EnvMasterKey) != "")
+	return err == nil && len(missing) == 0
+}
+
 // nowClock is the real clock's waiting with an injected Now.
 type nowClock struct{ now func() time.Time }
 
 func (c nowClock) Now() time.Time                         { return c.now() }
 func (c nowClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
-func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (rekey.Store, error) {
+// openStore opens the configured store. It never creates a SQLite file:
+// only InitHome does (rekey init, and the first use of the embedded
+// default), so that a database deleted from a home is an error, not a new
+// empty store beside the keyring whose DEKs it held.
+func openStore(ctx context.Context, cfg *config.Config, cfgPath string, logger *slog.Logger, readOnly bool) (rekey.Store, error) {
 	switch cfg.Store.Driver {
 	case config.DriverSQLite:
-		s, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: cfg.Store.DSN.Value(), Logger: logger})
+		path := cfg.Store.DSN.Value()
+		s, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: path, Logger: logger, ReadOnly: readOnly})
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, missingStoreError{fmt.Sprintf("store.dsn (in %s): the database file %s does not exist: rekey does not create it again, since the DEKs it held would be lost while their keys stay in the backend. If it was deleted or moved, restore it from backup (or fix store.dsn); for a new setup, run 'rekey init --dir DIR' with a new directory. Nothing was changed",
+				cfgPath, path)}
+		}
+		if errors.Is(err, sqlitestore.ErrReadOnly) {
+			return nil, fmt.Errorf("store.dsn (in %s): %w: this command writes to the store; run it on a writable home (the read-only commands status, key list/show, dek show, plan, audit list/verify/export, report and decrypt work on a read-only copy). Nothing was changed", cfgPath, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("open store: %w", err)
 		}
@@ -281,6 +320,13 @@ func openStore(ctx context.Context, cfg *config.Config, logger *slog.Logger) (re
 		return nil, fmt.Errorf("store.driver %q is not available in this build yet (the PostgreSQL store arrives with its own issue): use sqlite", cfg.Store.Driver)
 	}
 }
+
+// missingStoreError is a configured database file that does not exist; it
+// matches fs.ErrNotExist.
+type missingStoreError struct{ msg string }
+
+func (e missingStoreError) Error() string { return e.msg }
+func (e missingStoreError) Unwrap() error { return fs.ErrNotExist }
 
 // openBackends opens every configured backend and wraps each in the
 // middleware. With tolerate, a backend that cannot be opened is replaced by
@@ -447,12 +493,13 @@ func (s *System) Listen(ctx context.Context, addr string) (net.Addr, <-chan stru
 }
 
 // Close checkpoints the audit trail when something was written to it
-// since Open (so that every command's events get a MACed checkpoint), then
+// since Open (so that every command's events get a MACed checkpoint;
+// never for a ReadOnly System), then
 // closes the store and the backends. A checkpoint that cannot be made is
 // returned as an error after everything is closed.
 func (s *System) Close() error {
 	var errs []error
-	if s.Audit != nil && s.Store != nil {
+	if s.Audit != nil && s.Store != nil && !s.readOnly {
 		if err := s.Audit.CheckpointIfMoved(context.Background(), s.auditHead); err != nil {
 			errs = append(errs, err)
 		}

@@ -26,6 +26,7 @@ func (c *cli) open(ctx context.Context) (*setup.System, error) {
 		Clock:                 c.clock,
 		Actor:                 setup.DefaultActor(c.getenv),
 		TolerateBackendErrors: c.tolerateBackendErrors,
+		ReadOnly:              c.readOnly,
 	})
 	if err != nil {
 		return nil, err

@@ -49,7 +49,18 @@ type cli struct {
 	// logFallback is the level commands log at unless asked: warn, info
 	// for the worker.
 	logFallback slog.Level
-	sys         *setup.System
+	// readOnly opens the store read-only (the command only reads): see
+	// readOnlyCommands.
+	readOnly bool
+	sys      *setup.System
+}
+
+// readOnlyCommands only read: they open the store read-only and write no
+// audit checkpoint, so that they work on a read-only copy of a home (a
+// preserved database, a backup being inspected).
+var readOnlyCommands = map[string]bool{
+	"status": true, "key list": true, "key show": true, "dek show": true, "plan": true,
+	"audit list": true, "audit verify": true, "audit export": true, "report": true, "decrypt": true,
 }
 
 // runEnv is what an invocation runs in; tests give it a fake clock.
@@ -163,6 +174,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 	root.PersistentFlags().BoolVar(&c.jsonOut, "json", false, "print JSON instead of text")
 	root.PersistentFlags().StringVar(&c.logLevel, "log-level", "", "log level: debug, info, warn, error (default: warn for commands, log.level of the config for run)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		c.readOnly = readOnlyCommands[strings.TrimPrefix(cmd.CommandPath(), "rekey ")]
 		if c.logLevel != "" {
 			var l slog.Level
 			if err := l.UnmarshalText([]byte(c.logLevel)); err != nil {

@@ -30,7 +30,10 @@ func (c *cli) configCommand() *cobra.Command {
 			_, err := config.Load(path)
 			if err != nil {
 				var ve *config.ValidationError
-				if c.jsonOut && errors.As(err, &ve) {
+				if !errors.As(err, &ve) {
+					return err // it could not be read: Load says why
+				}
+				if c.jsonOut {
 					c.printJSON(map[string]any{"valid": false, "config": path, "problems": ve.Problems})
 					return exitError{code: exitFailure}
 				}

@@ -32,6 +32,9 @@ batches of 1000 (bulk provisioning).`,
 			if count < 1 {
 				return usagef("--count must be at least 1 (got %d)", count)
 			}
+			if err := checkLabel(label); err != nil {
+				return err
+			}
 			a, err := c.open(cmd.Context())
 			if err != nil {
 				return err
@@ -111,7 +114,9 @@ does not.`,
 			}
 			fmt.Fprintf(c.stdout, "dek %s\n  key       %s\n  version   v%d\n", d.ID, d.Key, d.Version)
 			if d.Label != "" {
-				fmt.Fprintf(c.stdout, "  label     %s\n", d.Label)
+				// Labels stored through the library are not checked:
+				// escape what a terminal would act on.
+				fmt.Fprintf(c.stdout, "  label     %s\n", printable(d.Label))
 			}
 			fmt.Fprintf(c.stdout, "  created   %s\n  updated   %s\n", d.CreatedAt.Format(time.RFC3339), d.UpdatedAt.Format(time.RFC3339))
 			if err != nil {

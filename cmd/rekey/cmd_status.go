@@ -16,14 +16,31 @@ func (c *cli) statusCommand() *cobra.Command {
 		Short: "Keys, versions, DEK counts, due/overdue, open rotations",
 		Args:  exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			// A broken backend (a corrupt keyring) must not hide what the
+			// store holds: open it tolerated, and report it per key.
+			c.tolerateBackendErrors = true
 			st, err := c.buildStatus(cmd.Context())
 			if err != nil {
 				return err
 			}
+			problems := c.backendProblems(cmd.Context(), st)
 			if c.jsonOut {
-				return c.printJSON(st)
+				keys := make([]statusKey, len(st.Keys))
+				for i, k := range st.Keys {
+					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name]}
+				}
+				if err := c.printJSON(struct {
+					status.Status
+					Keys []statusKey `json:"keys"`
+				}{st, keys}); err != nil {
+					return err
+				}
+			} else {
+				c.printStatus(st, problems)
 			}
-			c.printStatus(st)
+			if len(problems) > 0 {
+				return exitError{code: exitFailure, msg: fmt.Sprintf("%d key(s) have a backend problem: see backend_error above", len(problems))}
+			}
 			return nil
 		},
 	}
@@ -39,7 +56,47 @@ func (c *cli) buildStatus(ctx context.Context) (status.Status, error) {
 	return status.Build(ctx, a.Store, c.now())
 }
 
-func (c *cli) printStatus(st status.Status) {
+// statusKey is a key of status --json: the key view and the problem its
+// backend has, if any.
+type statusKey struct {
+	status.KeyView
+	BackendError string `json:"backend_error,omitempty"`
+}
+
+// backendProblems asks each key's backend for its current version: an
+// error, or a version behind the store's active one (a keyring restored
+// from an older backup: DEKs wrapped under the newer versions would not
+// open), is that key's problem.
+func (c *cli) backendProblems(ctx context.Context, st status.Status) map[string]string {
+	problems := map[string]string{}
+	if c.sys == nil {
+		return problems
+	}
+	for _, k := range st.Keys {
+		b, ok := c.sys.Backends[k.Backend]
+		if !ok {
+			problems[k.Name] = fmt.Sprintf("backend %q is not configured: add it to backends: in %s", k.Backend, c.sys.ConfigPath)
+			continue
+		}
+		key, err := c.sys.Store.GetKey(ctx, k.Name)
+		if err != nil {
+			problems[k.Name] = err.Error()
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		v, err := b.CurrentVersion(cctx, key.BackendRef)
+		cancel()
+		switch {
+		case err != nil:
+			problems[k.Name] = err.Error()
+		case v < k.ActiveVersion:
+			problems[k.Name] = fmt.Sprintf("the backend's current version is v%d, behind the store's active v%d: the backend (keyring) was rolled back, e.g. restored from an older backup, and DEKs under the newer versions will not open: restore its newest copy", v, k.ActiveVersion)
+		}
+	}
+	return problems
+}
+
+func (c *cli) printStatus(st status.Status, problems map[string]string) {
 	if len(st.Keys) == 0 {
 		fmt.Fprintln(c.stdout, "no keys yet: create one with 'rekey key create NAME'")
 		return
@@ -49,6 +106,9 @@ func (c *cli) printStatus(st status.Status) {
 			fmt.Fprintln(c.stdout)
 		}
 		c.printKey(k)
+		if p := problems[k.Name]; p != "" {
+			fmt.Fprintf(c.stdout, "  BACKEND ERROR   %s\n", printable(p))
+		}
 	}
 	fmt.Fprintln(c.stdout)
 	if len(st.Rotations) == 0 {

@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/rekeyhq/rekey"
@@ -127,13 +130,18 @@ func (c *cli) printPlan(p rotation.Plan) {
 		fmt.Fprintf(c.stdout, "key %s (backend %s, v%d active, expires %s, %s)\n", k.Key, k.Backend, k.ActiveVersion, k.ExpiresAt.Format(time.RFC3339), state)
 		fmt.Fprintf(c.stdout, "  next cycle: %s\n", k.Action)
 		if k.Rotation != nil {
-			fmt.Fprintf(c.stdout, "  open rotation: %+v\n", *k.Rotation)
+			r := k.Rotation
+			fmt.Fprintf(c.stdout, "  open rotation: %s v%d→v%d, %s, %d/%d DEKs re-wrapped, started %s\n",
+				r.ID, r.FromVersion, r.ToVersion, r.State, r.Done, r.Total, r.StartedAt.Format(time.RFC3339))
+			if r.LastError != "" {
+				fmt.Fprintf(c.stdout, "    last error: %s\n", printable(r.LastError))
+			}
 		}
 		if k.DEKsToRewrap > 0 {
 			fmt.Fprintf(c.stdout, "  DEKs to re-wrap: %d (about %.1fs at %.0f DEKs/s, %s)\n", k.DEKsToRewrap, k.EstimatedSeconds, k.Rate, k.RateSource)
 		}
 		if len(k.BackendCalls) > 0 {
-			fmt.Fprintf(c.stdout, "  backend calls: %v\n", k.BackendCalls)
+			fmt.Fprintf(c.stdout, "  backend calls: %s\n", formatCalls(k.BackendCalls))
 		}
 		for _, v := range k.Versions {
 			line := fmt.Sprintf("  v%d %s, %d DEKs: %s", v.Version, v.State, v.DEKs, v.Action)
@@ -149,6 +157,16 @@ func (c *cli) printPlan(p rotation.Plan) {
 			fmt.Fprintf(c.stdout, "  error: %s\n", k.Error)
 		}
 	}
+}
+
+// formatCalls prints backend call counts as "current_version 1,
+// rotate_key 1, rewrap_batch 3", sorted by name.
+func formatCalls(calls map[string]int64) string {
+	parts := make([]string, 0, len(calls))
+	for _, name := range slices.Sorted(maps.Keys(calls)) {
+		parts = append(parts, fmt.Sprintf("%s %d", name, calls[name]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (c *cli) rotateCommand() *cobra.Command {

@@ -220,7 +220,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 			err = CheckPrivate(c.path)
 		}
 	} else if errors.Is(err, fs.ErrNotExist) {
-		err = fmt.Errorf("keyring %w (run rekey init to create one)", err)
+		err = fmt.Errorf("keyring %w: every key version and so every DEK wrapped under it lives in this file: if it was deleted or moved, restore it from backup (or fix the keyring path); a new empty keyring would not open the existing DEKs, so rekey does not make one beside existing data (for a new setup, run rekey init with a new --dir); nothing was changed", err)
 	}
 	if err == nil {
 		err = c.reload()

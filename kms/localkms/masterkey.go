@@ -113,6 +113,9 @@ func CheckPrivate(path string) error {
 // readMasterKeyFile checks that path is private and returns the key in it.
 func readMasterKeyFile(path string) ([]byte, error) {
 	if err := CheckPrivate(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("master key file %w: restore it from backup, or set REKEY_MASTER_KEY to the master key (the keyring opens only under the key it was made with)", err)
+		}
 		return nil, fmt.Errorf("master key file: %w", err)
 	}
 	f, err := os.Open(path)

@@ -46,7 +46,7 @@ func TestMigration2KeepsCheckpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err := Open(ctx, Config{Path: path})
+	s, err := Open(ctx, Config{Create: true, Path: path})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -51,7 +51,7 @@ func TestMigration3BackfillsVersionExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	s, err := Open(ctx, Config{Path: path})
+	s, err := Open(ctx, Config{Create: true, Path: path})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

@@ -40,10 +40,21 @@ const service = "store:sqlite"
 
 // Config configures a Store.
 type Config struct {
-	// Path is the database file. It is created, mode 0600, if missing; an
-	// existing file (or its -wal/-shm companion) readable by group or others
-	// is refused. Its directory must exist.
+	// Path is the database file. An existing file (or its -wal/-shm
+	// companion) readable by group or others is refused. Its directory
+	// must exist.
 	Path string
+	// Create allows Open to create the file (mode 0600) when it does not
+	// exist. Without it a missing file is an error matching
+	// fs.ErrNotExist, and nothing is created: a database that was deleted
+	// must not come back empty beside the keys its DEKs were wrapped with.
+	Create bool
+	// ReadOnly opens the database for reading only: nothing is created or
+	// written through the Store (writes fail), and it works on a read-only
+	// copy of the file (a read-only file system or directory). A database
+	// whose schema is older than this binary is migrated first when the
+	// file can be written, and refused when it cannot.
+	ReadOnly bool
 	// BusyTimeout is how long a write waits for another process holding the
 	// write lock before it fails with an *rekey.UnreachableError. Zero means
 	// 5 s.
@@ -56,6 +67,11 @@ type Config struct {
 	// time.Now.
 	Now func() time.Time
 }
+
+// ErrReadOnly is returned by Open, without ReadOnly, when the database
+// file or its directory cannot be written (a read-only file system, or no
+// write permission): open it with ReadOnly to read it.
+var ErrReadOnly = errors.New("the database cannot be written (read-only file system, or no write permission on the file or its directory)")
 
 // readConns is the size of the read pool.
 const readConns = 4
@@ -80,9 +96,11 @@ type Store struct {
 
 var _ rekey.Store = (*Store)(nil)
 
-// Open opens (creating if needed) the database at cfg.Path and applies the
-// embedded migrations it lacks. It refuses a database whose schema is newer
-// than this binary knows, and a file readable by group or others.
+// Open opens the database at cfg.Path (creating it when cfg.Create) and
+// applies the embedded migrations it lacks. It refuses a missing file
+// unless cfg.Create (an error matching fs.ErrNotExist that names the
+// file), a database whose schema is newer than this binary knows, and a
+// file readable by group or others. With cfg.ReadOnly it writes nothing.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Path == "" {
 		return nil, fmt.Errorf("sqlitestore: %w: no database path (store.dsn)", rekey.ErrInvalidArgument)
@@ -105,14 +123,34 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: database path %q: %w", cfg.Path, err)
 	}
-	info, err := createPrivateFile(path)
+	if cfg.Create && cfg.ReadOnly {
+		return nil, fmt.Errorf("sqlitestore: %w: Create and ReadOnly exclude each other", rekey.ErrInvalidArgument)
+	}
+	var info os.FileInfo
+	if cfg.Create {
+		info, err = createPrivateFile(path)
+	} else {
+		info, err = existingPrivateFile(path)
+	}
 	if err != nil {
 		return nil, err
+	}
+
+	if !cfg.ReadOnly && (readOnlyDir(filepath.Dir(path)) || !writable(path)) {
+		return nil, fmt.Errorf("sqlitestore: %s: %w", path, ErrReadOnly)
 	}
 
 	s := &Store{path: path, file: info, log: log, now: now}
 	busy := strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10)
 	common := "_busy_timeout=" + busy + "&_synchronous=NORMAL&_foreign_keys=on&_stmt_cache_size=32"
+	if cfg.ReadOnly {
+		if err := s.openReadOnly(ctx, common); err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+		log.Debug("sqlitestore: opened read-only", "path", path)
+		return s, nil
+	}
 	// WAL mode is a property of the file: set once here, with retries,
 	// rather than by every new connection (see enableWAL).
 	if err := enableWAL(ctx, path+"?_busy_timeout="+busy, cfg.BusyTimeout); err != nil {
@@ -166,6 +204,93 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// openReadOnly opens one query-only pool for reads and writes: SQLite
+// refuses every write. Where the file and its directory can be written it
+// is opened as usual otherwise, so that SQLite shares the -wal/-shm files
+// with other processes (a running daemon) and removes them on close as it
+// always does. On a read-only copy it is opened with mode=ro; a WAL
+// database needs its -shm index, which SQLite cannot create in a
+// read-only directory, so when no -wal file holds unmerged pages the file
+// is opened as immutable (nothing can change it there). The schema must be
+// current: nothing is migrated.
+func (s *Store) openReadOnly(ctx context.Context, common string) error {
+	dsn := s.path + "?_txlock=deferred&_query_only=true&" + common
+	canWrite := !readOnlyDir(filepath.Dir(s.path)) && writable(s.path)
+	if canWrite {
+		// A file this process may write is brought to the current schema
+		// first, as any open would (a new binary's first command may be
+		// status): reads need the current schema.
+		if err := s.migrateBeforeReadOnly(ctx, common); err != nil {
+			return err
+		}
+	} else {
+		dsn = "file:" + s.path + "?mode=ro&_txlock=deferred&_query_only=true&" + common
+		if st, err := os.Stat(s.path + "-wal"); errors.Is(err, fs.ErrNotExist) || (err == nil && st.Size() == 0) {
+			dsn += "&immutable=1"
+		}
+	}
+	db, err := sql.Open("sqlite3", dsn)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: open %s read-only: %w", s.path, mapErr(err))
+	}
+	db.SetMaxOpenConns(readConns)
+	db.SetMaxIdleConns(readConns)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+	s.r, s.w = db, db
+	var v int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("sqlitestore: %s: read the schema version (read-only): %w", s.path, mapErr(err))
+	}
+	switch {
+	case v > len(migrations):
+		return fmt.Errorf("sqlitestore: %s: database schema version %d is newer than this rekey knows (%d): upgrade rekey, or restore a backup made before the upgrade", s.path, v, len(migrations))
+	case v < len(migrations):
+		return fmt.Errorf("sqlitestore: %s: database schema version %d is older than this rekey's (%d), and it cannot be written here to migrate it: run one rekey command on a writable copy first", s.path, v, len(migrations))
+	}
+	return nil
+}
+
+// migrateBeforeReadOnly applies the migrations a writable database lacks,
+// through a connection of its own that it closes; a current schema is left
+// untouched (migrate writes nothing then).
+func (s *Store) migrateBeforeReadOnly(ctx context.Context, common string) error {
+	db, err := sql.Open("sqlite3", s.path+"?_txlock=immediate&"+common)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: open %s: %w", s.path, mapErr(err))
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	var v int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("sqlitestore: %s: read the schema version: %w", s.path, mapErr(err))
+	}
+	if v >= len(migrations) {
+		return nil
+	}
+	if err := enableWAL(ctx, s.path, 5*time.Second); err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
+	}
+	applied, err := migrate(ctx, db)
+	if err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
+	}
+	for _, v := range applied {
+		s.log.Info("sqlitestore: applied migration", "path", s.path, "version", v)
+	}
+	return nil
+}
+
+// writable reports whether this process can open path for writing.
+func writable(path string) bool {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
 // enableWAL switches the database to WAL mode, which then persists in the
 // file. Switching takes an exclusive lock, and when two processes open a
 // new file at the same moment SQLite answers one of them SQLITE_BUSY at
@@ -212,6 +337,25 @@ func createPrivateFile(path string) (os.FileInfo, error) {
 	}
 	info, err := f.Stat()
 	_ = f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("sqlitestore: database file: %w", err)
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("sqlitestore: %w: database path %s is not a regular file", rekey.ErrInvalidArgument, path)
+	}
+	if err := checkPrivate(path); err != nil {
+		return nil, err
+	}
+	return info, nil
+}
+
+// existingPrivateFile is createPrivateFile for a file that must exist
+// already: a missing file is an error matching fs.ErrNotExist.
+func existingPrivateFile(path string) (os.FileInfo, error) {
+	info, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("sqlitestore: database file %s does not exist: %w", path, fs.ErrNotExist)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("sqlitestore: database file: %w", err)
 	}
@@ -297,7 +441,7 @@ func (s *Store) Close() error {
 		if s.r != nil {
 			errs = append(errs, s.r.Close())
 		}
-		if s.w != nil {
+		if s.w != nil && s.w != s.r {
 			errs = append(errs, s.w.Close())
 		}
 		s.closeErr = errors.Join(errs...)

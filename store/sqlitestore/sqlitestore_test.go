@@ -26,7 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // end of the test.
 func openTemp(t testing.TB) *Store {
 	t.Helper()
-	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "rekey.db")})
+	s, err := Open(context.Background(), Config{Create: true, Path: filepath.Join(t.TempDir(), "rekey.db")})
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -77,7 +77,7 @@ func TestRefusesOpenFile(t *testing.T) {
 			if err := os.Chmod(path+suffix, 0o644); err != nil { // whatever the umask
 				t.Fatal(err)
 			}
-			s, err := Open(t.Context(), Config{Path: path})
+			s, err := Open(t.Context(), Config{Create: true, Path: path})
 			if err == nil {
 				_ = s.Close()
 				t.Fatalf("Open of a 0644 file succeeded")
@@ -92,7 +92,7 @@ func TestRefusesOpenFile(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	dir := t.TempDir()
 	for _, path := range []string{"", filepath.Join(dir, "a?b.db"), "file:" + filepath.Join(dir, "x.db"), filepath.Join(dir, "missing", "x.db"), dir} {
-		s, err := Open(t.Context(), Config{Path: path})
+		s, err := Open(t.Context(), Config{Create: true, Path: path})
 		if err == nil {
 			_ = s.Close()
 			t.Errorf("Open(%q) succeeded", path)
@@ -104,7 +104,7 @@ func TestMigrations(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "rekey.db")
 	var logs bytes.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	s, err := Open(t.Context(), Config{Path: path, Logger: logger})
+	s, err := Open(t.Context(), Config{Create: true, Path: path, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestMigrations(t *testing.T) {
 
 	// Reopening applies nothing.
 	logs.Reset()
-	s, err = Open(t.Context(), Config{Path: path, Logger: logger})
+	s, err = Open(t.Context(), Config{Create: true, Path: path, Logger: logger})
 	if err != nil {
 		t.Fatalf("reopen: %v", err)
 	}
@@ -140,7 +140,7 @@ func TestMigrations(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	s, err = Open(t.Context(), Config{Path: path})
+	s, err = Open(t.Context(), Config{Create: true, Path: path})
 	if err == nil {
 		_ = s.Close()
 		t.Fatal("Open of a newer schema succeeded")
@@ -167,7 +167,7 @@ func TestTwoStoresOneFile(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range stores {
 		wg.Go(func() {
-			s, err := Open(ctx, Config{Path: path})
+			s, err := Open(ctx, Config{Create: true, Path: path})
 			if err != nil {
 				t.Errorf("Open %d: %v", i, err)
 				return
@@ -261,7 +261,7 @@ func TestConcurrentOpenFreshFile(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 3 {
 			wg.Go(func() {
-				s, err := Open(t.Context(), Config{Path: path})
+				s, err := Open(t.Context(), Config{Create: true, Path: path})
 				if err != nil {
 					t.Errorf("concurrent Open of a new file: %v", err)
 					return
@@ -344,7 +344,7 @@ func TestMapErr(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tx.Rollback()
-	busy, err := Open(ctx, Config{Path: s.Path(), BusyTimeout: 50 * time.Millisecond})
+	busy, err := Open(ctx, Config{Create: true, Path: s.Path(), BusyTimeout: 50 * time.Millisecond})
 	if err == nil {
 		err = busy.AppendAudit(ctx, rekey.AuditEvent{Type: rekey.AuditRotationFailed})
 		_ = busy.Close()
