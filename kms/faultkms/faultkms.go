@@ -213,9 +213,9 @@ func (k *KMS) Close() error {
 	return nil
 }
 
-// draws are the random numbers one call uses. Every call takes all three,
-// whatever it uses, so that a call sequence maps to faults the same way
-// whatever the configuration's rates.
+// draws are the random numbers one faulted call uses. Every faulted call
+// takes all three, whatever it uses, so that a call sequence maps to
+// faults the same way whatever the configuration's rates.
 type draws struct {
 	latency, fail, lost float64
 }
