@@ -282,8 +282,8 @@ func runFaultTorture(t *testing.T, sc tortureScenario, seed int64, size tortureS
 	// version retired and destroyed. The clock moves only between stages,
 	// never far enough for a second rotation.
 	e.clock.Advance(24 * rekey.Day)
-	const maxCycles = 40
-	stage := 0 // 0: rotating, 1: waiting for retirement, 2: waiting for destruction
+	const maxCycles = 100 // the throttled runs of -fault.long take up to ~25
+	stage := 0            // 0: rotating, 1: waiting for retirement, 2: waiting for destruction
 	for cycle := 1; ; cycle++ {
 		if cycle > maxCycles {
 			t.Fatalf("seed %d: not converged after %d cycles (stage %d); last cycle: %+v", seed, maxCycles, stage, e.lastRep)
