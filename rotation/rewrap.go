@@ -54,15 +54,66 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 	if len(deks) == 0 {
 		return res, nil
 	}
-	key := deks[0].Key
 	outs, err := e.rewrapAtBackend(ctx, b, deks, to)
 	if err != nil {
+		e.keepPartial(ctx, kl, b, deks, outs, to, ck, err)
 		return res, err
 	}
 	if err := e.hit(failpoint.RewrapAfterBackend); err != nil {
 		return res, err
 	}
+	return e.writeBatch(ctx, kl, b, deks, outs, to, ck)
+}
 
+// keepPartial writes what a batch re-wrapped before a transient backend
+// failure ended it (cause), so that the work is not lost: the DEKs whose
+// re-wrap succeeded are swapped, fenced, with a checkpoint that leaves the
+// cursor where it was, so the next try lists only the rest (a DEK on the
+// target version is no longer listed). Without it, a backend that fails one
+// call in every batch once its retries are spent (throttling under the
+// re-wrap's own load) would make the rotation redo the same batch forever.
+// DEKs that cannot be unwrapped are left for the next try to count. A
+// failure of this write is logged only: the batch fails with cause anyway.
+func (e *Engine) keepPartial(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, outs []rewrapOut, to int, ck *batchCheckpoint, cause error) {
+	if outs == nil || !rekey.IsTransient(cause) || ctx.Err() != nil {
+		return
+	}
+	var (
+		done     []rekey.DEK
+		doneOuts []rewrapOut
+	)
+	for i := range deks {
+		if outs[i].err == nil && outs[i].wrapped != nil {
+			done = append(done, deks[i])
+			doneOuts = append(doneOuts, outs[i])
+		}
+	}
+	if len(done) == 0 {
+		return
+	}
+	var pck *batchCheckpoint
+	if ck != nil {
+		pck = &batchCheckpoint{d: ck.d, state: ck.state, cursor: ck.d.r.Cursor}
+	}
+	res, err := e.writeBatch(ctx, kl, b, done, doneOuts, to, pck)
+	if err != nil {
+		e.log.Warn("writing the DEKs re-wrapped before a backend failure failed; the next try re-wraps them again",
+			"key_id", deks[0].Key, "deks", len(done), "error", err)
+		return
+	}
+	e.log.Info("batch ended by a backend failure; kept the DEKs re-wrapped before it",
+		"key_id", deks[0].Key, "deks", res.done, "of", len(deks), "error", cause)
+}
+
+// writeBatch is rewrapBatch's write half: it swaps deks to the re-wrapped
+// bytes in outs (and checkpoints with ck), re-reading and re-wrapping the
+// DEKs whose swap lost.
+func (e *Engine) writeBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, outs []rewrapOut, to int, ck *batchCheckpoint) (batchResult, error) {
+	var (
+		res batchResult
+		err error
+	)
+	key := deks[0].Key
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), writeTimeout)
 	defer cancel()
 	var (
@@ -160,7 +211,8 @@ func (e *Engine) swapDEKs(ctx context.Context, kl *keyLease, swaps []rekey.DEKSw
 // rewrapAtBackend re-wraps deks under version to with at most Concurrency
 // backend calls in flight: one RewrapBatch per chunk when the backend has
 // it, else one Rewrap per DEK, else Unwrap then Wrap. The first fatal error
-// stops the other workers.
+// stops the other workers; outs then holds what was done before it (an
+// entry with neither wrapped nor err was not done).
 func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.DEK, to int) ([]rewrapOut, error) {
 	outs := make([]rewrapOut, len(deks))
 	bctx, cancel := context.WithCancelCause(ctx)
@@ -201,7 +253,7 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 	}
 	wg.Wait()
 	if err := context.Cause(bctx); err != nil {
-		return nil, err
+		return outs, err // what was done before the failure: see keepPartial
 	}
 	return outs, nil
 }
