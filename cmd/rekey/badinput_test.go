@@ -19,7 +19,7 @@ package main
 // runner's own SQL mutations and lock holders close their connections
 // before the files are hashed, so their side files are gone too.
 //
-// The entry format (see testdata/badinput/README.md):
+// The entry format (see cmd/rekey/testdata/badinput/README.md):
 //
 //	# what the input is (at least one comment line)
 //	run: ARGS...            the command line (tokens; "Go-quoted" allowed)
@@ -963,7 +963,7 @@ func TestFuzzSeedCorpora(t *testing.T) {
 			files, err := os.ReadDir(dir)
 			rel, _ := filepath.Rel(root, dir)
 			if err != nil || len(files) == 0 {
-				t.Errorf("%s (%s) has no seed corpus: add files to %s (go test -fuzz writes them; see testdata/badinput/README.md)", name, filepath.Base(p), rel)
+				t.Errorf("%s (%s) has no seed corpus: add files to %s (go test -fuzz writes them; see cmd/rekey/testdata/badinput/README.md)", name, filepath.Base(p), rel)
 				continue
 			}
 			for _, f := range files {
