@@ -6,8 +6,9 @@ package main
 // was rotated once, DEKs, sealed files, and a second home), applies the
 // entry's mutation, hashes every file of the copy (SHA-256, plus file type
 // and permission bits), runs the command through the built binary, and
-// checks: the exit code is non-zero (the one the entry names), stderr names
-// what is wrong (what:) and how to fix it (fix:), stderr carries no secret,
+// checks: the exit code is non-zero (the one the entry names), the message
+// (stderr, then stdout) names what is wrong (what:) and how to fix it
+// (fix:), the output carries no secret,
 // and afterwards every file is byte-identical, none added, none removed.
 //
 // SQLite's side files: the hash covers every file, rekey.db-wal and
@@ -27,9 +28,9 @@ package main
 //	during: OP ARGS...      a condition held while the command runs
 //	env: NAME=VALUE         an extra environment variable
 //	exit: N                 the exit code (non-zero)
-//	what: REGEXP            stderr names the problem
-//	fix: REGEXP             stderr says how to fix it
-//	notwant: REGEXP         stderr must not match (advice that misleads)
+//	what: REGEXP            the message (stderr + stdout) names the problem
+//	fix: REGEXP             the message says how to fix it
+//	notwant: REGEXP         the message must not match (advice that misleads)
 //	maxlen: N               stderr is at most N bytes
 //	pending: TEXT           the fix this entry waits for (another branch):
 //	                        the entry runs as any other and fails until then
@@ -44,7 +45,7 @@ package main
 // other/ (a second home), sealed.rekey, small.rekey, other.rekey, plain.bin,
 // keyring.v1 (the keyring before the rotation). $DEK is the id of the DEK
 // sealed.rekey names, $DEK2 another DEK of key a, $OTHER_MASTER the other
-// home's master key.
+// home's master key (in run:, do:, during:, env: and the regexps).
 
 import (
 	"bufio"
@@ -99,9 +100,9 @@ type badInput struct {
 	during    [][]string
 	env       []string
 	exit      int
-	what      *regexp.Regexp
-	fix       *regexp.Regexp
-	notWant   *regexp.Regexp
+	what      string // regexps, compiled once $DEK... are expanded
+	fix       string
+	notWant   string
 	maxLen    int
 	pending   string
 	known     string
@@ -196,13 +197,16 @@ func parseBadInput(b []byte) (*badInput, error) {
 		case "exit":
 			e.exit, err = strconv.Atoi(val)
 		case "what":
-			e.what, err = regexp.Compile(val)
+			e.what = val
+			_, err = regexp.Compile(val)
 		case "fix":
-			if e.fix, err = regexp.Compile(val); err == nil && !fixVerbs.MatchString(val) {
+			e.fix = val
+			if _, err = regexp.Compile(val); err == nil && !fixVerbs.MatchString(val) {
 				err = fmt.Errorf("fix: %q names no fixing verb (%s)", val, fixVerbs)
 			}
 		case "notwant":
-			e.notWant, err = regexp.Compile(val)
+			e.notWant = val
+			_, err = regexp.Compile(val)
 		case "maxlen":
 			e.maxLen, err = strconv.Atoi(val)
 		case "pending":
@@ -229,7 +233,7 @@ func parseBadInput(b []byte) (*badInput, error) {
 		return nil, fmt.Errorf("no run: line")
 	case e.exit == 0:
 		return nil, fmt.Errorf("exit: must be given and non-zero")
-	case e.what == nil || e.fix == nil:
+	case e.what == "" || e.fix == "":
 		return nil, fmt.Errorf("what: and fix: are both required")
 	case e.pending != "" && e.known != "":
 		return nil, fmt.Errorf("pending: and known: exclude each other")
@@ -415,21 +419,26 @@ func runBadInput(t *testing.T, tpl *badInputTemplate, e *badInput) {
 	if r.code != e.exit {
 		fail("%sexit %d, want %d (%s)\n%v", label(), r.code, e.exit, e.doc, r)
 	}
-	msg := r.stderr
-	if !e.what.MatchString(msg) {
-		fail("%sthe message does not name the problem (what: %s) (%s)\n%v", label(), e.what, e.doc, r)
+	// The message is stderr, and stdout where a command (status) reports
+	// each problem beside the data it could still show.
+	msg := r.stderr + "\n" + r.stdout
+	what, fix := regexp.MustCompile(expand(e.what)), regexp.MustCompile(expand(e.fix))
+	if !what.MatchString(msg) {
+		fail("%sthe message does not name the problem (what: %s) (%s)\n%v", label(), what, e.doc, r)
 	}
-	if !e.fix.MatchString(msg) {
-		fail("%sthe message does not say how to fix it (fix: %s) (%s)\n%v", label(), e.fix, e.doc, r)
+	if !fix.MatchString(msg) {
+		fail("%sthe message does not say how to fix it (fix: %s) (%s)\n%v", label(), fix, e.doc, r)
 	}
-	if e.notWant != nil && e.notWant.MatchString(msg) {
-		fail("%sthe message says what it must not (notwant: %s) (%s)\n%v", label(), e.notWant, e.doc, r)
+	if e.notWant != "" {
+		if nw := regexp.MustCompile(expand(e.notWant)); nw.MatchString(msg) {
+			fail("%sthe message says what it must not (notwant: %s) (%s)\n%v", label(), nw, e.doc, r)
+		}
 	}
-	if e.maxLen > 0 && len(msg) > e.maxLen {
+	if msg := r.stderr; e.maxLen > 0 && len(msg) > e.maxLen {
 		fail("%sthe message is %d bytes, want at most %d (%s): %s", label(), len(msg), e.maxLen, e.doc, e2eTail(msg, 300))
 	}
 	for _, s := range tpl.secrets {
-		if strings.Contains(msg, s) || strings.Contains(r.stdout, s) {
+		if strings.Contains(r.stderr, s) || strings.Contains(r.stdout, s) {
 			// Never excused, known: or not.
 			t.Errorf("the output carries a secret (a master key or a plaintext) (%s)", e.doc)
 		}
