@@ -95,6 +95,7 @@ func openTemp(t testing.TB) *Store {
 }
 
 func TestConformance(t *testing.T) {
+	testDSN(t) // skip or fail once, not in each subtest
 	storetest.Run(t, func(t *testing.T) rekey.Store { return openTemp(t) })
 }
 
