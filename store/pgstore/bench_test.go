@@ -1,0 +1,146 @@
+package pgstore
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// The three ways to write a compare-and-swap batch that BenchmarkSwap
+// compares. swapRound (unnest) is the one the store uses; the other two
+// are here only to be measured against it.
+
+// swapPipelined sends one UPDATE per swap, all in one pgx.Batch (one
+// round trip, pipelined), and returns the ids that lost.
+func swapPipelined(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
+	b := &pgx.Batch{}
+	for _, sw := range swaps {
+		b.Queue(`UPDATE deks SET wrapped = $1, version = $2, updated_at = $3 WHERE id = $4 AND key = $5 AND wrapped = $6`,
+			sw.NewWrapped, sw.NewVersion, now, sw.ID, key, sw.OldWrapped)
+	}
+	res := tx.SendBatch(ctx, b)
+	var lost []string
+	for _, sw := range swaps {
+		tag, err := res.Exec()
+		if err != nil {
+			_ = res.Close()
+			return nil, err
+		}
+		if tag.RowsAffected() == 0 {
+			lost = append(lost, sw.ID)
+		}
+	}
+	return lost, res.Close()
+}
+
+// swapCopy copies the batch into a temporary table and swaps with one
+// UPDATE … FROM it.
+func swapCopy(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
+	if _, err := tx.Exec(ctx, `CREATE TEMP TABLE IF NOT EXISTS swap_in (id text, old_wrapped bytea, new_wrapped bytea, new_version int) ON COMMIT DELETE ROWS`); err != nil {
+		return nil, err
+	}
+	rows := make([][]any, len(swaps))
+	for i, sw := range swaps {
+		rows[i] = []any{sw.ID, sw.OldWrapped, sw.NewWrapped, int32(sw.NewVersion)}
+	}
+	if _, err := tx.CopyFrom(ctx, pgx.Identifier{"swap_in"}, []string{"id", "old_wrapped", "new_wrapped", "new_version"}, pgx.CopyFromRows(rows)); err != nil {
+		return nil, err
+	}
+	r, err := tx.Query(ctx, `UPDATE deks d SET wrapped = s.new_wrapped, version = s.new_version, updated_at = $1
+		FROM swap_in s WHERE d.id = s.id AND d.key = $2 AND d.wrapped = s.old_wrapped RETURNING d.id`, now, key)
+	won, err := collect(r, err, func(sc scanner) (string, error) {
+		var id string
+		return id, sc.Scan(&id)
+	})
+	if err != nil {
+		return nil, err
+	}
+	applied := map[string]bool{}
+	for _, id := range won {
+		applied[id] = true
+	}
+	var lost []string
+	for _, sw := range swaps {
+		if !applied[sw.ID] {
+			lost = append(lost, sw.ID)
+		}
+	}
+	return lost, nil
+}
+
+// BenchmarkSwap measures the CAS swap of 1000-row batches, one
+// transaction each, over 20,000 DEKs of one key, three ways. Every swap
+// must win (the benchmark fails otherwise). Run against the test server:
+//
+//	eval "$(scripts/pg start)"
+//	go test -run '^$' -bench Swap -benchtime 40x ./store/pgstore/
+//
+// The figures are quoted at swapSQL.
+func BenchmarkSwap(b *testing.B) {
+	const total, batch = 20000, 1000
+	ways := []struct {
+		name string
+		fn   func(context.Context, pgx.Tx, []rekey.DEKSwap, string, time.Time) ([]string, error)
+	}{
+		{"unnest", swapRound},
+		{"pipelined", swapPipelined},
+		{"copy", swapCopy},
+	}
+	for _, way := range ways {
+		b.Run(way.name, func(b *testing.B) {
+			s := openTemp(b)
+			ctx := context.Background()
+			now := rekey.NormalizeTime(time.Now())
+			k := rekey.Key{Name: "k", Backend: "local", BackendRef: "k", ActiveVersion: 1, Policy: rekey.DefaultPolicy(), ExpiresAt: now.Add(time.Hour)}
+			if err := s.CreateKey(ctx, k, rekey.KeyVersion{Version: 1}); err != nil {
+				b.Fatal(err)
+			}
+			wrapped := make([][]byte, total)
+			ids := make([]string, total)
+			for i := 0; i < total; i += batch {
+				deks := make([]rekey.DEK, batch)
+				for j := range deks {
+					ids[i+j] = fmt.Sprintf("dek-%06d", i+j)
+					wrapped[i+j] = fmt.Appendf(make([]byte, 0, 60), "%060d", i+j)
+					deks[j] = rekey.DEK{ID: ids[i+j], Key: "k", Version: 1, Wrapped: wrapped[i+j]}
+				}
+				if err := s.InsertDEKs(ctx, deks); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			rows := 0
+			for n := 0; b.Loop(); n++ {
+				first := (n * batch) % total
+				swaps := make([]rekey.DEKSwap, batch)
+				for j := range swaps {
+					i := first + j
+					next := fmt.Appendf(make([]byte, 0, 60), "%052d-%07d", i, n)
+					swaps[j] = rekey.DEKSwap{ID: ids[i], OldWrapped: wrapped[i], NewWrapped: next, NewVersion: 1}
+					wrapped[i] = next
+				}
+				tx, err := s.pool.Begin(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				lost, err := way.fn(ctx, tx, swaps, "k", now)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(lost) != 0 {
+					b.Fatalf("%d swaps lost", len(lost))
+				}
+				if err := tx.Commit(ctx); err != nil {
+					b.Fatal(err)
+				}
+				rows += batch
+			}
+			b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}
