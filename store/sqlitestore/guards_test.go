@@ -19,7 +19,7 @@ import (
 func TestAuditGuards(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "rekey.db")
-	s, err := Open(ctx, Config{Path: path})
+	s, err := Open(ctx, Config{Path: path, Create: true})
 	if err != nil {
 		t.Fatal(err)
 	}
