@@ -496,6 +496,15 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// CheckWrite waits (up to Config.BusyTimeout) for the database's write
+// lock and releases it at once, writing nothing: a caller about to change
+// something outside the store that the store must then record (a new key
+// in a backend) learns first that another process holds the lock. The
+// error is a write's (an *rekey.UnreachableError for a lock still held).
+func (s *Store) CheckWrite(ctx context.Context) error {
+	return s.write(ctx, "check that the database can be written", func(*sql.Tx) error { return nil })
+}
+
 // Close implements rekey.Store. Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
