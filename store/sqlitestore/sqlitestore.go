@@ -422,7 +422,7 @@ func existingPrivateFile(path string) (os.FileInfo, error) {
 		// SQLite takes an empty file for a new database and would write
 		// a new schema into it. Only Create (rekey init) may start from
 		// an empty file.
-		return nil, fmt.Errorf("sqlitestore: database file %s: %w: it was truncated: restore it from a backup (a new home is made by rekey init); nothing was changed", path, ErrEmptyFile)
+		return nil, fmt.Errorf("sqlitestore: %s: %w: it was truncated: restore it from a backup (a new home is made by rekey init); nothing was changed", path, ErrEmptyFile)
 	}
 	if err := checkPrivate(path); err != nil {
 		return nil, err
