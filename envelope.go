@@ -52,38 +52,62 @@ type EnvelopeHeader struct {
 // bytes are not an envelope rekey can read.
 func ReadEnvelopeHeader(r io.Reader) (EnvelopeHeader, error) {
 	var fixed [7]byte
-	if _, err := io.ReadFull(r, fixed[:]); err != nil {
-		return EnvelopeHeader{}, fmt.Errorf("%w: envelope header: %v", ErrInvalidCiphertext, shortRead(err))
+	if n, err := io.ReadFull(r, fixed[:]); err != nil {
+		if n == 0 && errors.Is(err, io.EOF) {
+			return EnvelopeHeader{}, fmt.Errorf("%w: the envelope is empty (0 bytes): %s", ErrInvalidCiphertext, fixNotEnvelope)
+		}
+		return EnvelopeHeader{}, headerError(shortRead(err))
 	}
 	if string(fixed[:4]) != envelopeMagic {
-		return EnvelopeHeader{}, fmt.Errorf("%w: not a rekey envelope (bad magic)", ErrInvalidCiphertext)
+		return EnvelopeHeader{}, fmt.Errorf("%w: not a rekey envelope (bad magic): %s", ErrInvalidCiphertext, fixNotEnvelope)
 	}
 	if fixed[4] != envelopeFormat {
-		return EnvelopeHeader{}, fmt.Errorf("%w: envelope format %d is not supported (this rekey reads format %d)", ErrInvalidCiphertext, fixed[4], envelopeFormat)
+		return EnvelopeHeader{}, fmt.Errorf("%w: envelope format %d is not supported (this rekey reads format %d): use a newer rekey to decrypt it", ErrInvalidCiphertext, fixed[4], envelopeFormat)
 	}
 	shift, idLen := fixed[5], int(fixed[6])
 	if shift < minChunkShift || shift > maxChunkShift {
-		return EnvelopeHeader{}, fmt.Errorf("%w: envelope chunk size 2^%d out of range", ErrInvalidCiphertext, shift)
+		return EnvelopeHeader{}, headerError(fmt.Errorf("%w: chunk size 2^%d out of range", errHeaderDamaged, shift))
 	}
 	if idLen == 0 || idLen > maxEnvelopeIDLen {
-		return EnvelopeHeader{}, fmt.Errorf("%w: envelope DEK id length %d out of range", ErrInvalidCiphertext, idLen)
+		return EnvelopeHeader{}, headerError(fmt.Errorf("%w: DEK id length %d out of range", errHeaderDamaged, idLen))
 	}
 	rest := make([]byte, idLen+envelopeSaltLen)
 	if _, err := io.ReadFull(r, rest); err != nil {
-		return EnvelopeHeader{}, fmt.Errorf("%w: envelope header: %v", ErrInvalidCiphertext, shortRead(err))
+		return EnvelopeHeader{}, headerError(shortRead(err))
 	}
 	h := EnvelopeHeader{DEKID: string(rest[:idLen]), ChunkShift: shift}
 	if !ValidID(h.DEKID) {
-		return EnvelopeHeader{}, fmt.Errorf("%w: envelope names a malformed DEK id", ErrInvalidCiphertext)
+		return EnvelopeHeader{}, headerError(fmt.Errorf("%w: malformed DEK id", errHeaderDamaged))
 	}
 	copy(h.Salt[:], rest[idLen:])
 	h.raw = append(fixed[:], rest...)
 	return h, nil
 }
 
+// fixNotEnvelope is the advice for input that is not an envelope at all.
+const fixNotEnvelope = "check that the input is a file sealed by rekey encrypt"
+
+// fixDamaged is the advice for an envelope whose bytes were changed or cut.
+const fixDamaged = "the file is damaged: restore it from a backup"
+
+// headerError reports a damaged envelope header: what is wrong, then what to
+// do. An I/O error other than a short read is reported as it is.
+func headerError(err error) error {
+	if err != errTruncated && !errors.Is(err, errHeaderDamaged) {
+		return fmt.Errorf("%w: envelope header: %v", ErrInvalidCiphertext, err)
+	}
+	return fmt.Errorf("%w: envelope header: %v: %s", ErrInvalidCiphertext, err, fixDamaged)
+}
+
+// errHeaderDamaged marks a header field with a value rekey never writes.
+var errHeaderDamaged = errors.New("corrupt")
+
+// errTruncated is what shortRead makes of an early end of the input.
+var errTruncated = errors.New("truncated")
+
 func shortRead(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return errors.New("truncated")
+		return errTruncated
 	}
 	return err
 }
@@ -287,12 +311,12 @@ func (r *envelopeReader) next() error {
 		segLen = len(r.seg) - 1
 	}
 	if segLen < envelopeTagLen {
-		return fmt.Errorf("%w: envelope truncated", ErrInvalidCiphertext)
+		return fmt.Errorf("%w: envelope truncated: %s", ErrInvalidCiphertext, fixDamaged)
 	}
 	segmentNonce(&r.nonce, r.counter, last)
 	plain, oerr := r.aead.Open(r.seg[:0:segLen], r.nonce[:], r.seg[:segLen], r.ad)
 	if oerr != nil {
-		return fmt.Errorf("%w: envelope segment %d does not authenticate (corrupt, truncated, or wrong associated data)", ErrInvalidCiphertext, r.counter)
+		return fmt.Errorf("%w: envelope segment %d does not authenticate: the file is damaged or was sealed with other associated data: restore it from a backup, or give the --aad it was sealed with", ErrInvalidCiphertext, r.counter)
 	}
 	r.counter++
 	r.plain = plain

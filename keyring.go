@@ -151,6 +151,9 @@ func (kr *Keyring) newDEKs(ctx context.Context, key, label string, n int, keep b
 		k, err := kr.store.GetKey(ctx, key)
 		if err != nil {
 			clearAll()
+			if errors.Is(err, ErrKeyNotFound) {
+				return nil, nil, fmt.Errorf("key %s: %w: create it first (rekey key create %s) or use one that rekey key list shows", key, err, key)
+			}
 			return nil, nil, fmt.Errorf("key %s: %w", key, err)
 		}
 		b, err := kr.backend(k.Backend)
@@ -232,14 +235,21 @@ func (kr *Keyring) openDEKOf(ctx context.Context, id, key string) ([]byte, DEK, 
 	}
 	plain, err := b.Unwrap(ctx, k.BackendRef, d.Version, d.Wrapped)
 	if err != nil {
+		if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrWrongVersion) {
+			return fail(fmt.Errorf("key %s version %d: %w: %s", d.Key, d.Version, err, fixWrappedCorrupt))
+		}
 		return fail(fmt.Errorf("key %s version %d: %w", d.Key, d.Version, err))
 	}
 	if len(plain) != DEKSize {
 		zero(plain)
-		return fail(fmt.Errorf("%w: unwrapped DEK has %d bytes, want %d", ErrInvalidCiphertext, len(plain), DEKSize))
+		return fail(fmt.Errorf("%w: unwrapped DEK has %d bytes, want %d: %s", ErrInvalidCiphertext, len(plain), DEKSize, fixWrappedCorrupt))
 	}
 	return plain, d, nil
 }
+
+// fixWrappedCorrupt says what a wrapped DEK the backend refuses means, and
+// what to do about it.
+const fixWrappedCorrupt = "the stored wrapped DEK is corrupt (or its row was changed): restore the database from a backup"
 
 // SealStream makes a new DEK under key and seals everything read from src
 // into dst as one envelope carrying the DEK id. Memory use does not depend on

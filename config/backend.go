@@ -197,14 +197,22 @@ func (d *decoder) parseSetting(n *yaml.Node, p, s string, dst reflect.Value) boo
 			dst.SetInt(v)
 			return true
 		}
-		d.addf(n, p, "%q is not a whole number", echo(s))
+		if errors.Is(err, strconv.ErrRange) {
+			d.addf(n, p, "%q is too large: use a whole number within the field's range", echo(s))
+		} else {
+			d.addf(n, p, "%q is not a whole number: use digits only, e.g. 10", echo(s))
+		}
 	case dst.CanUint():
 		var v uint64
 		if v, err = strconv.ParseUint(t, 10, dst.Type().Bits()); err == nil {
 			dst.SetUint(v)
 			return true
 		}
-		d.addf(n, p, "%q is not a whole number from 0", echo(s))
+		if errors.Is(err, strconv.ErrRange) {
+			d.addf(n, p, "%q is too large: use a whole number within the field's range", echo(s))
+		} else {
+			d.addf(n, p, "%q is not a whole number from 0: use digits only, e.g. 10", echo(s))
+		}
 	case dst.CanFloat():
 		var v float64
 		if v, err = strconv.ParseFloat(t, dst.Type().Bits()); err == nil && !dst.OverflowFloat(v) && !math.IsNaN(v) && !math.IsInf(v, 0) {

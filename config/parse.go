@@ -165,6 +165,9 @@ func decodeYAML(data []byte) (root *yaml.Node, prob *Problem) {
 		p := &Problem{Message: err.Error()}
 		if m := yamlLineRE.FindStringSubmatch(p.Message); m != nil {
 			p.Line, _ = strconv.Atoi(m[1])
+			p.Message += ": fix the YAML syntax at that line, then check the file with rekey config validate"
+		} else {
+			p.Message += ": the file is not valid YAML text: fix or restore it, then check it with rekey config validate"
 		}
 		return p
 	}
@@ -395,8 +398,12 @@ func (d *decoder) integer(n *yaml.Node, p string, dst *int) bool {
 		return false
 	}
 	v, err := strconv.ParseInt(strings.TrimSpace(s), 10, 32)
+	if errors.Is(err, strconv.ErrRange) {
+		d.addf(n, p, "%q is too large: use a whole number between %d and %d, within the field's range", echo(s), math.MinInt32, math.MaxInt32)
+		return false
+	}
 	if err != nil {
-		d.addf(n, p, "%q is not a whole number", echo(s))
+		d.addf(n, p, "%q is not a whole number: use digits only, e.g. 10", echo(s))
 		return false
 	}
 	*dst = int(v)
@@ -451,7 +458,7 @@ func parseDuration(s string, allowNever bool) (time.Duration, string) {
 	case t == "never" && !allowNever:
 		return 0, fmt.Sprintf("bad duration %q: never is only allowed for destroy_after", echo(s))
 	case strings.HasPrefix(t, "-"):
-		return 0, fmt.Sprintf("bad duration %q: must not be negative", echo(s))
+		return 0, fmt.Sprintf("bad duration %q: must not be negative: give a positive duration, e.g. 7d", echo(s))
 	case strings.Contains(strings.ToLower(t), "nan"):
 		// rekey.ParseDuration lets a NaN day count through.
 		return 0, fmt.Sprintf("bad duration %q: %s", echo(s), syntax)

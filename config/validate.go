@@ -39,7 +39,7 @@ func (c *Config) problems() []Problem {
 	case 0:
 		ch.add("version", "missing: add version: 1 at the top of the file")
 	default:
-		ch.add("version", "unsupported version %d: this rekey reads version 1", c.Version)
+		ch.add("version", "unsupported version %d: this rekey reads version 1: set version: 1, or use a newer rekey", c.Version)
 	}
 	c.checkStore(ch)
 	c.checkBackends(ch)
@@ -184,7 +184,7 @@ func (c *Config) checkKeys(ch *checker) {
 		} else if err := rekey.ValidateKeyName(k.Name); err != nil {
 			ch.add(p+".name", "invalid %s", strings.TrimPrefix(err.Error(), rekey.ErrInvalidArgument.Error()+": "))
 		} else if j, dup := first[k.Name]; dup {
-			ch.add(p+".name", "duplicate key name %q (first declared at %s)", echo(k.Name), indexPath("keys", j))
+			ch.add(p+".name", "duplicate key name %q (first declared at %s): rename or remove one of them", echo(k.Name), indexPath("keys", j))
 		} else {
 			first[k.Name] = i
 		}

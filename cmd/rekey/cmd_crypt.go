@@ -102,6 +102,9 @@ chunk that does not authenticate and the exit code is 1.`,
 func checkPaths(in, out string) error {
 	if in != "-" {
 		st, err := os.Stat(in)
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("--in: %w: check the path (or give - for stdin)", err)
+		}
 		if err != nil {
 			return fmt.Errorf("--in: %w", err)
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -93,6 +94,9 @@ does not.`,
 				return usagef("%q is not a DEK id (26 characters of 0-9 and A-Z, as printed by 'rekey dek create')", id)
 			}
 			d, err := a.Store.GetDEK(cmd.Context(), id)
+			if errors.Is(err, rekey.ErrDEKNotFound) {
+				return fmt.Errorf("dek %s: this store (%s) does not have it: %w: check the id, or use the --config or $REKEY_HOME it was created with", id, a.ConfigPath, err)
+			}
 			if err != nil {
 				return fmt.Errorf("dek %s: %w", id, err)
 			}

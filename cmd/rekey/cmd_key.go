@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/status"
+	"github.com/rekeyhq/rekey/store/retrystore"
 	"github.com/spf13/cobra"
 )
 
@@ -62,6 +64,14 @@ syntax plus d for days: 90d, 12h, 3s.`,
 			b, err := defaultBackend(a, backend)
 			if err != nil {
 				return err
+			}
+			// A key the backend creates but the store cannot record stays
+			// in the backend under that name: check the store can be
+			// written first (another process may hold its write lock).
+			if w, ok := retrystore.Unwrap(a.Store).(interface{ CheckWrite(context.Context) error }); ok {
+				if err := w.CheckWrite(cmd.Context()); err != nil {
+					return err
+				}
 			}
 			k, err := a.Keyring.CreateKey(cmd.Context(), args[0], b, p)
 			if err != nil {

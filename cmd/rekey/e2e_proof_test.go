@@ -333,16 +333,26 @@ func TestE2E_AuditVerifyCheckpointDeletion(t *testing.T) {
 	t.Run("database_emptied", func(t *testing.T) {
 		t.Parallel()
 		// The keyring (with the checkpoint MAC key) is still there; the
-		// database is truncated to nothing, and the next command opens it
-		// as a new, empty store.
+		// database is truncated to nothing. An empty database file is not
+		// taken for a new, empty store: every command refuses it, naming
+		// the file and saying to restore it, and leaves it empty.
 		h := base.clone(t)
 		for _, f := range []string{"rekey.db-wal", "rekey.db-shm"} {
 			os.Remove(filepath.Join(h.home, f))
 		}
-		if err := os.Truncate(filepath.Join(h.home, "rekey.db"), 0); err != nil {
+		db := filepath.Join(h.home, "rekey.db")
+		if err := os.Truncate(db, 0); err != nil {
 			t.Fatal(err)
 		}
-		h.verifyFails(1, "")
+		for _, args := range [][]string{{"audit", "verify"}, {"audit", "verify", "--json"}, {"status"}, {"key", "create", "b"}} {
+			r := h.run(args...)
+			if r.code != 1 || !strings.Contains(r.stderr, db) || !strings.Contains(r.stderr, "empty") || !strings.Contains(r.stderr, "restore it from a backup") {
+				t.Errorf("%s over an emptied database: exit %d, want 1 naming %s as empty and saying to restore it\n%v", strings.Join(args, " "), r.code, db, r)
+			}
+		}
+		if st, err := os.Stat(db); err != nil || st.Size() != 0 {
+			t.Errorf("the emptied database was written: %v, %v", st, err)
+		}
 	})
 }
 

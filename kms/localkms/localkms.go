@@ -112,6 +112,10 @@ type Config struct {
 	// are lost, which is the price of never writing the file per wrap. 0
 	// means DefaultCounterBlock.
 	CounterBlock uint64
+	// LockTimeout bounds the wait for the keyring's lock file when another
+	// process holds it; then the call fails with ErrKeyringLocked. 0 means
+	// DefaultLockTimeout.
+	LockTimeout time.Duration
 	// Logger receives key life-cycle events; nil discards them.
 	Logger *slog.Logger
 	// Now is the clock for the times recorded in the keyring; nil means
@@ -125,6 +129,7 @@ type Config struct {
 type Client struct {
 	path         string
 	lockPath     string
+	lockTimeout  time.Duration
 	masterHint   string // where the master key came from, for error messages
 	usageLimit   uint64
 	counterBlock uint64
@@ -196,6 +201,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	c := &Client{
 		path:         cfg.Keyring,
 		lockPath:     cfg.Keyring + ".lock",
+		lockTimeout:  cfg.LockTimeout,
 		masterHint:   hint,
 		usageLimit:   limit,
 		counterBlock: block,
@@ -209,6 +215,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
+	if c.lockTimeout <= 0 {
+		c.lockTimeout = DefaultLockTimeout
+	}
 	if c.now == nil {
 		c.now = time.Now
 	}
@@ -219,6 +228,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		if err == nil {
 			err = CheckPrivate(c.path)
 		}
+	} else if errors.Is(err, errNotRegular) {
+		err = fmt.Errorf("keyring %w: remove what is there and restore the keyring file from a backup; nothing was changed", err)
 	} else if errors.Is(err, fs.ErrNotExist) {
 		err = fmt.Errorf("keyring %w: every key version and so every DEK wrapped under it lives in this file: if it was deleted or moved, restore it from backup (or fix the keyring path); a new empty keyring would not open the existing DEKs, so rekey does not make one beside existing data (for a new setup, run rekey init with a new --dir); nothing was changed", err)
 	}
@@ -257,7 +268,7 @@ func (c *Client) createKeyring(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o700); err != nil {
 		return fmt.Errorf("create keyring: %w", err)
 	}
-	unlock, err := fileutil.Lock(ctx, c.lockPath)
+	unlock, err := c.lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -274,6 +285,26 @@ func (c *Client) createKeyring(ctx context.Context) error {
 	}
 	c.log.Info("localkms: created keyring", "keyring", c.path)
 	return nil
+}
+
+// DefaultLockTimeout is how long a change waits for the keyring's lock file
+// when Config.LockTimeout is 0.
+const DefaultLockTimeout = 10 * time.Second
+
+// ErrKeyringLocked means another process held the keyring's lock file for
+// longer than Config.LockTimeout. Nothing was changed.
+var ErrKeyringLocked = errors.New("the keyring is locked by another process")
+
+// lock takes the keyring's lock file, waiting at most c.lockTimeout. The
+// caller holds fileMu.
+func (c *Client) lock(ctx context.Context) (func(), error) {
+	wctx, cancel := context.WithTimeout(ctx, c.lockTimeout)
+	defer cancel()
+	unlock, err := fileutil.Lock(wctx, c.lockPath)
+	if err != nil && ctx.Err() == nil && errors.Is(wctx.Err(), context.DeadlineExceeded) {
+		return nil, fmt.Errorf("localkms: lock file %s: %w: still held after %s (another rekey process is changing the keyring): wait for it to finish or stop it, then retry; nothing was changed", c.lockPath, ErrKeyringLocked, c.lockTimeout)
+	}
+	return unlock, err
 }
 
 // Close zeroes the master key and the key material this Client holds (best
@@ -375,7 +406,7 @@ func (c *Client) change(ctx context.Context, fn func(d *keyringData) (changed bo
 	if c.closed.Load() {
 		return errClosed
 	}
-	unlock, err := fileutil.Lock(ctx, c.lockPath)
+	unlock, err := c.lock(ctx)
 	if err != nil {
 		return err
 	}
@@ -423,7 +454,7 @@ func (c *Client) lookup(ref string, version int) (*keyData, *versionData, error)
 		return k, nil, nil
 	}
 	if version > len(k.Versions) {
-		return k, nil, fmt.Errorf("localkms: key %q version %d: %w", ref, version, rekey.ErrVersionNotFound)
+		return k, nil, fmt.Errorf("localkms: key %q version %d: %w: the keyring %s has only %d version(s) (an older copy, or another home's?): restore this home's latest keyring from a backup", ref, version, rekey.ErrVersionNotFound, c.path, len(k.Versions))
 	}
 	return k, k.Versions[version-1], nil
 }

@@ -882,3 +882,85 @@ func TestLockWaitEndsWithContext(t *testing.T) {
 		t.Errorf("RotateKey after the lock was released = %d, %v; want 2, nil", v, err)
 	}
 }
+
+// TestLockWaitBounded: a change waits at most LockTimeout for a lock
+// another process holds, then fails naming the lock file, with
+// ErrKeyringLocked and nothing changed.
+func TestLockWaitBounded(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	c := f.open(t, func(c *Config) { c.LockTimeout = 100 * time.Millisecond })
+	ref := mustCreate(t, c, "payments")
+	before, err := os.ReadFile(f.keyring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := fileutil.Lock(t.Context(), f.keyring+".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	start := time.Now()
+	_, err = c.RotateKey(t.Context(), ref)
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("RotateKey while the lock is held took %v, want about the 100ms LockTimeout", took)
+	}
+	if !errors.Is(err, ErrKeyringLocked) || errors.Is(err, context.DeadlineExceeded) ||
+		!strings.Contains(err.Error(), f.keyring+".lock") || !strings.Contains(err.Error(), "stop it") {
+		t.Errorf("RotateKey while the lock is held = %v, want ErrKeyringLocked naming the lock file and what to do (and not a deadline a retry would repeat)", err)
+	}
+	if after, _ := os.ReadFile(f.keyring); !bytes.Equal(before, after) {
+		t.Error("the keyring changed")
+	}
+}
+
+// TestMessagesSayWhatToDo: the errors for a damaged master key file, a
+// keyring path that is a directory and a keyring without a version the
+// caller names say what to do.
+func TestMessagesSayWhatToDo(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		damage func(f fixture) error
+		want   []string
+	}{
+		{"empty master key", func(f fixture) error { return os.WriteFile(f.masterFile, nil, 0o600) }, []string{"empty", "restore master.key", "REKEY_MASTER_KEY"}},
+		{"short master key", func(f fixture) error { return os.WriteFile(f.masterFile, []byte("AAAAAAAAAAAAAAAAAAAA"), 0o600) }, []string{"15 bytes", "restore master.key"}},
+		{"master key a directory", func(f fixture) error {
+			if err := os.Remove(f.masterFile); err != nil {
+				return err
+			}
+			return os.Mkdir(f.masterFile, 0o700)
+		}, []string{"not a regular file", "remove what is there", "restore master.key"}},
+		{"keyring a directory", func(f fixture) error {
+			if err := os.Remove(f.keyring); err != nil {
+				return err
+			}
+			return os.Mkdir(f.keyring, 0o700)
+		}, []string{"not a regular file", "restore the keyring file"}},
+	} {
+		f := setup(t)
+		f.open(t).Close()
+		if err := tc.damage(f); err != nil {
+			t.Fatal(err)
+		}
+		c, err := New(t.Context(), Config{Keyring: f.keyring, MasterKeyFile: f.masterFile})
+		if err == nil {
+			c.Close()
+			t.Errorf("%s: New succeeded", tc.name)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v; want it to say %q", tc.name, err, w)
+			}
+		}
+	}
+	f := setup(t)
+	c := f.open(t)
+	ref := mustCreate(t, c, "payments")
+	_, err := c.Wrap(t.Context(), ref, 2, dek(1))
+	if !errors.Is(err, rekey.ErrVersionNotFound) || !strings.Contains(err.Error(), "restore this home's latest keyring") {
+		t.Errorf("Wrap under a version the keyring lacks = %v, want ErrVersionNotFound saying to restore the keyring", err)
+	}
+}

@@ -37,7 +37,7 @@ func ParseMasterKey(s string) ([]byte, error) {
 func parseMasterKey(text []byte) ([]byte, error) {
 	text = bytes.TrimSpace(text)
 	if len(text) == 0 {
-		return nil, errors.New("the master key is empty: want 32 random bytes in base64 (rekey init makes one)")
+		return nil, errors.New("the master key is empty: want 32 random bytes in base64")
 	}
 	key := make([]byte, max(base64.StdEncoding.DecodedLen(len(text)), base64.RawURLEncoding.DecodedLen(len(text))))
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawURLEncoding} {
@@ -102,7 +102,7 @@ func CheckPrivate(path string) error {
 		return err
 	}
 	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
+		return fmt.Errorf("%s is %w", path, errNotRegular)
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return fmt.Errorf("%s is accessible to group or others (mode %04o): run chmod 600 %s", path, perm, path)
@@ -110,11 +110,21 @@ func CheckPrivate(path string) error {
 	return nil
 }
 
+// errNotRegular is what CheckPrivate reports for a path that is a directory,
+// a device, ...
+var errNotRegular = errors.New("not a regular file")
+
+// fixMasterKeyFile is the advice for a master key file that is damaged.
+const fixMasterKeyFile = "restore master.key from a backup, or set REKEY_MASTER_KEY to the master key (the keyring opens only under the key it was made with)"
+
 // readMasterKeyFile checks that path is private and returns the key in it.
 func readMasterKeyFile(path string) ([]byte, error) {
 	if err := CheckPrivate(path); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("master key file %w: restore it from backup, or set REKEY_MASTER_KEY to the master key (the keyring opens only under the key it was made with)", err)
+		}
+		if errors.Is(err, errNotRegular) {
+			return nil, fmt.Errorf("master key file: %w: remove what is there and %s", err, fixMasterKeyFile)
 		}
 		return nil, fmt.Errorf("master key file: %w", err)
 	}
@@ -133,7 +143,7 @@ func readMasterKeyFile(path string) ([]byte, error) {
 	}
 	key, err := parseMasterKey(text)
 	if err != nil {
-		return nil, fmt.Errorf("master key file %s: %w", path, err)
+		return nil, fmt.Errorf("master key file %s: %w: %s", path, err, fixMasterKeyFile)
 	}
 	return key, nil
 }

@@ -11,3 +11,5 @@ func isBusy(error) bool { return false }
 func mapDriverErr(error) (error, bool) { return nil, false }
 
 func isDriverErr(error) bool { return false }
+
+func advise(err error) error { return err }

@@ -76,6 +76,13 @@ func brokenGuards(ctx context.Context, q querier) (names, problems []string, err
 // write transaction, and returns what it found wrong (nil when all were
 // intact).
 func (s *Store) restoreGuards(ctx context.Context) ([]string, error) {
+	// Checked first without the write lock: intact triggers (the usual
+	// case) need no write.
+	if names, _, err := brokenGuards(ctx, s.w); err != nil {
+		return nil, mapErr(err)
+	} else if len(names) == 0 {
+		return nil, nil
+	}
 	var found []string
 	err := s.write(ctx, "restore audit triggers", func(tx *sql.Tx) error {
 		names, problems, err := brokenGuards(ctx, tx)

@@ -73,6 +73,11 @@ type Config struct {
 // write permission): open it with ReadOnly to read it.
 var ErrReadOnly = errors.New("the database cannot be written (read-only file system, or no write permission on the file or its directory)")
 
+// ErrEmptyFile is returned by Open, without Create, for a database file
+// that exists but is empty (0 bytes): a database that was truncated, which
+// SQLite would take for a new one.
+var ErrEmptyFile = errors.New("the database file is empty (0 bytes)")
+
 // readConns is the size of the read pool.
 const readConns = 4
 
@@ -151,14 +156,22 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log.Debug("sqlitestore: opened read-only", "path", path)
 		return s, nil
 	}
+	// A failed open removes the side files it created (a full disk leaves
+	// an empty -wal and a stub -shm behind), so that it changes nothing.
+	before := sideFiles(path)
+	fail := func(err error) (*Store, error) {
+		_ = s.Close()
+		removeNewSideFiles(path, before, log)
+		return nil, err
+	}
 	// WAL mode is a property of the file: set once here, with retries,
 	// rather than by every new connection (see enableWAL).
 	if err := enableWAL(ctx, path+"?_busy_timeout="+busy, cfg.BusyTimeout); err != nil {
-		return nil, fmt.Errorf("sqlitestore: %s: %w", path, err)
+		return fail(fmt.Errorf("sqlitestore: %s: %w", path, err))
 	}
 	s.w, err = sql.Open("sqlite3", path+"?_txlock=immediate&"+common)
 	if err != nil {
-		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err))
+		return fail(fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err)))
 	}
 	// One writer connection: writers of this process queue in database/sql
 	// (honouring their contexts) instead of spinning in SQLite's busy
@@ -168,17 +181,24 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s.w.SetConnMaxLifetime(0)
 	s.w.SetConnMaxIdleTime(0)
 
-	applied, err := migrate(ctx, s.w)
-	if err != nil {
-		_ = s.w.Close()
-		return nil, fmt.Errorf("sqlitestore: %s: %w", path, err)
+	// The schema version is read first, without the write lock: a current
+	// schema (the usual case) needs no write, so opening does not wait
+	// for another process's write transaction.
+	var current int
+	if err := s.w.QueryRowContext(ctx, "PRAGMA user_version").Scan(&current); err != nil {
+		return fail(fmt.Errorf("sqlitestore: %s: read the schema version: %w", path, mapErr(err)))
 	}
-	for _, v := range applied {
-		log.Info("sqlitestore: applied migration", "path", path, "version", v)
+	if current != len(migrations) {
+		applied, err := migrate(ctx, s.w)
+		if err != nil {
+			return fail(fmt.Errorf("sqlitestore: %s: %w", path, err))
+		}
+		for _, v := range applied {
+			log.Info("sqlitestore: applied migration", "path", path, "version", v)
+		}
 	}
 	if s.restored, err = s.restoreGuards(ctx); err != nil {
-		_ = s.w.Close()
-		return nil, fmt.Errorf("sqlitestore: %s: check the audit trail's append-only triggers: %w", path, err)
+		return fail(fmt.Errorf("sqlitestore: %s: check the audit trail's append-only triggers: %w", path, err))
 	}
 	for _, p := range s.restored {
 		log.Error("sqlitestore: restored an append-only trigger of the audit trail: someone with write access to the database file dropped or altered it; run rekey audit verify",
@@ -187,8 +207,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 	s.r, err = sql.Open("sqlite3", path+"?_txlock=deferred&_query_only=true&"+common)
 	if err != nil {
-		_ = s.w.Close()
-		return nil, fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err))
+		return fail(fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err)))
 	}
 	s.r.SetMaxOpenConns(readConns)
 	s.r.SetMaxIdleConns(readConns)
@@ -281,6 +300,43 @@ func (s *Store) migrateBeforeReadOnly(ctx context.Context, common string) error 
 	return nil
 }
 
+// sideFiles reports which of path's -wal and -shm files exist.
+func sideFiles(path string) map[string]bool {
+	m := make(map[string]bool, 2)
+	for _, p := range []string{path + "-wal", path + "-shm"} {
+		_, err := os.Lstat(p)
+		m[p] = !errors.Is(err, fs.ErrNotExist)
+	}
+	return m
+}
+
+// walIndexSize is the size of a -shm file that a WAL connection has set up:
+// one that is shorter was never mapped by any connection.
+const walIndexSize = 32 << 10
+
+// removeNewSideFiles removes the -wal and -shm files of path that did not
+// exist before (per sideFiles) and that no connection uses: an empty -wal
+// beside a -shm shorter than a set-up WAL index (what SQLite leaves when it
+// cannot write on a full disk). Files another process may be using are
+// left alone.
+func removeNewSideFiles(path string, before map[string]bool, log *slog.Logger) {
+	wal, shm := path+"-wal", path+"-shm"
+	if wi, err := os.Lstat(wal); err == nil && (before[wal] || wi.Size() != 0) {
+		return
+	}
+	if si, err := os.Lstat(shm); err == nil && (before[shm] || si.Size() >= walIndexSize) {
+		return
+	}
+	for _, p := range []string{wal, shm} {
+		if before[p] {
+			continue
+		}
+		if err := os.Remove(p); err == nil {
+			log.Debug("sqlitestore: removed a side file the failed open created", "file", p)
+		}
+	}
+}
+
 // writable reports whether this process can open path for writing.
 func writable(path string) bool {
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
@@ -341,7 +397,7 @@ func createPrivateFile(path string) (os.FileInfo, error) {
 		return nil, fmt.Errorf("sqlitestore: database file: %w", err)
 	}
 	if !info.Mode().IsRegular() {
-		return nil, fmt.Errorf("sqlitestore: %w: database path %s is not a regular file", rekey.ErrInvalidArgument, path)
+		return nil, fmt.Errorf("sqlitestore: %w: database path %s is not a regular file: remove or move what is there and restore the database file from a backup", rekey.ErrInvalidArgument, path)
 	}
 	if err := checkPrivate(path); err != nil {
 		return nil, err
@@ -360,7 +416,13 @@ func existingPrivateFile(path string) (os.FileInfo, error) {
 		return nil, fmt.Errorf("sqlitestore: database file: %w", err)
 	}
 	if !info.Mode().IsRegular() {
-		return nil, fmt.Errorf("sqlitestore: %w: database path %s is not a regular file", rekey.ErrInvalidArgument, path)
+		return nil, fmt.Errorf("sqlitestore: %w: database path %s is not a regular file: remove or move what is there and restore the database file from a backup", rekey.ErrInvalidArgument, path)
+	}
+	if info.Size() == 0 {
+		// SQLite takes an empty file for a new database and would write
+		// a new schema into it. Only Create (rekey init) may start from
+		// an empty file.
+		return nil, fmt.Errorf("sqlitestore: %s: %w: it was truncated: restore it from a backup (a new home is made by rekey init); nothing was changed", path, ErrEmptyFile)
 	}
 	if err := checkPrivate(path); err != nil {
 		return nil, err
@@ -434,6 +496,15 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
+// CheckWrite waits (up to Config.BusyTimeout) for the database's write
+// lock and releases it at once, writing nothing: a caller about to change
+// something outside the store that the store must then record (a new key
+// in a backend) learns first that another process holds the lock. The
+// error is a write's (an *rekey.UnreachableError for a lock still held).
+func (s *Store) CheckWrite(ctx context.Context) error {
+	return s.write(ctx, "check that the database can be written", func(*sql.Tx) error { return nil })
+}
+
 // Close implements rekey.Store. Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
@@ -474,7 +545,7 @@ func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error)
 		if notCommitted(err) {
 			return s.fail(op, err)
 		}
-		return fmt.Errorf("sqlitestore: %s: commit failed and may or may not have been applied: read the state again before retrying: %w", op, err)
+		return fmt.Errorf("sqlitestore: %s: commit failed and may or may not have been applied: read the state again before retrying: %w", op, advise(err))
 	}
 	return nil
 }
