@@ -335,7 +335,7 @@ func newTortureEnv(t *testing.T, sc tortureScenario, seed int64) *tortureEnv {
 	ctx := t.Context()
 	dir := t.TempDir()
 	clk := newClock()
-	st, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: filepath.Join(dir, "rekey.db"), Now: clk.Now})
+	st, err := sqlitestore.Open(ctx, sqlitestore.Config{Path: filepath.Join(dir, "rekey.db"), Create: true, Now: clk.Now})
 	if err != nil {
 		t.Fatalf("open sqlite: %v", err)
 	}
