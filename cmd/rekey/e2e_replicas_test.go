@@ -558,11 +558,18 @@ func TestE2E_Replicas_PausedFenced(t *testing.T) {
 	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	stoppedAt := time.Now()
+	time.Sleep(200 * time.Millisecond) // let a statement a sent before the stop finish
 	stopped := h.rotations("paused")[0]
-	t.Logf("replica-a stopped with %d of %d DEKs re-wrapped (epoch %d)", stopped.done, stopped.total, stopped.epoch)
+	// a may be stopped inside a transaction holding its lease row FOR
+	// SHARE: b can take the key over only once the server ends that
+	// session (pgstore's idle_in_transaction_session_timeout, 10s).
+	inTx := h.queryInt(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`)
+	t.Logf("replica-a stopped with %d of %d DEKs re-wrapped (epoch %d), %d session(s) idle in a transaction", stopped.done, stopped.total, stopped.epoch, inTx)
 
 	b := h.startReplicas(nil, "replica-b")[0]
 	h.waitFor(90*time.Second, "replica-b finished the rotation", func() bool { return h.allDone("paused") }, a, b)
+	t.Logf("replica-b finished the rotation %v after replica-a was stopped", time.Since(stoppedAt).Round(time.Millisecond))
 	rs := h.rotations("paused")
 	if rs[0].owner != "replica-b" || rs[0].epoch <= stopped.epoch {
 		t.Errorf("after the takeover: %+v, want owner replica-b with an epoch above %d", rs[0], stopped.epoch)

@@ -22,7 +22,8 @@ import (
 //     (class 23) → ErrInvalidArgument;
 //   - the server going away or refusing work for now — class 08
 //     (connection exception), 57P01/57P02/57P03 (admin shutdown, crash
-//     shutdown, cannot connect now), 53300 (too many connections), 40001
+//     shutdown, cannot connect now), 25P03 (idle-in-transaction timeout:
+//     the transaction was rolled back), 53300 (too many connections), 40001
 //     and 40P01 (serialization failure, deadlock: the transaction was
 //     rolled back) — and connection errors on the client side (network
 //     errors, pgconn.SafeToRetry, a connection closed under a query) →
@@ -64,7 +65,7 @@ func mapErr(err error) error {
 // succeed.
 func transientCode(code string) bool {
 	switch code {
-	case "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03":
+	case "57P01", "57P02", "57P03", "53300", "40001", "40P01", "55P03", "25P03":
 		return true
 	}
 	return strings.HasPrefix(code, "08")

@@ -32,6 +32,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,15 @@ import (
 
 // service names this store in *rekey.UnreachableError.
 const service = "store:postgres"
+
+// idleInTxParam is the server setting that ends a session left idle
+// inside a transaction, and idleInTxTimeout its value unless the DSN
+// sets it: this package's transactions never wait on the client between
+// statements, so a session idle that long belongs to a paused process.
+const (
+	idleInTxParam   = "idle_in_transaction_session_timeout"
+	idleInTxTimeout = 10 * time.Second
+)
 
 // Config configures a Store.
 type Config struct {
@@ -88,6 +98,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// wrong without it.
 		return nil, fmt.Errorf("pgstore: %w: cannot parse the DSN %q: %s (use postgres://user@host:5432/db?sslmode=verify-full, or host=... dbname=... key=value pairs)",
 			rekey.ErrInvalidArgument, safe, redact.Text(parseReason(err)))
+	}
+	// A replica paused inside a transaction (SIGSTOP, a frozen VM) keeps
+	// the row locks it took, among them its lease row FOR SHARE: the
+	// replica taking the key over would wait for them forever. The server
+	// ends such a session after idleInTxTimeout, rolling its transaction
+	// back, unless the DSN sets the parameter itself.
+	if _, ok := pcfg.ConnConfig.RuntimeParams[idleInTxParam]; !ok {
+		pcfg.ConnConfig.RuntimeParams[idleInTxParam] = strconv.FormatInt(idleInTxTimeout.Milliseconds(), 10)
 	}
 	if cfg.MaxConns > 0 {
 		pcfg.MaxConns = cfg.MaxConns
