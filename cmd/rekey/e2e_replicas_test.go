@@ -615,10 +615,9 @@ func TestE2E_Replicas_PausedFenced(t *testing.T) {
 }
 
 // TestE2E_Replicas_PostgresRestart: PostgreSQL is restarted (scripts/pg
-// restart: a fast shutdown, then a start) while two replicas re-wrap a
-// key. The replicas reconnect and the rotation completes, once; what
-// /readyz said meanwhile is logged, and when it was 503 it must name the
-// store. The test starts a PostgreSQL of its own (scripts/pg start), so
+// restart: a fast shutdown, 2s down, then a start) while two replicas re-wrap a
+// key. The replicas reconnect and the rotation completes, once; /readyz
+// (polled every 20ms) must have been 503 meanwhile, naming the store. The test starts a PostgreSQL of its own (scripts/pg start), so
 // that the restart disturbs no other test using REKEY_TEST_PG_DSN.
 func TestE2E_Replicas_PostgresRestart(t *testing.T) {
 	replicaDSN(t) // PostgreSQL is installed: skip or fail as the others
@@ -666,7 +665,7 @@ func TestE2E_Replicas_PostgresRestart(t *testing.T) {
 		})
 	}
 	restartStart := time.Now()
-	restartPG(t)
+	restartPG(t, 2)
 	restarted := time.Since(restartStart)
 	h.pool.Reset()
 	h.waitFor(90*time.Second, "the rotation done after the restart", func() bool {
@@ -681,6 +680,9 @@ func TestE2E_Replicas_PostgresRestart(t *testing.T) {
 
 	t.Logf("restart at %d/%d DEKs (owner %s) took %v; rotation done %v after the restart began", mid.done, mid.total, mid.owner,
 		restarted.Round(time.Millisecond), took.Round(time.Millisecond))
+	if len(notReady) == 0 {
+		t.Errorf("/readyz of neither replica was ever 503 while PostgreSQL was down for 2s")
+	}
 	for _, w := range ws {
 		seen := notReady[w.id]
 		t.Logf("%s: /readyz not ready %d times during the restart; first: %q", w.id, len(seen), firstOr(seen))
@@ -749,10 +751,11 @@ func startOwnPG(t *testing.T) string {
 	return dsn
 }
 
-// restartPG restarts the server startOwnPG started.
-func restartPG(t *testing.T) {
+// restartPG restarts the server startOwnPG started, down for the given
+// whole seconds.
+func restartPG(t *testing.T, down int) {
 	t.Helper()
-	if out, err := exec.Command(pgScript(t), "restart", ownPGDir).CombinedOutput(); err != nil {
+	if out, err := exec.Command(pgScript(t), "restart", ownPGDir, strconv.Itoa(down)).CombinedOutput(); err != nil {
 		t.Fatalf("scripts/pg restart: %v\n%s", err, out)
 	}
 }
