@@ -28,7 +28,10 @@
 //
 // The store and the backend are parameters: Config.StoreAndBackends is the
 // store: and backends: part of the configuration, a template, so that
-// another store or backend runs the same torture by passing its own.
+// another store or backend runs the same torture by passing its own
+// (SQLiteLocal, PostgresLocal). With Config.Replicas, about one life of
+// three runs several `rekey run` processes on the shared store instead
+// of one, each with the life's failpoints.
 package torture
 
 import (
