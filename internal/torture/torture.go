@@ -220,13 +220,16 @@ type Report struct {
 	Duration time.Duration
 	Hits     map[string]*Hits // by failpoint name
 	Killed   int              // lives ended by kill -9 (of at least one worker)
-	// Replicated is the number of lives run with Config.Replicas workers.
-	Replicated int
-	Rotations  int            // rotations done at the end
-	DEKs       int            // DEKs in the store at the end
-	Files      int            // files sealed
-	Ops        map[string]int // writer and operator operations by outcome
-	Checks     int            // invariant checks passed
+	// Replicated is the number of lives run with Config.Replicas workers;
+	// SharedWork of them had more than one replica log rotation work (a
+	// claim, a resumed rotation, a re-wrap pass), LeaseSkips had a replica
+	// log that it skipped a key another worker held.
+	Replicated, SharedWork, LeaseSkips int
+	Rotations                          int            // rotations done at the end
+	DEKs                               int            // DEKs in the store at the end
+	Files                              int            // files sealed
+	Ops                                map[string]int // writer and operator operations by outcome
+	Checks                             int            // invariant checks passed
 	// Samples holds one message of each operator outcome other than ok.
 	Samples map[string]string
 }
@@ -234,8 +237,12 @@ type Report struct {
 // String is a multi-line summary.
 func (r *Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %d: %d lives in %v (%d killed -9, %d with several replicas), %d checks, %d rotations done, %d DEKs, %d files\n",
-		r.Seed, r.Lives, r.Duration.Round(time.Millisecond), r.Killed, r.Replicated, r.Checks, r.Rotations, r.DEKs, r.Files)
+	fmt.Fprintf(&b, "seed %d: %d lives in %v (%d killed -9), %d checks, %d rotations done, %d DEKs, %d files\n",
+		r.Seed, r.Lives, r.Duration.Round(time.Millisecond), r.Killed, r.Checks, r.Rotations, r.DEKs, r.Files)
+	if r.Replicated > 0 {
+		fmt.Fprintf(&b, "  %d lives with several replicas: %d with rotation work in more than one, %d with a key skipped for another's lease\n",
+			r.Replicated, r.SharedWork, r.LeaseSkips)
+	}
 	for _, n := range failpoint.Names() {
 		h := r.Hits[n]
 		fmt.Fprintf(&b, "  %-32s armed %4d, hit %4d (crash %d, error %d)\n", n, h.Armed, h.Total(), h.Crashed, h.Errored)
@@ -495,6 +502,22 @@ func (h *harness) life(ctx context.Context, n int) error {
 	if killedAny {
 		h.rep.Killed++
 	}
+	if replicas > 1 {
+		working, skipped := 0, false
+		for _, w := range ws {
+			log := w.stderr.String()
+			if logsMsg(log, "rotation claimed", "key already has an open rotation; resuming it", "re-wrap pass done") {
+				working++
+			}
+			skipped = skipped || logsMsg(log, "key skipped: another worker holds its lease")
+		}
+		if working > 1 {
+			h.rep.SharedWork++
+		}
+		if skipped {
+			h.rep.LeaseSkips++
+		}
+	}
 	if err := h.checkAll(ctx, false); err != nil {
 		ends := make([]string, len(ws))
 		for i, w := range ws {
@@ -542,6 +565,16 @@ func crashedAt(log string) string {
 		}
 	}
 	return ""
+}
+
+// logsMsg reports whether a JSON log has a line with one of the messages.
+func logsMsg(log string, msgs ...string) bool {
+	for _, m := range msgs {
+		if strings.Contains(log, `"msg":"`+m+`"`) {
+			return true
+		}
+	}
+	return false
 }
 
 // injectedErrorLogged reports whether the worker logged, as an error of
