@@ -14,7 +14,7 @@ import (
 // with the store on a real PostgreSQL (a fresh schema per run, from
 // REKEY_TEST_PG_DSN) and the local keyring; in about one life of three
 // two `rekey run` replicas share the store instead of one worker (in
-// most of those both must log rotation work). The
+// some of those both must log rotation work). The
 // same invariants are checked after every life. By default it runs until
 // every failpoint name was hit at least 3 times (at most 150 lives); the
 // -torture.seed and -torture.iterations flags of TestTorture apply.
