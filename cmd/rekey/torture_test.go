@@ -24,8 +24,8 @@ var (
 // every failpoint name was hit at least 5 times; a failure prints its
 // seed.
 //
-//	go test -count=1 -run TestTorture -v ./cmd/rekey -torture.seed=N           # replay
-//	go test -count=1 -run TestTorture -v ./cmd/rekey -torture.iterations=2000  # long (or REKEY_LONG=1)
+//	go test -count=1 -run 'TestTorture$' -v ./cmd/rekey -torture.seed=N           # replay
+//	go test -count=1 -run 'TestTorture$' -v ./cmd/rekey -torture.iterations=2000  # long (or REKEY_LONG=1)
 func TestTorture(t *testing.T) {
 	seed := *tortureSeed
 	if seed == 0 {
@@ -53,7 +53,7 @@ func TestTorture(t *testing.T) {
 	if err != nil {
 		var f *torture.Failure
 		if errors.As(err, &f) {
-			t.Fatalf("%v\nreplay: go test -count=1 -run TestTorture -v ./cmd/rekey -torture.seed=%d", err, f.Seed)
+			t.Fatalf("%v\nreplay: go test -count=1 -run 'TestTorture$' -v ./cmd/rekey -torture.seed=%d", err, f.Seed)
 		}
 		t.Fatal(err)
 	}

@@ -69,3 +69,37 @@ failpoint rotation.after_commit: crash (exit 137)
 		t.Error("a forwarded audit event was counted as this life's error")
 	}
 }
+
+// TestReplicasOf: without Config.Replicas every life has one worker; with
+// it, about one life of three has that many, the same lives for a seed.
+func TestReplicasOf(t *testing.T) {
+	t.Parallel()
+	for _, r := range []int{0, 1} {
+		h := &harness{cfg: Config{Seed: 42, Replicas: r}}
+		for n := 1; n <= 100; n++ {
+			if got := h.replicasOf(n); got != 1 {
+				t.Fatalf("Replicas %d, life %d: %d workers, want 1", r, n, got)
+			}
+		}
+	}
+	for _, seed := range []int64{1, 42, -7} {
+		h := &harness{cfg: Config{Seed: seed, Replicas: 2}}
+		several := 0
+		for n := 1; n <= 300; n++ {
+			got := h.replicasOf(n)
+			if got != h.replicasOf(n) {
+				t.Fatalf("seed %d life %d: the number of workers changes from call to call", seed, n)
+			}
+			switch got {
+			case 2:
+				several++
+			case 1:
+			default:
+				t.Fatalf("seed %d life %d: %d workers, want 1 or 2", seed, n, got)
+			}
+		}
+		if several < 60 || several > 140 {
+			t.Errorf("seed %d: %d of 300 lives with two workers, want about 100", seed, several)
+		}
+	}
+}

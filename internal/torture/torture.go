@@ -28,7 +28,10 @@
 //
 // The store and the backend are parameters: Config.StoreAndBackends is the
 // store: and backends: part of the configuration, a template, so that
-// another store or backend runs the same torture by passing its own.
+// another store or backend runs the same torture by passing its own
+// (SQLiteLocal, PostgresLocal). With Config.Replicas, about one life of
+// three runs several `rekey run` processes on the shared store instead
+// of one, each with the life's failpoints.
 package torture
 
 import (
@@ -65,10 +68,26 @@ backends:
     master_key_file: "{{.Home}}/master.key"
 `
 
+// PostgresLocal is the StoreAndBackends template of a PostgreSQL store
+// (Config.DSN, e.g. with search_path set to a schema of its own) and the
+// local keyring in the home (as `rekey init` makes it).
+const PostgresLocal = `store:
+  driver: postgres
+  dsn: {{printf "%q" .DSN}}
+backends:
+  local:
+    type: local
+    keyring: "{{.Home}}/keyring"
+    master_key_file: "{{.Home}}/master.key"
+`
+
 // TemplateData is what a StoreAndBackends template is executed with.
 type TemplateData struct {
 	// Home is the home directory (Config.Home), where rekey.yaml is written.
 	Home string
+	// DSN is Config.DSN: the store's data source name, for templates whose
+	// store is not in the home.
+	DSN string
 }
 
 // Config says what to torture and how long.
@@ -97,6 +116,14 @@ type Config struct {
 	// store: and backends: sections of rekey.yaml. The harness adds the
 	// rest (worker, http, log).
 	StoreAndBackends string
+	// DSN is given to the template as TemplateData.DSN (PostgresLocal
+	// needs it; SQLiteLocal ignores it).
+	DSN string
+	// Replicas, when above 1, runs that many `rekey run` processes (each
+	// its own owner, the same failpoints) instead of one in
+	// every third life, chosen from the seed; they must share the store
+	// (e.g. PostgresLocal). 0 or 1: always one worker.
+	Replicas int
 	// Backend is the backend (a name of StoreAndBackends) the keys are
 	// created on.
 	Backend string
@@ -179,7 +206,7 @@ var tortureKeys = []keySpec{
 // Hits counts what one failpoint name did over a run.
 type Hits struct {
 	Armed   int // lives it was armed in
-	Crashed int // lives that ended with exit 137 at it
+	Crashed int // workers that ended with exit 137 at it (several replicas of a life may)
 	Errored int // lives whose log shows its injected error
 }
 
@@ -188,16 +215,21 @@ func (h Hits) Total() int { return h.Crashed + h.Errored }
 
 // Report is what a run did.
 type Report struct {
-	Seed      int64
-	Lives     int
-	Duration  time.Duration
-	Hits      map[string]*Hits // by failpoint name
-	Killed    int              // lives ended by kill -9
-	Rotations int              // rotations done at the end
-	DEKs      int              // DEKs in the store at the end
-	Files     int              // files sealed
-	Ops       map[string]int   // writer and operator operations by outcome
-	Checks    int              // invariant checks passed
+	Seed     int64
+	Lives    int
+	Duration time.Duration
+	Hits     map[string]*Hits // by failpoint name
+	Killed   int              // lives ended by kill -9 (of at least one worker)
+	// Replicated is the number of lives run with Config.Replicas workers;
+	// SharedWork of them had more than one replica log rotation work (a
+	// claim, a resumed rotation, a re-wrap pass), LeaseSkips had a replica
+	// log that it skipped a key another worker held.
+	Replicated, SharedWork, LeaseSkips int
+	Rotations                          int            // rotations done at the end
+	DEKs                               int            // DEKs in the store at the end
+	Files                              int            // files sealed
+	Ops                                map[string]int // writer and operator operations by outcome
+	Checks                             int            // invariant checks passed
 	// Samples holds one message of each operator outcome other than ok.
 	Samples map[string]string
 }
@@ -207,6 +239,10 @@ func (r *Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "seed %d: %d lives in %v (%d killed -9), %d checks, %d rotations done, %d DEKs, %d files\n",
 		r.Seed, r.Lives, r.Duration.Round(time.Millisecond), r.Killed, r.Checks, r.Rotations, r.DEKs, r.Files)
+	if r.Replicated > 0 {
+		fmt.Fprintf(&b, "  %d lives with several replicas: %d with rotation work in more than one, %d with a key skipped for another's lease\n",
+			r.Replicated, r.SharedWork, r.LeaseSkips)
+	}
 	for _, n := range failpoint.Names() {
 		h := r.Hits[n]
 		fmt.Fprintf(&b, "  %-32s armed %4d, hit %4d (crash %d, error %d)\n", n, h.Armed, h.Total(), h.Crashed, h.Errored)
@@ -327,7 +363,7 @@ func (h *harness) writeConfig() error {
 		return fmt.Errorf("StoreAndBackends template: %w", err)
 	}
 	var sb bytes.Buffer
-	if err := t.Execute(&sb, TemplateData{Home: h.cfg.Home}); err != nil {
+	if err := t.Execute(&sb, TemplateData{Home: h.cfg.Home, DSN: h.cfg.DSN}); err != nil {
 		return fmt.Errorf("StoreAndBackends template: %w", err)
 	}
 	y := "version: 1\n" + sb.String() + fmt.Sprintf(`worker:
@@ -365,8 +401,9 @@ func (h *harness) createKeys(ctx context.Context) error {
 	return nil
 }
 
-// life runs the worker once with this life's plan, the writers and the
-// operator beside it, then checks the invariants.
+// life runs the worker once (or Config.Replicas workers, in some lives)
+// with this life's plan, the writers and the operator beside it, then
+// checks the invariants.
 func (h *harness) life(ctx context.Context, n int) error {
 	p := planLife(h.cfg.Seed, n)
 	for _, a := range p.armed {
@@ -376,32 +413,56 @@ func (h *harness) life(ctx context.Context, n int) error {
 	if spec := p.spec(); spec != "" {
 		env = append(env, failpoint.EnvVar+"="+spec)
 	}
-	cmd := h.cfg.Command(env, "run", "--listen", "")
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
+	replicas := h.replicasOf(n)
+	if replicas > 1 {
+		h.rep.Replicated++
+	}
+	ws := make([]*workerProc, replicas)
 	actx, stopActors := context.WithCancel(ctx)
+	defer stopActors()
+	for i := range ws {
+		// No REKEY_WORKER_ID: each process is its own owner (hostname-pid),
+		// so a dead one's leases are broken at once, as on one host.
+		w := &workerProc{cmd: h.cfg.Command(env, "run", "--listen", ""), exited: make(chan struct{})}
+		w.cmd.Stderr = &w.stderr
+		if err := w.cmd.Start(); err != nil {
+			for _, o := range ws[:i] {
+				o.cmd.Process.Kill()
+				<-o.exited
+			}
+			return fmt.Errorf("start rekey run: %w", err)
+		}
+		go func() { w.cmd.Wait(); close(w.exited) }()
+		ws[i] = w
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
-	if err := cmd.Start(); err != nil {
-		stopActors()
-		return fmt.Errorf("start rekey run: %w", err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
 	h.startActors(actx, &wg, errs, n)
 
-	killed := false
-	select {
-	case <-exited:
-	case <-time.After(p.killAfter):
-		killed = cmd.Process.Signal(syscall.SIGKILL) == nil
-		<-exited
-	case <-ctx.Done():
-		cmd.Process.Kill()
-		<-exited
-		stopActors()
-		wg.Wait()
-		return ctx.Err()
+	deadline := time.NewTimer(p.killAfter)
+	defer deadline.Stop()
+	for _, w := range ws {
+		select {
+		case <-w.exited:
+		case <-deadline.C:
+			// Every worker still running is killed now.
+			for _, o := range ws {
+				select {
+				case <-o.exited:
+				default:
+					o.killed = o.cmd.Process.Signal(syscall.SIGKILL) == nil
+				}
+			}
+			<-w.exited
+		case <-ctx.Done():
+			for _, o := range ws {
+				o.cmd.Process.Kill()
+				<-o.exited
+			}
+			stopActors()
+			wg.Wait()
+			return ctx.Err()
+		}
 	}
 	stopActors()
 	wg.Wait()
@@ -410,29 +471,81 @@ func (h *harness) life(ctx context.Context, n int) error {
 		return fmt.Errorf("while the worker ran (%s): %w", p, err)
 	}
 
-	log := stderr.String()
-	ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	switch {
-	case ws.Signaled() && ws.Signal() == syscall.SIGKILL && killed:
-		h.rep.Killed++
-	case cmd.ProcessState.ExitCode() == failpoint.CrashStatus:
-		name := crashedAt(log)
-		if name == "" || !p.arms(name, failpoint.Crash) {
-			return fmt.Errorf("worker exited %d without a crash failpoint it was armed with (%s):\n%s", failpoint.CrashStatus, p, tail(log))
+	what := "worker"
+	killedAny := false
+	var logs []string
+	for i, w := range ws {
+		if replicas > 1 {
+			what = fmt.Sprintf("replica %d of %d", i+1, replicas)
 		}
-		h.rep.Hits[name].Crashed++
-	default:
-		return fmt.Errorf("worker (%s) ended unexpectedly: %v:\n%s", p, cmd.ProcessState, tail(log))
+		log := w.stderr.String()
+		logs = append(logs, fmt.Sprintf("%s log:\n%s", what, tail(log)))
+		st, _ := w.cmd.ProcessState.Sys().(syscall.WaitStatus)
+		switch {
+		case st.Signaled() && st.Signal() == syscall.SIGKILL && w.killed:
+			killedAny = true
+		case w.cmd.ProcessState.ExitCode() == failpoint.CrashStatus:
+			name := crashedAt(log)
+			if name == "" || !p.arms(name, failpoint.Crash) {
+				return fmt.Errorf("%s exited %d without a crash failpoint it was armed with (%s):\n%s", what, failpoint.CrashStatus, p, tail(log))
+			}
+			h.rep.Hits[name].Crashed++
+		default:
+			return fmt.Errorf("%s (%s) ended unexpectedly: %v:\n%s", what, p, w.cmd.ProcessState, tail(log))
+		}
+		for _, a := range p.armed {
+			if a.action == failpoint.Error && injectedErrorLogged(log, a.name) {
+				h.rep.Hits[a.name].Errored++
+			}
+		}
 	}
-	for _, a := range p.armed {
-		if a.action == failpoint.Error && injectedErrorLogged(log, a.name) {
-			h.rep.Hits[a.name].Errored++
+	if killedAny {
+		h.rep.Killed++
+	}
+	if replicas > 1 {
+		working, skipped := 0, false
+		for _, w := range ws {
+			log := w.stderr.String()
+			if logsMsg(log, "rotation claimed", "key already has an open rotation; resuming it", "re-wrap pass done") {
+				working++
+			}
+			skipped = skipped || logsMsg(log, "key skipped: another worker holds its lease")
+		}
+		if working > 1 {
+			h.rep.SharedWork++
+		}
+		if skipped {
+			h.rep.LeaseSkips++
 		}
 	}
 	if err := h.checkAll(ctx, false); err != nil {
-		return fmt.Errorf("after the worker (%s) %s: %w\nworker log:\n%s", p, h.describeEnd(cmd, killed), err, tail(log))
+		ends := make([]string, len(ws))
+		for i, w := range ws {
+			ends[i] = h.describeEnd(w.cmd, w.killed)
+		}
+		return fmt.Errorf("after %d worker(s) (%s) %s: %w\n%s", replicas, p, strings.Join(ends, "; "), err, strings.Join(logs, "\n"))
 	}
 	return nil
+}
+
+// workerProc is one `rekey run` of a life.
+type workerProc struct {
+	cmd    *exec.Cmd
+	stderr bytes.Buffer
+	exited chan struct{} // closed when cmd.Wait returned
+	killed bool          // the harness sent it SIGKILL
+}
+
+// replicasOf is the number of workers of life n: Config.Replicas in
+// about one life of three (from the seed), else one.
+func (h *harness) replicasOf(n int) int {
+	if h.cfg.Replicas <= 1 {
+		return 1
+	}
+	if rand.New(rand.NewPCG(uint64(h.cfg.Seed), uint64(n)<<16|0x2e9)).IntN(3) == 0 {
+		return h.cfg.Replicas
+	}
+	return 1
 }
 
 func (h *harness) describeEnd(cmd *exec.Cmd, killed bool) string {
@@ -452,6 +565,16 @@ func crashedAt(log string) string {
 		}
 	}
 	return ""
+}
+
+// logsMsg reports whether a JSON log has a line with one of the messages.
+func logsMsg(log string, msgs ...string) bool {
+	for _, m := range msgs {
+		if strings.Contains(log, `"msg":"`+m+`"`) {
+			return true
+		}
+	}
+	return false
 }
 
 // injectedErrorLogged reports whether the worker logged, as an error of
