@@ -151,49 +151,71 @@ func ResetAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckp
 }
 
 func writeAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint, m rekey.MACer, reset bool) error {
-	if cp.Seq <= 0 {
-		return nil
-	}
-	if m == nil {
-		return rekey.Invalidf("audit anchor: no MAC key")
-	}
-	unlock, err := fileutil.Lock(ctx, path+".lock")
+	commit, unlock, err := prepareAnchor(ctx, path, storeID, cp, m, reset)
 	if err != nil {
-		return fmt.Errorf("audit anchor: %w", err)
+		return err
 	}
 	defer unlock()
+	return commit()
+}
+
+// prepareAnchor does all of writeAnchor that can fail on the backend — it
+// takes the file's lock, reads it, and MACs the new content — and returns
+// commit, which writes the file, and unlock. Callers that must not leave a
+// checkpoint in the database without its anchor prepare first, then store
+// the checkpoint, then commit. A cp the anchor already covers gives a
+// commit that writes nothing.
+func prepareAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint, m rekey.MACer, reset bool) (commit func() error, unlock func(), err error) {
+	nothing := func() error { return nil }
+	if cp.Seq <= 0 {
+		return nothing, func() {}, nil
+	}
+	if m == nil {
+		return nil, nil, rekey.Invalidf("audit anchor: no MAC key")
+	}
+	unlock, err = fileutil.Lock(ctx, path+".lock")
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit anchor: %w", err)
+	}
+	fail := func(err error) (func() error, func(), error) {
+		unlock()
+		return nil, nil, err
+	}
 	stores, err := readAnchorFile(ctx, path, m)
 	var ice *InvalidChainError
 	switch {
 	case err != nil && reset && errors.As(err, &ice):
 		stores = map[string]Anchor{}
 	case err != nil:
-		return err
+		return fail(err)
 	}
 	next := Anchor{AuditCheckpoint: cp, N: 1}
 	if cur, ok := stores[storeID]; ok {
 		if cur.Seq >= cp.Seq && !reset {
-			return nil
+			return nothing, unlock, nil
 		}
 		next.N, next.Prev = cur.N+1, cur.Hash()
 	}
 	stores[storeID] = next
 	raw, err := json.Marshal(stores)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	mac, err := m.MAC(ctx, Purpose, anchorMessage(raw))
 	if err != nil {
-		return fmt.Errorf("audit anchor: MAC: %w", err)
+		return fail(fmt.Errorf("audit anchor: MAC: %w", err))
 	}
 	b, err := json.Marshal(anchorFile{Version: anchorVersion, Stores: raw, MAC: mac})
 	if err != nil {
-		return err
+		return fail(err)
 	}
-	if err := fileutil.WriteAtomic(path, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("audit anchor: %w", err)
+	commit = func() error {
+		if err := fileutil.WriteAtomic(path, append(b, '\n'), 0o600); err != nil {
+			return fmt.Errorf("audit anchor: %w", err)
+		}
+		return nil
 	}
-	return nil
+	return commit, unlock, nil
 }
 
 // VerifyAnchor checks the trail against anchor, a checkpoint kept outside

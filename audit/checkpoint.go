@@ -47,13 +47,24 @@ func checkpointMessage(seq int64, hash string) []byte {
 // error. A concurrent Checkpoint of the same head is not an error: the one
 // stored is returned. Other errors are those of the store and of m.
 func Checkpoint(ctx context.Context, s rekey.Store, m rekey.MACer, purpose, keyID string, now time.Time) (rekey.AuditCheckpoint, error) {
+	cp, stored, err := prepareCheckpoint(ctx, s, m, purpose, keyID, now)
+	if err != nil || stored || cp.Seq == 0 {
+		return cp, err
+	}
+	return appendCheckpoint(ctx, s, cp)
+}
+
+// prepareCheckpoint verifies the trail since the last checkpoint and MACs
+// its head, writing nothing. stored reports that the head is checkpointed
+// already (cp is that checkpoint); a zero cp means an empty trail.
+func prepareCheckpoint(ctx context.Context, s rekey.Store, m rekey.MACer, purpose, keyID string, now time.Time) (cp rekey.AuditCheckpoint, stored bool, err error) {
 	switch {
 	case s == nil:
-		return rekey.AuditCheckpoint{}, rekey.Invalidf("audit: checkpoint: no store")
+		return cp, false, rekey.Invalidf("audit: checkpoint: no store")
 	case m == nil:
-		return rekey.AuditCheckpoint{}, rekey.Invalidf("audit: checkpoint: no MAC key: the backend must implement rekey.MACer")
+		return cp, false, rekey.Invalidf("audit: checkpoint: no MAC key: the backend must implement rekey.MACer")
 	case purpose == "":
-		return rekey.AuditCheckpoint{}, rekey.Invalidf("audit: checkpoint: no MAC purpose")
+		return cp, false, rekey.Invalidf("audit: checkpoint: no MAC purpose")
 	}
 	var anchor *rekey.AuditCheckpoint
 	last, err := s.LastAuditCheckpoint(ctx)
@@ -61,30 +72,34 @@ func Checkpoint(ctx context.Context, s rekey.Store, m rekey.MACer, purpose, keyI
 	case err == nil:
 		anchor = &last
 	case !errors.Is(err, rekey.ErrCheckpointNotFound):
-		return rekey.AuditCheckpoint{}, fmt.Errorf("audit: checkpoint: read the last checkpoint: %w", err)
+		return cp, false, fmt.Errorf("audit: checkpoint: read the last checkpoint: %w", err)
 	}
 	res, err := verifySince(ctx, s, m, purpose, anchor)
 	if err != nil {
-		return rekey.AuditCheckpoint{}, fmt.Errorf("audit: checkpoint: %w", err)
+		return cp, false, fmt.Errorf("audit: checkpoint: %w", err)
 	}
 	if !res.Valid {
-		return rekey.AuditCheckpoint{}, &InvalidChainError{Problem: *res.FirstBad}
+		return cp, false, &InvalidChainError{Problem: *res.FirstBad}
 	}
 	switch {
 	case res.LastSeq == 0:
-		return rekey.AuditCheckpoint{}, nil
+		return cp, false, nil
 	case anchor != nil && res.LastSeq == anchor.Seq:
-		return *anchor, nil
+		return *anchor, true, nil
 	}
 	mac, err := m.MAC(ctx, purpose, checkpointMessage(res.LastSeq, res.HeadHash))
 	if err != nil {
-		return rekey.AuditCheckpoint{}, fmt.Errorf("audit: checkpoint of seq %d: MAC: %w", res.LastSeq, err)
+		return cp, false, fmt.Errorf("audit: checkpoint of seq %d: MAC: %w", res.LastSeq, err)
 	}
-	cp := rekey.AuditCheckpoint{Seq: res.LastSeq, Hash: res.HeadHash, MAC: mac, KeyID: keyID, CreatedAt: rekey.NormalizeTime(now)}
-	err = s.AppendAuditCheckpoint(ctx, cp)
+	return rekey.AuditCheckpoint{Seq: res.LastSeq, Hash: res.HeadHash, MAC: mac, KeyID: keyID, CreatedAt: rekey.NormalizeTime(now)}, false, nil
+}
+
+// appendCheckpoint stores cp. When another process stored the same head
+// first, its checkpoint (same seq, hash and MAC: the MAC is deterministic)
+// is returned instead.
+func appendCheckpoint(ctx context.Context, s rekey.Store, cp rekey.AuditCheckpoint) (rekey.AuditCheckpoint, error) {
+	err := s.AppendAuditCheckpoint(ctx, cp)
 	if errors.Is(err, rekey.ErrConflict) {
-		// Another process checkpointed the same head first. The MAC is
-		// deterministic, so its checkpoint is ours if the key is.
 		got, lerr := s.ListAuditCheckpoints(ctx, cp.Seq-1, 1)
 		if lerr == nil && len(got) == 1 && got[0].Seq == cp.Seq && got[0].Hash == cp.Hash && hmac.Equal(got[0].MAC, cp.MAC) {
 			return got[0], nil

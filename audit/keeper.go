@@ -100,24 +100,54 @@ func (k *Keeper) Checkpoint(ctx context.Context) error {
 }
 
 // checkpoint makes the checkpoint and moves (or, with reset, restarts) the
-// anchor.
+// anchor. Every backend call (the checkpoint's MAC, the anchor's MAC) is
+// made before anything is written, so that a backend failure can never
+// leave a checkpoint in the database that the anchor does not know of
+// (which the next check would take for a deleted anchor).
 func (k *Keeper) checkpoint(ctx context.Context, reset bool) error {
-	cp, err := Checkpoint(ctx, k.Store, k.MACer, Purpose, k.KeyID, k.now())
+	cp, stored, err := prepareCheckpoint(ctx, k.Store, k.MACer, Purpose, k.KeyID, k.now())
 	if err != nil {
 		return fmt.Errorf("audit checkpoint: %w", err)
 	}
-	if k.AnchorPath == "" || cp.Seq == 0 {
+	if cp.Seq == 0 {
 		return nil
 	}
-	if reset {
-		err = ResetAnchor(ctx, k.AnchorPath, k.StoreID, cp, k.MACer)
-	} else {
-		err = AdvanceAnchor(ctx, k.AnchorPath, k.StoreID, cp, k.MACer)
+	if k.AnchorPath == "" {
+		if !stored {
+			_, err = appendCheckpoint(ctx, k.Store, cp)
+		}
+		return wrapCheckpointErr(err)
 	}
+	commit, unlock, err := prepareAnchor(ctx, k.AnchorPath, k.StoreID, cp, k.MACer, reset)
 	if err != nil {
-		return fmt.Errorf("audit checkpoint: %w", err)
+		return wrapCheckpointErr(err)
 	}
-	return nil
+	locked := true
+	defer func() {
+		if locked {
+			unlock()
+		}
+	}()
+	if !stored {
+		got, err := appendCheckpoint(ctx, k.Store, cp)
+		if err != nil {
+			return wrapCheckpointErr(err)
+		}
+		if !got.CreatedAt.Equal(cp.CreatedAt) || got.KeyID != cp.KeyID {
+			// Another process stored this head first: anchor its row.
+			locked = false
+			unlock()
+			return wrapCheckpointErr(writeAnchor(ctx, k.AnchorPath, k.StoreID, got, k.MACer, reset))
+		}
+	}
+	return wrapCheckpointErr(commit())
+}
+
+func wrapCheckpointErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("audit checkpoint: %w", err)
 }
 
 // check runs the checks of Verify: the whole chain (Verify), the
