@@ -253,7 +253,13 @@ func VerifyAnchored(ctx context.Context, s rekey.Store, m rekey.MACer, purpose s
 	if err != nil || !res.Valid || anchor == nil {
 		return res, err
 	}
-	ar, err := VerifyAnchor(ctx, s, m, purpose, *anchor)
+	return verifyAnchorAfter(ctx, s, m, purpose, *anchor, res)
+}
+
+// verifyAnchorAfter is the anchor half of VerifyAnchored, given the
+// Result of a Verify of the whole trail that passed.
+func verifyAnchorAfter(ctx context.Context, s rekey.Store, m rekey.MACer, purpose string, anchor rekey.AuditCheckpoint, res Result) (Result, error) {
+	ar, err := VerifyAnchor(ctx, s, m, purpose, anchor)
 	if err != nil {
 		return res, err
 	}
