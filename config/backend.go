@@ -39,6 +39,33 @@ type BackendSettings interface {
 	Validate() error
 }
 
+// RateLimitSettings is implemented by the settings of a backend that has a
+// request rate of its own: a per-backend rate_limit field, or a default
+// kept well under the service's published quota. The rate applied to a
+// backend is its explicit rate_limit, else worker.kms_rate_limit when set,
+// else the backend's default (see EffectiveRateLimit).
+type RateLimitSettings interface {
+	// RateLimit returns the requests per second for the backend and
+	// whether the configuration set it explicitly (false: the backend's
+	// default). 0 means no limit.
+	RateLimit() (rps float64, explicit bool)
+}
+
+// EffectiveRateLimit is the request rate (per second, 0 = none) to apply
+// to backend b when worker.kms_rate_limit is workerLimit: b's explicit
+// rate_limit, else workerLimit when it is set, else b's default.
+func EffectiveRateLimit(b BackendConfig, workerLimit float64) float64 {
+	rl, ok := b.Settings.(RateLimitSettings)
+	if !ok {
+		return workerLimit
+	}
+	rps, explicit := rl.RateLimit()
+	if explicit || workerLimit == 0 {
+		return rps
+	}
+	return workerLimit
+}
+
 // FieldError is a problem with one field of a backend's settings (such as
 // *localkms.SettingsError).
 type FieldError interface {

@@ -1035,3 +1035,30 @@ func TestAliasesAreBounded(t *testing.T) {
 		t.Errorf("aliases: %+v %+v", c.Defaults, c.Keys[0])
 	}
 }
+
+// rateSettings are settings with a rate of their own.
+type rateSettings struct {
+	rps      float64
+	explicit bool
+}
+
+func (rateSettings) Validate() error              { return nil }
+func (r rateSettings) RateLimit() (float64, bool) { return r.rps, r.explicit }
+
+func TestEffectiveRateLimit(t *testing.T) {
+	for _, tc := range []struct {
+		settings BackendSettings
+		worker   float64
+		want     float64
+	}{
+		{&localkms.Settings{}, 0, 0},
+		{&localkms.Settings{}, 50, 50},
+		{rateSettings{rps: 1000}, 0, 1000},                // the backend's default
+		{rateSettings{rps: 1000}, 50, 50},                 // worker.kms_rate_limit beats a default
+		{rateSettings{rps: 200, explicit: true}, 50, 200}, // an explicit rate_limit beats both
+	} {
+		if got := EffectiveRateLimit(BackendConfig{Settings: tc.settings}, tc.worker); got != tc.want {
+			t.Errorf("EffectiveRateLimit(%+v, %v) = %v, want %v", tc.settings, tc.worker, got, tc.want)
+		}
+	}
+}

@@ -360,7 +360,7 @@ func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) s
 			}
 		}
 		out[name] = kmsmw.Wrap(inner, kmsmw.Options{
-			Name: name, RateLimit: cfg.Worker.KMSRateLimit, Observer: obs, Logger: logger,
+			Name: name, RateLimit: config.EffectiveRateLimit(cfg.Backends[name], cfg.Worker.KMSRateLimit), Observer: obs, Logger: logger,
 		})
 	}
 	return out, nil
