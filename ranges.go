@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // RewrapRange is one part of a rotation's re-wrap when several workers
@@ -69,6 +70,10 @@ type RangeCheckpoint struct {
 	FailedIDs  []string // DEKs of this batch that could not be unwrapped
 	Finished   bool     // nothing is left in the range
 	Events     []AuditEvent
+	// Now is the writer's clock: a range lease that expired (ExpiresAt
+	// not after Now) fences its holder even when nobody took it over
+	// yet, so a worker paused past its lease writes nothing on waking.
+	Now time.Time
 }
 
 // RangeSharer splits a rotation's re-wrap into id ranges that several
@@ -102,8 +107,9 @@ type RangeSharer interface {
 	// CommitRangeBatch applies swaps (DEKs of the rotation's key with ids
 	// inside the range; any other swap loses) and cp in one transaction,
 	// fenced by fence, which must be the current lease of the range
-	// (RangeLeaseKey(cp.RotationID, cp.Index)); else ErrFenced and nothing
-	// is written. The range's cursor becomes cp.Cursor, its Done grows by
+	// (RangeLeaseKey(cp.RotationID, cp.Index)) and unexpired at cp.Now
+	// (the stored expiry after cp.Now); else ErrFenced and nothing is
+	// written. The range's cursor becomes cp.Cursor, its Done grows by
 	// cp.Done plus the swaps applied, its Failed by len(cp.FailedIDs), and
 	// Finished is set when cp.Finished; the rotation's Done and Failed
 	// grow by the same amounts (its FailedDEKs take the failed ids while

@@ -273,6 +273,12 @@ func (d *driver) rewrapAndCommit(ctx context.Context) error {
 			return err
 		}
 	}
+	if d.r.Compromised == 0 {
+		// An emergency re-wraps the compromised version first, alone.
+		if err := d.shareRewrap(ctx); err != nil {
+			return err
+		}
+	}
 	if err := d.pass(ctx, rekey.RotationRewrapping); err != nil {
 		return err
 	}
@@ -380,8 +386,9 @@ func (c *batchCheckpoint) update(done int64, failed []string) rekey.RotationUpda
 // fall behind the DEKs it describes. done counts DEKs found already on the
 // target version (not swapped by this call). It returns the ids of the
 // swaps that lost.
-func (c *batchCheckpoint) commitBatch(ctx context.Context, bc rekey.BatchCommitter, swaps []rekey.DEKSwap, done int64, failed []string) ([]string, error) {
+func (c *batchCheckpoint) commitBatch(ctx context.Context, swaps []rekey.DEKSwap, done int64, failed []string) ([]string, error) {
 	d := c.d
+	bc := d.e.deks.(rekey.BatchCommitter) // oneTx said so
 	u := c.update(done, failed)
 	// A try of the store middleware whose success was hidden behind a
 	// transient error makes the next try find every swap lost, and write
@@ -396,6 +403,18 @@ func (c *batchCheckpoint) commitBatch(ctx context.Context, bc rekey.BatchCommitt
 	d.r = u.Rotation
 	c.recorded(done + applied)
 	return lost, nil
+}
+
+// oneTx reports whether the DEK source is the store, which commits the
+// swaps with the checkpoint.
+func (c *batchCheckpoint) oneTx() bool {
+	_, ok := c.d.e.deks.(rekey.BatchCommitter)
+	return ok
+}
+
+// stay is c with the cursor where the rotation has it.
+func (c *batchCheckpoint) stay() checkpointer {
+	return &batchCheckpoint{d: c.d, state: c.state, cursor: c.d.r.Cursor}
 }
 
 // advance writes the checkpoint alone, after the swaps (a DEK source that

@@ -56,6 +56,12 @@ type Config struct {
 	BatchSize int
 	// Concurrency bounds the backend calls in flight per batch; 0 means 8.
 	Concurrency int
+	// RangeSize is how many DEKs one range of a shared re-wrap holds: a
+	// rotation with at least two ranges' worth of DEKs is split into id
+	// ranges that every worker sharing the store re-wraps at once, each
+	// under a lease of its own (rekey.RangeSharer). 0 means
+	// max(2×BatchSize, DEKs/64); a negative value never splits.
+	RangeSize int
 	// LeaseTTL is the lifetime of a key lease; it is renewed every TTL/3.
 	// 0 means 30s.
 	LeaseTTL time.Duration

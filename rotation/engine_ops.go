@@ -17,6 +17,7 @@ const (
 	OutcomeIdle        Outcome = "idle"        // nothing was due; old versions were tended
 	OutcomeRotated     Outcome = "rotated"     // a rotation reached done
 	OutcomeSkipped     Outcome = "skipped"     // another worker holds the key's lease
+	OutcomeShared      Outcome = "shared"      // another worker holds the key's lease; this one re-wrapped ranges of its rotation
 	OutcomeFailed      Outcome = "failed"      // an error; logged, audited, retried next cycle
 	OutcomeInterrupted Outcome = "interrupted" // graceful stop: checkpointed, resumes next run
 	OutcomeLostLease   Outcome = "lost_lease"  // another worker took the key over mid-way
@@ -91,6 +92,25 @@ func (e *Engine) RunCycle(ctx context.Context) CycleReport {
 			rep.Interrupted = true
 		}
 		rep.Keys = append(rep.Keys, kr)
+	}
+	// Keys another worker was rotating: help re-wrap what is left of
+	// them, range by range (after our own keys, so that every due key
+	// has a worker first).
+	for i := range rep.Keys {
+		if ctx.Err() != nil {
+			rep.Interrupted = true
+			break
+		}
+		if rep.Keys[i].Outcome != OutcomeSkipped {
+			continue
+		}
+		n, err := e.ShareRewrap(ctx, rep.Keys[i].Key)
+		if n > 0 {
+			rep.Keys[i].Outcome, rep.Keys[i].Rewrapped = OutcomeShared, n
+		}
+		if err != nil && ctx.Err() == nil {
+			e.log.Warn("helping another worker's re-wrap failed; it finishes without us", "key_id", rep.Keys[i].Key, "error", err)
+		}
 	}
 	rep.FinishedAt = e.now()
 	e.obs.CycleDone(rep.FinishedAt, rep.OK())

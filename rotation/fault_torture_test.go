@@ -82,6 +82,7 @@ type tortureScenario struct {
 	op          string
 	concurrency int
 	batchSize   int // 0: 64
+	rangeSize   int // 0: the engine's default (no split at this size)
 }
 
 func tortureScenarios() []tortureScenario {
@@ -90,6 +91,9 @@ func tortureScenarios() []tortureScenario {
 		// Enough that the middleware's 8 attempts are sometimes spent: keys
 		// then fail a cycle and resume from their checkpoint in the next.
 		{name: "errors_40pct", faults: faultkms.Config{ErrorRate: 0.4}, concurrency: 2},
+		// The re-wrap split into ranges (issue 9), one worker taking them
+		// in turn, under faults and lost replies of every op.
+		{name: "shared_ranges", faults: faultkms.Config{ErrorRate: 0.2, LostReplyRate: 0.1}, concurrency: 2, rangeSize: 40},
 	}
 	for _, op := range kmsmw.Ops() {
 		rate := 0.2
@@ -373,6 +377,7 @@ func newTortureEnv(t *testing.T, sc tortureScenario, seed int64) *tortureEnv {
 		Store: e.store, Backends: backends, Now: clk.Now, Owner: "torture-worker",
 		Logger:    slog.New(slog.DiscardHandler),
 		BatchSize: cmp.Or(sc.batchSize, 64), Concurrency: sc.concurrency, RotateRetry: tortureRetry,
+		RangeSize: sc.rangeSize,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -124,6 +124,7 @@ func (e *env) engine(t T, mod ...func(*rotation.Config)) *rotation.Engine {
 		BatchSize:   10,
 		Concurrency: 4,
 		RotateRetry: fastRetry,
+		RangeSize:   -1, // one worker's plain pass; ranges_test.go shares
 	}
 	for _, m := range mod {
 		m(&cfg)

@@ -17,6 +17,10 @@ type keyLease struct {
 	mu    sync.Mutex
 	lease rekey.Lease
 	lost  error // set when a renewal was fenced
+	// strict: a lease found expired at renewal time is given up instead
+	// of renewed (range leases: expiry fences their writes, so a worker
+	// paused past its lease stops instead of carrying on).
+	strict bool
 }
 
 func (kl *keyLease) fence() rekey.Lease {
@@ -85,6 +89,12 @@ func (e *Engine) acquireLease(ctx context.Context, key string) (rekey.Lease, err
 // matching rekey.ErrFenced. A write that returns ErrFenced ends fn the same
 // way, by returning it.
 func (e *Engine) withKey(ctx context.Context, key string, fn func(ctx context.Context, kl *keyLease) error) error {
+	return e.withLease(ctx, key, false, fn)
+}
+
+// withLease is withKey for any lease key; with strict, a renewal that
+// finds the lease expired gives it up (see keyLease.strict).
+func (e *Engine) withLease(ctx context.Context, key string, strict bool, fn func(ctx context.Context, kl *keyLease) error) error {
 	l, err := e.acquireLease(ctx, key)
 	if err != nil {
 		if errors.Is(err, rekey.ErrLeaseHeld) {
@@ -92,7 +102,7 @@ func (e *Engine) withKey(ctx context.Context, key string, fn func(ctx context.Co
 		}
 		return fmt.Errorf("acquire lease on key %s: %w", key, err)
 	}
-	kl := &keyLease{lease: l}
+	kl := &keyLease{lease: l, strict: strict}
 	kctx, cancel := context.WithCancelCause(ctx)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go e.renewLease(kctx, kl, cancel, stop, done)
@@ -143,7 +153,16 @@ func (e *Engine) renewLease(ctx context.Context, kl *keyLease, cancel context.Ca
 			return
 		case <-t.C:
 		}
-		l, err := e.store.RenewLease(ctx, kl.fence(), e.cfg.LeaseTTL, e.now())
+		cur, now := kl.fence(), e.now()
+		if kl.strict && !cur.ExpiresAt.After(now) {
+			err := fmt.Errorf("lease %q expired at %s before it was renewed (this worker was paused?): %w",
+				cur.Key, cur.ExpiresAt.Format(time.RFC3339), rekey.ErrFenced)
+			kl.lose(err)
+			e.log.Warn("lease expired before renewal; stopping work on it", "lease", cur.Key)
+			cancel(err)
+			return
+		}
+		l, err := e.store.RenewLease(ctx, cur, e.cfg.LeaseTTL, now)
 		switch {
 		case err == nil:
 			kl.set(l)

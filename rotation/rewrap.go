@@ -23,6 +23,24 @@ type batchResult struct {
 	left   int      // DEKs whose swap kept losing: left for the next sweep
 }
 
+// checkpointer records the progress of re-wrap batches: a rotation's own
+// pass (batchCheckpoint) or one range of a shared re-wrap (rangeCheckpoint).
+type checkpointer interface {
+	// oneTx reports whether commitBatch writes the swaps with the
+	// checkpoint in one transaction; otherwise the swaps are written
+	// (SwapDEKs) and then advance records the checkpoint.
+	oneTx() bool
+	// commitBatch writes swaps and the checkpoint in one transaction;
+	// done counts DEKs found already on the target version, failed the
+	// DEKs that cannot be unwrapped. It returns the ids of swaps that lost.
+	commitBatch(ctx context.Context, swaps []rekey.DEKSwap, done int64, failed []string) ([]string, error)
+	// advance records the checkpoint alone (when !oneTx).
+	advance(ctx context.Context, done int64, failed []string) error
+	// stay returns the same checkpoint without moving the cursor (for a
+	// batch that only partly finished).
+	stay() checkpointer
+}
+
 // rewrapOut is the backend's answer for one DEK: the new wrapped bytes, or
 // the reason the DEK cannot be unwrapped.
 type rewrapOut struct {
@@ -49,7 +67,7 @@ type rewrapOut struct {
 // round is its own write with the same cursor. The returned error is fatal
 // for the batch: a backend error that is not about one DEK, ErrFenced, or
 // a store failure (the middleware already retried transient ones).
-func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, to int, ck *batchCheckpoint) (batchResult, error) {
+func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, to int, ck checkpointer) (batchResult, error) {
 	var res batchResult
 	if len(deks) == 0 {
 		return res, nil
@@ -74,7 +92,7 @@ func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks
 // re-wrap's own load) would make the rotation redo the same batch forever.
 // DEKs that cannot be unwrapped are left for the next try to count. A
 // failure of this write is logged only: the batch fails with cause anyway.
-func (e *Engine) keepPartial(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, outs []rewrapOut, to int, ck *batchCheckpoint, cause error) {
+func (e *Engine) keepPartial(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, outs []rewrapOut, to int, ck checkpointer, cause error) {
 	if outs == nil || !rekey.IsTransient(cause) || ctx.Err() != nil {
 		return
 	}
@@ -91,9 +109,9 @@ func (e *Engine) keepPartial(ctx context.Context, kl *keyLease, b *backend, deks
 	if len(done) == 0 {
 		return
 	}
-	var pck *batchCheckpoint
+	var pck checkpointer
 	if ck != nil {
-		pck = &batchCheckpoint{d: ck.d, state: ck.state, cursor: ck.d.r.Cursor}
+		pck = ck.stay()
 	}
 	res, err := e.writeBatch(ctx, kl, b, done, doneOuts, to, pck)
 	if err != nil {
@@ -108,7 +126,7 @@ func (e *Engine) keepPartial(ctx context.Context, kl *keyLease, b *backend, deks
 // writeBatch is rewrapBatch's write half: it swaps deks to the re-wrapped
 // bytes in outs (and checkpoints with ck), re-reading and re-wrapping the
 // DEKs whose swap lost.
-func (e *Engine) writeBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, outs []rewrapOut, to int, ck *batchCheckpoint) (batchResult, error) {
+func (e *Engine) writeBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, outs []rewrapOut, to int, ck checkpointer) (batchResult, error) {
 	var (
 		res batchResult
 		err error
@@ -134,14 +152,13 @@ func (e *Engine) writeBatch(ctx context.Context, kl *keyLease, b *backend, deks 
 	}
 	collect(deks, outs)
 
-	committer, oneTx := e.deks.(rekey.BatchCommitter)
-	oneTx = oneTx && ck != nil
+	oneTx := ck != nil && ck.oneTx()
 	getter, canGet := e.deks.(dekGetter)
 	for round := 0; ; round++ {
 		var lost []string
 		switch {
 		case oneTx:
-			lost, err = ck.commitBatch(wctx, committer, swaps, onTarget, newFailed)
+			lost, err = ck.commitBatch(wctx, swaps, onTarget, newFailed)
 		case len(swaps) > 0:
 			lost, err = e.swapDEKs(wctx, kl, swaps)
 		}

@@ -46,7 +46,8 @@ type Store struct {
 	open      map[string]string // key name -> id of its open rotation
 	leases    map[string]*leaseRecord
 	audit     []rekey.AuditEvent
-	auditCPs  []rekey.AuditCheckpoint // ascending seq
+	auditCPs  []rekey.AuditCheckpoint         // ascending seq
+	ranges    map[string][]*rekey.RewrapRange // rotation id -> its re-wrap ranges
 }
 
 type keyRecord struct {
