@@ -418,24 +418,29 @@ func (h *e2eHome) createDEKsParallel(keys []string, n int) {
 }
 
 // TestE2E_Replicas_FiveKeys: three replicas, five keys due at once,
-// 20,000 DEKs per key (100,000 with REKEY_LONG=1). Each key is rotated
+// 20,000 DEKs per key (100,000 with REKEY_LONG=1), the last key (r5, the
+// one the replicas reach last) half as large again. Each key is rotated
 // exactly once, every DEK ends on v2, the sealed files decrypt, the chain
-// verifies. Which replica rotated which key (the audit actor) is logged.
-//
-// Splitting one key's re-wrap into ranges that several replicas work on at
-// once is not built yet (README "Several replicas"): one replica re-wraps
-// a whole key, so this test does NOT assert that more than one replica
-// re-wrapped the largest key; it logs the distribution instead.
+// verifies, and more than one replica re-wrapped ranges of the largest
+// key (the audit actor of its range batches says which).
 func TestE2E_Replicas_FiveKeys(t *testing.T) {
 	dsn := replicaDSN(t)
 	n := e2eSize(20000, 100000)
 	h := newPGHome(t, dsn, pgOpts{checkInterval: time.Second, leaseTTL: 5 * time.Second})
 	keys := []string{"r1", "r2", "r3", "r4", "r5"}
+	const largest = "r5"
+	size := func(k string) int {
+		if k == largest {
+			return n + n/2
+		}
+		return n
+	}
 	start := time.Now()
 	for _, k := range keys {
 		h.must("key", "create", k)
 	}
-	h.createDEKsParallel(keys, n)
+	h.createDEKsParallel(keys[:len(keys)-1], n)
+	h.createDEKsParallel([]string{largest}, size(largest))
 	files := map[string][]sealedFile{}
 	for _, k := range keys {
 		files[k] = h.sealFiles(k, k, fileSizes(2))
@@ -444,27 +449,49 @@ func TestE2E_Replicas_FiveKeys(t *testing.T) {
 	h.makeDue(keys...)
 
 	start = time.Now()
-	ws := h.startReplicas(nil, "replica-a", "replica-b", "replica-c")
+	replicas := []string{"replica-a", "replica-b", "replica-c"}
+	ws := h.startReplicas(nil, replicas...)
 	h.waitFor(time.Duration(e2eSize(120, 900))*time.Second, "all five keys rotated", func() bool { return h.allDone(keys...) }, ws...)
 	took := time.Since(start)
 	stopAll(t, ws)
-	t.Logf("setup (5 keys, %d DEKs, 10 files) %v; rotation of the five keys by three replicas %v", 5*n, setup.Round(time.Millisecond), took.Round(time.Millisecond))
+	t.Logf("setup (5 keys, %d DEKs, 10 files) %v; rotation of the five keys by three replicas %v", 4*n+size(largest), setup.Round(time.Millisecond), took.Round(time.Millisecond))
 
 	byReplica := map[string][]string{}
 	for _, k := range keys {
-		evs := h.checkRotatedOnce(k, int64(n+2))
+		evs := h.checkRotatedOnce(k, int64(size(k)+2))
 		started := actorOf(evs, rekey.AuditRotationStarted)
 		order, counts := actors(evs, rekey.AuditRewrapProgress)
+		rangeOrder, rangeCounts := actors(rangeBatches(evs), rekey.AuditRewrapProgress)
 		byReplica[started] = append(byReplica[started], k)
-		t.Logf("key %s: started by %s, committed by %s, rewrap.progress events by %v %v",
-			k, started, actorOf(evs, rekey.AuditRotationCommitted), order, counts)
-		if started == "" || !slices.Contains([]string{"replica-a", "replica-b", "replica-c"}, started) {
+		t.Logf("key %s: started by %s, committed by %s, rewrap.progress events by %v %v, range batches by %v %v",
+			k, started, actorOf(evs, rekey.AuditRotationCommitted), order, counts, rangeOrder, rangeCounts)
+		if started == "" || !slices.Contains(replicas, started) {
 			t.Errorf("key %s: rotation.started actor %q, want one of the replicas", k, started)
+		}
+		for _, a := range rangeOrder {
+			if !slices.Contains(replicas, a) {
+				t.Errorf("key %s: range batch by %q, not a replica", k, a)
+			}
+		}
+		if k == largest && len(rangeOrder) < 2 {
+			t.Errorf("largest key %s: range batches by %v %v, want more than one replica re-wrapping it", k, rangeOrder, rangeCounts)
 		}
 		h.checkFiles(files[k])
 	}
 	t.Logf("keys by replica (rotation.started actor): %v", byReplica)
 	h.verifyAudit()
+}
+
+// rangeBatches returns the events of evs that record a batch of one range
+// of a shared re-wrap ("(range I of N)" in the reason).
+func rangeBatches(evs []rekey.AuditEvent) []rekey.AuditEvent {
+	var out []rekey.AuditEvent
+	for _, e := range evs {
+		if e.Type == rekey.AuditRewrapProgress && strings.Contains(e.Reason, "(range ") {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // TestE2E_Replicas_CrashTakeover: replica-a dies at the third batch commit
