@@ -13,18 +13,26 @@ import (
 
 var _ rekey.RangeSharer = (*Store)(nil)
 
-// boundsSQL is DEKBounds in one statement: the DEKs of the key not on the
-// version, numbered in id order (the (key, id) index), every every-th
-// kept. BenchmarkDEKBounds compares it with boundsWalkSQL; the figures
-// are quoted there.
-const boundsSQL = `SELECT id FROM (
+// boundsSQL is DEKBounds in one statement: a keyset walk, each step
+// skipping every-1 DEKs from the previous bound in the (key, id) index
+// and taking the next. BenchmarkDEKBounds compares it with the other ways
+// (boundsWindowSQL, boundsWalkSQL); the figures are quoted there.
+const boundsSQL = `WITH RECURSIVE b(id) AS (
+		SELECT (SELECT id FROM deks WHERE key = ?1 AND version <> ?2 ORDER BY id LIMIT 1 OFFSET ?3)
+		UNION ALL
+		SELECT (SELECT d.id FROM deks d WHERE d.key = ?1 AND d.version <> ?2 AND d.id > b.id ORDER BY d.id LIMIT 1 OFFSET ?3)
+		FROM b WHERE b.id IS NOT NULL
+	) SELECT id FROM b WHERE id IS NOT NULL`
+
+// boundsWindowSQL and boundsWalkSQL are the other ways to compute
+// DEKBounds, kept for the benchmark: one window query (row_number() over
+// the ids, every every-th kept); one query per bound from Go.
+const (
+	boundsWindowSQL = `SELECT id FROM (
 		SELECT id, row_number() OVER (ORDER BY id) AS rn FROM deks WHERE key = ? AND version <> ?
 	) WHERE rn % ? = 0 ORDER BY id`
-
-// boundsWalkSQL is one step of the other way to compute DEKBounds, kept
-// for the benchmark: from the previous bound, skip every-1 DEKs and take
-// the next, one query per bound.
-const boundsWalkSQL = `SELECT id FROM deks WHERE key = ? AND version <> ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?`
+	boundsWalkSQL = `SELECT id FROM deks WHERE key = ? AND version <> ? AND id > ? ORDER BY id LIMIT 1 OFFSET ?`
+)
 
 // DEKBounds implements rekey.RangeSharer with boundsSQL.
 func (s *Store) DEKBounds(ctx context.Context, key string, notVersion int, every int) ([]string, error) {
@@ -32,23 +40,34 @@ func (s *Store) DEKBounds(ctx context.Context, key string, notVersion int, every
 	if err := storecheck.ValidateEvery(key, every); err != nil {
 		return nil, s.fail(op, err)
 	}
-	rows, err := s.r.QueryContext(ctx, boundsSQL, key, notVersion, every)
+	out, err := queryIDs(ctx, s.r, boundsSQL, key, notVersion, every-1)
 	if err != nil {
 		return nil, s.fail(op, err)
+	}
+	return out, nil
+}
+
+// queryIDs runs query and returns the one text column of its rows.
+func queryIDs(ctx context.Context, q querier, query string, args ...any) ([]string, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
-			return nil, s.fail(op, err)
+			return nil, err
 		}
 		out = append(out, id)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, s.fail(op, err)
-	}
-	return out, nil
+	return out, rows.Err()
+}
+
+// dekBoundsWindow is DEKBounds with boundsWindowSQL (for the benchmark).
+func (s *Store) dekBoundsWindow(ctx context.Context, key string, notVersion int, every int) ([]string, error) {
+	return queryIDs(ctx, s.r, boundsWindowSQL, key, notVersion, every)
 }
 
 // dekBoundsWalk is DEKBounds with boundsWalkSQL (for the benchmark).
