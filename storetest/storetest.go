@@ -105,6 +105,13 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"Concurrency/InsertSwapAudit", testConcurrency},
 		{"Concurrency/Counter", testConcurrentCounter},
 		{"Property/DEKModel", testPropertyDEKModel},
+		{"Ranges/Split", testRangesSplit},
+		{"Ranges/SplitRefused", testRangesSplitRefused},
+		{"Ranges/DEKBounds", testRangesDEKBounds},
+		{"Ranges/Commit", testRangesCommit},
+		{"Ranges/CommitFenced", testRangesCommitFenced},
+		{"Ranges/CommitStale", testRangesCommitStale},
+		{"Ranges/Concurrent", testRangesConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

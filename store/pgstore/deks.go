@@ -203,7 +203,7 @@ func swapDEKs(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, fence rekey
 	var lost []string
 	for rest := swaps; len(rest) > 0; {
 		round, next := splitRepeats(rest)
-		l, err := swapRound(ctx, tx, round, fence.Key, now)
+		l, err := swapRound(ctx, tx, swapSQL, round, fence.Key, now)
 		if err != nil {
 			return nil, err
 		}
@@ -226,9 +226,10 @@ func splitRepeats(swaps []rekey.DEKSwap) (round, rest []rekey.DEKSwap) {
 	return swaps, nil
 }
 
-// swapRound runs swapSQL for swaps (no id twice) and returns the ids that
-// lost, in the order of swaps.
-func swapRound(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
+// swapRound runs query (swapSQL, or rangeSwapSQL with the range's bounds
+// as extra) for swaps (no id twice) and returns the ids that lost, in the
+// order of swaps.
+func swapRound(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, error) {
 	n := len(swaps)
 	ids := make([]string, n)
 	olds, news := make([][]byte, n), make([][]byte, n)
@@ -239,7 +240,7 @@ func swapRound(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string
 			olds[i] = []byte{} // NULL would never compare equal
 		}
 	}
-	rows, err := tx.Query(ctx, swapSQL, ids, olds, news, versions, now, key)
+	rows, err := tx.Query(ctx, query, append([]any{ids, olds, news, versions, now, key}, extra...)...)
 	won, err := collect(rows, err, func(sc scanner) (string, error) {
 		var id string
 		return id, sc.Scan(&id)

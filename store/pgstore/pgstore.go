@@ -15,9 +15,9 @@
 //     any number of writers; audit tables refuse UPDATE, DELETE and
 //     TRUNCATE by trigger.
 //
-// Locks are taken in one order — rotation, lease, key, version, DEKs,
-// chain head — so transactions of this package do not deadlock each
-// other; should PostgreSQL still report a deadlock or a serialization
+// Locks are taken in one order — rotation, lease, rewrap range, key,
+// version, DEKs, chain head — so transactions of this package do not
+// deadlock each other; should PostgreSQL still report a deadlock or a serialization
 // failure, nothing was written and the error is an *rekey.UnreachableError
 // that a retry decorator repeats.
 //

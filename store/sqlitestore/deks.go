@@ -178,8 +178,19 @@ func swapDEKs(ctx context.Context, tx *sql.Tx, swaps []rekey.DEKSwap, fence reke
 	if err := checkVersionsExist(ctx, tx, fence.Key, swaps); err != nil {
 		return nil, err
 	}
-	stmt, err := tx.PrepareContext(ctx, `UPDATE deks SET wrapped = ?, version = ?, updated_at = ?
-		WHERE id = ? AND key = ? AND wrapped = ?`)
+	return swapRows(ctx, tx, swapSQL, swaps, fence.Key, now)
+}
+
+// swapSQL is the compare-and-swap of one DEK: new wrapped bytes, version,
+// updated_at; id, key, old wrapped bytes.
+const swapSQL = `UPDATE deks SET wrapped = ?, version = ?, updated_at = ?
+		WHERE id = ? AND key = ? AND wrapped = ?`
+
+// swapRows runs query (swapSQL, or a query with more conditions whose
+// arguments are extra) prepared once, for each swap in order, and returns
+// the ids of the swaps that changed no row.
+func swapRows(ctx context.Context, tx *sql.Tx, query string, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, error) {
+	stmt, err := tx.PrepareContext(ctx, query)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +202,7 @@ func swapDEKs(ctx context.Context, tx *sql.Tx, swaps []rekey.DEKSwap, fence reke
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		res, err := stmt.ExecContext(rowCtx, sw.NewWrapped, sw.NewVersion, at, sw.ID, fence.Key, sw.OldWrapped)
+		res, err := stmt.ExecContext(rowCtx, append([]any{sw.NewWrapped, sw.NewVersion, at, sw.ID, key, sw.OldWrapped}, extra...)...)
 		if err != nil {
 			return nil, err
 		}

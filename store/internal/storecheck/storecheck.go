@@ -433,3 +433,84 @@ func CheckNewDEKVersion(d rekey.DEK, activeVersion int, activeState rekey.Versio
 	}
 	return nil
 }
+
+// ---- range sharing ----
+
+// MaxFailedDEKs is how many failed DEK ids a rotation keeps
+// (Rotation.FailedDEKs): the first ones found.
+const MaxFailedDEKs = 100
+
+// ValidateEvery checks a DEKBounds call: every is positive.
+func ValidateEvery(key string, every int) error {
+	if every <= 0 {
+		return fmt.Errorf("%w: dek bounds of key %q: every must be positive, got %d", rekey.ErrInvalidArgument, key, every)
+	}
+	return nil
+}
+
+// ValidateBounds checks the bounds of a SplitRewrap call: non-empty ids,
+// strictly ascending. The error names the first bound that is not.
+func ValidateBounds(rotationID string, bounds []string) error {
+	for i, b := range bounds {
+		switch {
+		case b == "":
+			return fmt.Errorf("%w: split of rotation %s: bound %d is empty", rekey.ErrInvalidArgument, rotationID, i)
+		case i > 0 && b <= bounds[i-1]:
+			return fmt.Errorf("%w: split of rotation %s: bound %d (%q) is not above bound %d (%q): bounds must be strictly ascending",
+				rekey.ErrInvalidArgument, rotationID, i, b, i-1, bounds[i-1])
+		}
+	}
+	return nil
+}
+
+// RangeBounds returns the (lo, hi] bounds of the len(bounds)+1 ranges a
+// split by bounds makes: range i holds ids in (lo[i], hi[i]], "" meaning
+// no bound.
+func RangeBounds(bounds []string) (lo, hi []string) {
+	lo, hi = make([]string, len(bounds)+1), make([]string, len(bounds)+1)
+	for i, b := range bounds {
+		hi[i], lo[i+1] = b, b
+	}
+	return lo, hi
+}
+
+// InRange reports whether id is in the range (lo, hi]; hi "" is no upper
+// bound.
+func InRange(id, lo, hi string) bool {
+	return id > lo && (hi == "" || id <= hi)
+}
+
+// ValidateRangeCheckpoint checks a CommitRangeBatch checkpoint: it names a
+// rotation and a range index that is not negative, and counts no negative
+// Done.
+func ValidateRangeCheckpoint(cp rekey.RangeCheckpoint) error {
+	switch {
+	case cp.RotationID == "":
+		return fmt.Errorf("%w: range checkpoint names no rotation", rekey.ErrInvalidArgument)
+	case cp.Index < 0:
+		return fmt.Errorf("%w: range checkpoint of rotation %s: negative range index %d", rekey.ErrInvalidArgument, cp.RotationID, cp.Index)
+	case cp.Done < 0:
+		return fmt.Errorf("%w: range checkpoint of rotation %s range %d: negative done %d", rekey.ErrInvalidArgument, cp.RotationID, cp.Index, cp.Done)
+	}
+	return nil
+}
+
+// AppendFailed returns cur with the ids of failed appended while it holds
+// fewer than MaxFailedDEKs; cur is not changed.
+func AppendFailed(cur, failed []string) []string {
+	room := MaxFailedDEKs - len(cur)
+	if room <= 0 || len(failed) == 0 {
+		return slices.Clone(cur)
+	}
+	return append(slices.Clone(cur), failed[:min(room, len(failed))]...)
+}
+
+// AddEventDEKs returns a copy of evs with the DEKs of each event increased
+// by applied (the swaps a batch applied); evs is not changed.
+func AddEventDEKs(evs []rekey.AuditEvent, applied int) []rekey.AuditEvent {
+	out := slices.Clone(evs)
+	for i := range out {
+		out[i].DEKs += int64(applied)
+	}
+	return out
+}
