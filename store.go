@@ -131,10 +131,12 @@ type AuditQuery struct {
 // error, never an *UnreachableError: read the state again before writing.
 //
 // Every Store also commits a re-wrap batch and its checkpoint in one
-// transaction (BatchCommitter).
+// transaction (BatchCommitter), and shares a rotation's re-wrap in id
+// ranges among workers (RangeSharer).
 type Store interface {
 	DEKSource
 	BatchCommitter
+	RangeSharer
 
 	// CreateKey stores a new key and its first version, which must be
 	// active; a zero v.ExpiresAt is stored as k.ExpiresAt. It returns

@@ -28,8 +28,7 @@ func (e *Engine) rangeSharer() (rekey.RangeSharer, bool) {
 	if e.deks != rekey.DEKSource(e.store) {
 		return nil, false // DEKs elsewhere: ranges would fence the wrong table
 	}
-	rs, ok := e.store.(rekey.RangeSharer)
-	return rs, ok
+	return e.store, true
 }
 
 // rangeSize is how many DEKs one range of a re-wrap of total DEKs holds, or

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/store/internal/storecheck"
 )
 
 var _ rekey.RangeSharer = (*Store)(nil)
@@ -22,8 +23,8 @@ func (s *Store) DEKBounds(ctx context.Context, key string, notVersion, every int
 		return nil, err
 	}
 	defer s.mu.Unlock()
-	if key == "" || every <= 0 {
-		return nil, wrapErr(op, fmt.Errorf("%w: bounds need a key and a positive spacing", rekey.ErrInvalidArgument))
+	if err := storecheck.ValidateEvery(key, every); err != nil {
+		return nil, wrapErr(op, err)
 	}
 	kr, ok := s.keys[key]
 	if !ok {
@@ -49,10 +50,8 @@ func (s *Store) SplitRewrap(ctx context.Context, rotationID string, bounds []str
 		return err
 	}
 	defer s.mu.Unlock()
-	for i, b := range bounds {
-		if b == "" || i > 0 && b <= bounds[i-1] {
-			return wrapErr(op, fmt.Errorf("%w: range bounds must be non-empty and strictly ascending", rekey.ErrInvalidArgument))
-		}
+	if err := storecheck.ValidateBounds(rotationID, bounds); err != nil {
+		return wrapErr(op, err)
 	}
 	evs, err := s.prepareEvents(events)
 	if err != nil {
@@ -110,6 +109,12 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 		return nil, err
 	}
 	defer s.mu.Unlock()
+	if err := storecheck.ValidateRangeCheckpoint(cp); err != nil {
+		return nil, wrapErr(op, err)
+	}
+	if err := storecheck.ValidateSwaps(swaps); err != nil {
+		return nil, wrapErr(op, err)
+	}
 	evs, err := s.prepareEvents(cp.Events)
 	if err != nil {
 		return nil, wrapErr(op, err)

@@ -208,8 +208,19 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 		if err != nil {
 			return err
 		}
-		if err := checkFence(ctx, tx, rekey.RangeLeaseKey(cp.RotationID, cp.Index), fence); err != nil {
+		lk := rekey.RangeLeaseKey(cp.RotationID, cp.Index)
+		if err := checkFence(ctx, tx, lk, fence); err != nil {
 			return err
+		}
+		// A range lease fences by expiry too (see rekey.RangeCheckpoint.Now);
+		// checkFence holds its row FOR SHARE.
+		var expires time.Time
+		if err := tx.QueryRow(ctx, `SELECT expires_at FROM leases WHERE key = $1`, lk).Scan(&expires); err != nil {
+			return err
+		}
+		if !expires.After(cp.Now) {
+			return fmt.Errorf("range lease %q owner %s epoch %d expired at %s: %w", lk, fence.Owner, fence.Epoch,
+				expires.UTC().Format(time.RFC3339), rekey.ErrFenced)
 		}
 		if state != rekey.RotationRewrapping {
 			return fmt.Errorf("rotation %s of key %q is %s, not rewrapping: %w", cp.RotationID, key, state, rekey.ErrStale)

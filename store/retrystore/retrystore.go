@@ -216,52 +216,26 @@ func (s *Store) Ping(ctx context.Context) error {
 // retries.
 func (s *Store) Close() error { return s.s.Close() }
 
-// rangeSharer returns the inner store as a rekey.RangeSharer, or an error
-// matching rekey.ErrUnsupported.
-func (s *Store) rangeSharer(op string) (rekey.RangeSharer, error) {
-	rs, ok := s.s.(rekey.RangeSharer)
-	if !ok {
-		return nil, fmt.Errorf("store: %s: %w", op, rekey.ErrUnsupported)
-	}
-	return rs, nil
-}
-
 // DEKBounds implements rekey.RangeSharer.
 func (s *Store) DEKBounds(ctx context.Context, key string, notVersion, every int) ([]string, error) {
-	rs, err := s.rangeSharer("dek bounds")
-	if err != nil {
-		return nil, err
-	}
-	return value(ctx, s, func(ctx context.Context) ([]string, error) { return rs.DEKBounds(ctx, key, notVersion, every) })
+	return value(ctx, s, func(ctx context.Context) ([]string, error) { return s.s.DEKBounds(ctx, key, notVersion, every) })
 }
 
 // SplitRewrap implements rekey.RangeSharer. A try whose success was hidden
 // behind a transient error makes the next one fail with ErrConflict: the
 // caller reads the ranges back.
 func (s *Store) SplitRewrap(ctx context.Context, rotationID string, bounds []string, fence rekey.Lease, events ...rekey.AuditEvent) error {
-	rs, err := s.rangeSharer("split rewrap")
-	if err != nil {
-		return err
-	}
-	return s.do(ctx, func(ctx context.Context) error { return rs.SplitRewrap(ctx, rotationID, bounds, fence, events...) })
+	return s.do(ctx, func(ctx context.Context) error { return s.s.SplitRewrap(ctx, rotationID, bounds, fence, events...) })
 }
 
 // ListRewrapRanges implements rekey.RangeSharer.
 func (s *Store) ListRewrapRanges(ctx context.Context, rotationID string) ([]rekey.RewrapRange, error) {
-	rs, err := s.rangeSharer("list rewrap ranges")
-	if err != nil {
-		return nil, err
-	}
-	return value(ctx, s, func(ctx context.Context) ([]rekey.RewrapRange, error) { return rs.ListRewrapRanges(ctx, rotationID) })
+	return value(ctx, s, func(ctx context.Context) ([]rekey.RewrapRange, error) { return s.s.ListRewrapRanges(ctx, rotationID) })
 }
 
 // CommitRangeBatch implements rekey.RangeSharer. A try whose success was
 // hidden behind a transient error makes the next one find its swaps lost
 // (or the range finished: ErrStale); the engine re-reads them.
 func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease, cp rekey.RangeCheckpoint) ([]string, error) {
-	rs, err := s.rangeSharer("commit range batch")
-	if err != nil {
-		return nil, err
-	}
-	return value(ctx, s, func(ctx context.Context) ([]string, error) { return rs.CommitRangeBatch(ctx, swaps, fence, cp) })
+	return value(ctx, s, func(ctx context.Context) ([]string, error) { return s.s.CommitRangeBatch(ctx, swaps, fence, cp) })
 }

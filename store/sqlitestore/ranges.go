@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/store/internal/storecheck"
@@ -203,8 +204,16 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 		if err != nil {
 			return err
 		}
-		if err := checkFence(ctx, tx, rekey.RangeLeaseKey(cp.RotationID, cp.Index), fence); err != nil {
+		lk := rekey.RangeLeaseKey(cp.RotationID, cp.Index)
+		if err := checkFence(ctx, tx, lk, fence); err != nil {
 			return err
+		}
+		// A range lease fences by expiry too (see rekey.RangeCheckpoint.Now).
+		if row, _, err := readLease(ctx, tx, lk); err != nil {
+			return err
+		} else if row.expires <= cp.Now.UnixMicro() {
+			return fmt.Errorf("range lease %q owner %s epoch %d expired at %s: %w", lk, fence.Owner, fence.Epoch,
+				time.UnixMicro(row.expires).UTC().Format(time.RFC3339), rekey.ErrFenced)
 		}
 		if state != rekey.RotationRewrapping {
 			return fmt.Errorf("rotation %s of key %q is %s, not rewrapping: %w", cp.RotationID, key, state, rekey.ErrStale)
