@@ -527,6 +527,16 @@ func TestE2E_Replicas_CrashTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := rs[0]
+	// The range replica-a was re-wrapping when it died: replica-b may
+	// share the other ranges at once, but this one only after its lease
+	// expired.
+	var aRange string
+	var aRangeEnd time.Time
+	if err := h.pool.QueryRow(context.Background(), `SELECT key, expires_at FROM leases
+		WHERE owner = 'replica-a' AND key LIKE 'rewrap/%' AND NOT released`).Scan(&aRange, &aRangeEnd); err != nil {
+		t.Fatalf("replica-a's range lease: %v", err)
+	}
+	_, aIndex, _ := rekey.ParseRangeLeaseKey(aRange)
 
 	b := h.startReplicas(nil, "replica-b")[0]
 	h.waitFor(60*time.Second, "replica-b finished the rotation", func() bool { return h.allDone("crashy") }, a, b)
@@ -538,15 +548,28 @@ func TestE2E_Replicas_CrashTakeover(t *testing.T) {
 		t.Errorf("after the takeover: rotations %+v, want the same rotation %s, owned by replica-b with an epoch above %d", rs, before.id, before.epoch)
 	}
 	evs := h.checkRotatedOnce("crashy", n+3)
-	var firstB time.Time
+	var firstB, firstBOnARange time.Time
+	aRangeTag := fmt.Sprintf("(range %d of ", aIndex+1)
 	for _, e := range evs {
-		if e.Actor == "replica-b" {
-			firstB = e.Time
-			break
+		if e.Actor != "replica-b" {
+			continue
+		}
+		switch {
+		case strings.Contains(e.Reason, aRangeTag):
+			if firstBOnARange.IsZero() {
+				firstBOnARange = e.Time
+			}
+		case !strings.Contains(e.Reason, "(range "):
+			if firstB.IsZero() {
+				firstB = e.Time
+			}
 		}
 	}
 	if firstB.IsZero() || firstB.Before(leaseEnd) {
-		t.Errorf("replica-b's first event at %v, before replica-a's lease expired (%v)", firstB, leaseEnd)
+		t.Errorf("replica-b's first event outside a range at %v, before replica-a's key lease expired (%v)", firstB, leaseEnd)
+	}
+	if firstBOnARange.IsZero() || firstBOnARange.Before(aRangeEnd) {
+		t.Errorf("replica-b's first batch of range %d (replica-a's when it died) at %v, before that range's lease expired (%v)", aIndex, firstBOnARange, aRangeEnd)
 	}
 	order, counts := actors(evs, rekey.AuditRewrapProgress)
 	t.Logf("rotation %s: started by %s, committed by %s; rewrap.progress by %v %v; a's lease expired %v after the crash, b finished %v after it",

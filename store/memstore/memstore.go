@@ -831,6 +831,13 @@ func (s *Store) appendLocked(evs []rekey.AuditEvent) {
 		seq, hash = s.audit[n-1].Seq, s.audit[n-1].Hash
 	}
 	for i := range evs {
+		// Times follow the chain: never before the previous event's.
+		if n := len(s.audit); n > 0 && evs[i].Time.Before(s.audit[n-1].Time) {
+			evs[i].Time = s.audit[n-1].Time
+		}
+		if i > 0 && evs[i].Time.Before(evs[i-1].Time) {
+			evs[i].Time = evs[i-1].Time
+		}
 		evs[i].Chain(seq, hash)
 		seq, hash = evs[i].Seq, evs[i].Hash
 	}

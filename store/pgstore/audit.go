@@ -45,12 +45,22 @@ func appendEvents(ctx context.Context, tx pgx.Tx, evs []rekey.AuditEvent) error 
 	if err := tx.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id FOR UPDATE`).Scan(&seq, &hash); err != nil {
 		return fmt.Errorf("audit chain head: %w", err)
 	}
+	var prev time.Time
 	if seq == 0 {
 		hash = rekey.GenesisHash
+	} else if err := tx.QueryRow(ctx, `SELECT coalesce(time, 'epoch') FROM audit_events WHERE seq = $1`, seq).Scan(&prev); err != nil {
+		return fmt.Errorf("audit chain head event %d: %w", seq, err)
 	}
 	rows := make([][]any, len(evs))
 	for i := range evs {
 		e := &evs[i]
+		// Times follow the chain: an event is never dated before the one
+		// it follows (several writers, several clocks, and the moment a
+		// writer took its time is before it got the chain head).
+		if !prev.IsZero() && e.Time.Before(prev) {
+			e.Time = rekey.NormalizeTime(prev)
+		}
+		prev = e.Time
 		e.Chain(seq, hash)
 		rows[i] = []any{e.Seq, ts(e.Time), string(e.Type), e.Key, e.FromVersion, e.ToVersion,
 			e.RotationID, e.DEKs, e.Status, e.Error, e.Actor, e.Reason, e.BackendRequestID, e.PrevHash, e.Hash}

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/store/internal/storecheck"
@@ -33,11 +34,15 @@ func appendEvents(ctx context.Context, tx *sql.Tx, evs []rekey.AuditEvent) error
 	if len(evs) == 0 {
 		return nil
 	}
-	seq, hash := int64(0), rekey.GenesisHash
-	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&seq, &hash)
+	seq, hash, last := int64(0), rekey.GenesisHash, int64(0)
+	err := tx.QueryRowContext(ctx, `SELECT seq, hash, coalesce(time, 0) FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&seq, &hash, &last)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return err
 	}
+	// Times follow the chain: an event is never dated before the one it
+	// follows (writers' clocks, and the moments they took their times,
+	// differ; the chain's order is the truth).
+	prev := time.UnixMicro(last).UTC()
 	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events (`+auditColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {
@@ -47,6 +52,10 @@ func appendEvents(ctx context.Context, tx *sql.Tx, evs []rekey.AuditEvent) error
 	rowCtx := batchContext(ctx)
 	for i := range evs {
 		e := &evs[i]
+		if seq > 0 && e.Time.Before(prev) {
+			e.Time = prev
+		}
+		prev = e.Time
 		e.Chain(seq, hash)
 		_, err := stmt.ExecContext(rowCtx, e.Seq, micros(e.Time), string(e.Type), e.Key, e.FromVersion, e.ToVersion,
 			e.RotationID, e.DEKs, e.Status, e.Error, e.Actor, e.Reason, e.BackendRequestID, e.PrevHash, e.Hash)
