@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/rekeyhq/rekey/config"
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 )
 
@@ -106,5 +107,39 @@ func TestAPIKeySources(t *testing.T) {
 	os.WriteFile(f, []byte("  \n"), 0o600)
 	if _, _, err = keyprotect.APIKey(&keyprotect.Settings{APIKeyFile: f}, getenv); err == nil || !strings.Contains(err.Error(), "empty") {
 		t.Fatalf("empty key file: %v", err)
+	}
+}
+
+// A keyprotect backend in a configuration file: its fields, its default
+// request rate, an explicit rate_limit, and no field for the key itself.
+func TestConfigFile(t *testing.T) {
+	t.Parallel()
+	const base = `version: 1
+store: {driver: sqlite, dsn: rekey.db}
+defaults: {rotation_period: 90d, rotate_within: 7d, notify_within: 14d, grace: 7d, destroy_after: never}
+`
+	c, err := config.Parse([]byte(base+`backends:
+  kp: {type: keyprotect, instance_id: 0d5a, region: us-south, api_key_file: kp.key}
+  kp2: {type: keyprotect, instance_id: 0d5a, endpoint: "https://private.us-south.kms.cloud.ibm.com", rate_limit: 20}
+`), "/etc/rekey")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, ok := c.Backends["kp"].Settings.(*keyprotect.Settings)
+	if !ok || s.InstanceID != "0d5a" || s.APIKeyFile != "/etc/rekey/kp.key" || s.BaseURL() != "https://us-south.kms.cloud.ibm.com" {
+		t.Fatalf("kp settings: %+v", c.Backends["kp"].Settings)
+	}
+	if got := config.EffectiveRateLimit(c.Backends["kp"], 0); got != keyprotect.DefaultRateLimit {
+		t.Errorf("default rate = %v, want %v", got, keyprotect.DefaultRateLimit)
+	}
+	if got := config.EffectiveRateLimit(c.Backends["kp"], 100); got != 100 {
+		t.Errorf("rate with worker.kms_rate_limit 100 = %v", got)
+	}
+	if got := config.EffectiveRateLimit(c.Backends["kp2"], 100); got != 20 {
+		t.Errorf("explicit rate_limit = %v, want 20", got)
+	}
+	_, err = config.Parse([]byte(base+"backends:\n  kp: {type: keyprotect, instance_id: i, region: us-south, api_key: SECRETVALUE}\n"), "")
+	if err == nil || !strings.Contains(err.Error(), `unknown field "api_key"`) || strings.Contains(err.Error(), "SECRETVALUE") {
+		t.Fatalf("an API key in the config file: %v; want refused without repeating it", err)
 	}
 }
