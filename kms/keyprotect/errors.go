@@ -97,7 +97,7 @@ func (c *Client) mapStatus(op, what string, status int, body []byte, msg string)
 	switch {
 	case status == http.StatusUnauthorized || status == http.StatusForbidden:
 		return &AuthError{Backend: c.name, Service: "Key Protect", Status: status, Detail: msg,
-			Fix: fmt.Sprintf("give the API key's identity the Writer role (Manager to create keys) on Key Protect instance %s, and check instance_id", c.instance)}
+			Fix: fmt.Sprintf("give the API key's identity a role that may create, rotate, wrap and unwrap keys (Writer or Manager) on Key Protect instance %s, and check instance_id", c.instance)}
 	case status == http.StatusTooManyRequests:
 		return &rekey.UnreachableError{Service: c.service, Err: fmt.Errorf("%s: %w%s: lower rate_limit or retry later", where, ErrThrottled, detail(msg))}
 	case status >= 500:
