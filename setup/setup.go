@@ -34,6 +34,7 @@ import (
 	"github.com/rekeyhq/rekey/config"
 	"github.com/rekeyhq/rekey/failpoint"
 	"github.com/rekeyhq/rekey/httpapi"
+	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/localkms"
 	"github.com/rekeyhq/rekey/metrics"
@@ -377,6 +378,15 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 		}
 		return localkms.New(ctx, localkms.Config{
 			Keyring: s.Keyring, MasterKeyFile: s.MasterKeyFile, MasterKey: mk, Logger: logger,
+		})
+	case *keyprotect.Settings:
+		key, source, err := keyprotect.APIKey(s, getenv)
+		if err != nil {
+			return nil, err
+		}
+		return keyprotect.New(keyprotect.Config{
+			Name: name, Endpoint: s.BaseURL(), IAMEndpoint: s.IAMURL(), InstanceID: s.InstanceID,
+			APIKey: key, KeySource: source, Logger: logger,
 		})
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/status"
 	"github.com/spf13/cobra"
 )
@@ -24,10 +26,11 @@ func (c *cli) statusCommand() *cobra.Command {
 				return err
 			}
 			problems := c.backendProblems(cmd.Context(), st)
+			notes := c.backendNotes(st, problems)
 			if c.jsonOut {
 				keys := make([]statusKey, len(st.Keys))
 				for i, k := range st.Keys {
-					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name]}
+					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name], BackendNote: notes[k.Name]}
 				}
 				if err := c.printJSON(struct {
 					status.Status
@@ -36,7 +39,7 @@ func (c *cli) statusCommand() *cobra.Command {
 					return err
 				}
 			} else {
-				c.printStatus(st, problems)
+				c.printStatus(st, problems, notes)
 			}
 			if len(problems) > 0 {
 				return exitError{code: exitFailure, msg: fmt.Sprintf("%d key(s) have a backend problem: see backend_error above", len(problems))}
@@ -61,6 +64,39 @@ func (c *cli) buildStatus(ctx context.Context) (status.Status, error) {
 type statusKey struct {
 	status.KeyView
 	BackendError string `json:"backend_error,omitempty"`
+	// BackendNote says what the backend cannot do for this key (retire
+	// single versions), so that status does not pretend it did.
+	BackendNote string `json:"backend_note,omitempty"`
+}
+
+// backendNotes returns, per key whose backend works but cannot retire
+// single versions (rekey.Capabilities.RetireVersion false: Key Protect,
+// for one), a note saying that its old versions are retired in rekey's
+// store only and stay usable at the backend.
+func (c *cli) backendNotes(st status.Status, problems map[string]string) map[string]string {
+	notes := map[string]string{}
+	if c.sys == nil {
+		return notes
+	}
+	for _, k := range st.Keys {
+		b, ok := c.sys.Backends[k.Backend]
+		if !ok || problems[k.Name] != "" || rekey.CapabilitiesOf(b).RetireVersion {
+			continue
+		}
+		var old []string
+		for _, v := range k.Versions {
+			if v.State == rekey.VersionRetired || v.State == rekey.VersionDestroyed {
+				old = append(old, fmt.Sprintf("v%d", v.Version))
+			}
+		}
+		what := "old versions are retired in rekey only"
+		if len(old) > 0 {
+			what = strings.Join(old, ", ") + " retired in rekey only"
+		}
+		notes[k.Name] = fmt.Sprintf("backend %s (%s) cannot retire single key versions: %s (rekey refuses them; the backend can still unwrap under them until the whole key is deleted there)",
+			k.Backend, c.sys.Config.Backends[k.Backend].Type, what)
+	}
+	return notes
 }
 
 // backendProblems asks each key's backend for its current version: an
@@ -96,7 +132,7 @@ func (c *cli) backendProblems(ctx context.Context, st status.Status) map[string]
 	return problems
 }
 
-func (c *cli) printStatus(st status.Status, problems map[string]string) {
+func (c *cli) printStatus(st status.Status, problems, notes map[string]string) {
 	if len(st.Keys) == 0 {
 		fmt.Fprintln(c.stdout, "no keys yet: create one with 'rekey key create NAME'")
 		return
@@ -108,6 +144,9 @@ func (c *cli) printStatus(st status.Status, problems map[string]string) {
 		c.printKey(k)
 		if p := problems[k.Name]; p != "" {
 			fmt.Fprintf(c.stdout, "  BACKEND ERROR   %s\n", printable(p))
+		}
+		if n := notes[k.Name]; n != "" {
+			fmt.Fprintf(c.stdout, "  BACKEND NOTE    %s\n", n)
 		}
 	}
 	fmt.Fprintln(c.stdout)
