@@ -157,13 +157,13 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown backend type",
 			yaml: minimal + "backends:\n  aws: {type: aws, region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: local`}},
+			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: awskms, local`}},
 			n:    1,
 		},
 		{
 			name: "missing backend type",
 			yaml: minimal + "backends:\n  aws: {region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `missing: set type to one of local`}},
+			want: []want{{"backends.aws.type", `missing: set type to one of awskms, local`}},
 			n:    1,
 		},
 		{
@@ -176,13 +176,14 @@ func TestParseErrors(t *testing.T) {
 			name: "backend types not available in this build",
 			yaml: minimal + "backends:\n  aws: {type: awskms, region: r, whatever: 1}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
 			want: []want{
-				{"backends.aws.type", "backend type awskms is not available in this build yet: available types: local"},
-				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: local"},
+				{"backends.aws.whatever", `unknown field "whatever" for backend type awskms`},
+				{"backends.aws.region", `"r" is not an AWS region`},
+				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: awskms, local"},
 				{"backends.v.type", "backend type vault is not available in this build yet"},
 				{"backends.kp.type", "backend type keyprotect is not available in this build yet"},
 				{"backends.l.keyring", "missing: set keyring"},
 			},
-			n: 5,
+			n: 6,
 		},
 		{
 			name: "bad backend values",
@@ -387,7 +388,7 @@ keys:
 `,
 			want: []want{
 				{"store.dsn", "missing"},
-				{"backends.aws.type", "not available in this build yet"},
+				{"backends.aws.mode", `unknown mode "sometimes"`},
 				{"backends.l.mode", `unknown field "mode"`},
 				{"worker.check_interval", `bad duration "5x"`},
 				{"worker.batch_size", "out of range"},
@@ -884,8 +885,8 @@ func TestValidateBuiltConfig(t *testing.T) {
 		}, "backends.local.keyring", "missing: set keyring"},
 		{"missing type", func(c *Config) { c.Backends["x"] = BackendConfig{} }, "backends.x.type", "missing"},
 		{"planned type", func(c *Config) {
-			c.Backends["aws"] = BackendConfig{Type: BackendAWSKMS}
-		}, "backends.aws.type", "backend type awskms is not available in this build yet: available types: local"},
+			c.Backends["hsm"] = BackendConfig{Type: BackendPKCS11}
+		}, "backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: awskms, local"},
 		{"rotate_within as long as the period", func(c *Config) { c.Defaults.RotateWithin = c.Defaults.RotationPeriod }, "defaults.rotate_within", "90d is not shorter than rotation_period 90d"},
 		{"key notify_within below rotate_within", func(c *Config) {
 			c.Keys = []KeyConfig{{Name: "a", Backend: "local", RotateWithin: dur(time.Hour), NotifyWithin: dur(time.Minute)}}
