@@ -237,7 +237,9 @@ func (k *Client) keyName(ref string) (string, error) {
 
 func versionAlias(ref string, v int) string { return ref + "/v" + strconv.Itoa(v) }
 
-func (k *Client) encContext(name string) map[string]string { return map[string]string{ContextKey: name} }
+func (k *Client) encContext(name string) map[string]string {
+	return map[string]string{ContextKey: name}
+}
 
 // CreateKey implements rekey.KMS: it makes the KMS key of version 1 and
 // its aliases, and returns ALIAS_PREFIX+name. The version alias is the
