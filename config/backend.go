@@ -13,6 +13,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/rekeyhq/rekey/kms/awskms"
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/localkms"
 )
@@ -86,12 +87,13 @@ type pathResolver interface{ ResolvePaths(dir string) }
 var backendTypes = map[string]func() BackendSettings{
 	BackendLocal:      func() BackendSettings { return new(localkms.Settings) },
 	BackendKeyProtect: func() BackendSettings { return new(keyprotect.Settings) },
+	BackendAWSKMS:     func() BackendSettings { return new(awskms.Settings) },
 }
 
 // plannedBackendTypes are backend types that a later rekey implements.
 // This build knows their names so that it can say they are not available
 // yet, rather than that they do not exist.
-var plannedBackendTypes = []string{BackendAWSKMS, BackendPKCS11, BackendVault}
+var plannedBackendTypes = []string{BackendPKCS11, BackendVault}
 
 // AvailableBackendTypes returns the backend types this build implements,
 // sorted.

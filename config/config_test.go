@@ -157,13 +157,13 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown backend type",
 			yaml: minimal + "backends:\n  aws: {type: aws, region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: keyprotect, local`}},
+			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: awskms, keyprotect, local`}},
 			n:    1,
 		},
 		{
 			name: "missing backend type",
 			yaml: minimal + "backends:\n  aws: {region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `missing: set type to one of keyprotect, local`}},
+			want: []want{{"backends.aws.type", `missing: set type to one of awskms, keyprotect, local`}},
 			n:    1,
 		},
 		{
@@ -176,14 +176,15 @@ func TestParseErrors(t *testing.T) {
 			name: "backend types not available in this build",
 			yaml: minimal + "backends:\n  aws: {type: awskms, region: r, whatever: 1}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
 			want: []want{
-				{"backends.aws.type", "backend type awskms is not available in this build yet: available types: keyprotect, local"},
-				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: keyprotect, local"},
+				{"backends.aws.whatever", `unknown field "whatever" for backend type awskms`},
+				{"backends.aws.region", `"r" is not an AWS region`},
+				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: awskms, keyprotect, local"},
 				{"backends.v.type", "backend type vault is not available in this build yet"},
 				{"backends.kp.instance_id", "missing: set instance_id"},
 				{"backends.kp.region", "missing: set region"},
 				{"backends.l.keyring", "missing: set keyring"},
 			},
-			n: 6,
+			n: 7,
 		},
 		{
 			name: "bad backend values",
@@ -388,7 +389,7 @@ keys:
 `,
 			want: []want{
 				{"store.dsn", "missing"},
-				{"backends.aws.type", "not available in this build yet"},
+				{"backends.aws.mode", `unknown mode "sometimes"`},
 				{"backends.l.mode", `unknown field "mode"`},
 				{"worker.check_interval", `bad duration "5x"`},
 				{"worker.batch_size", "out of range"},
@@ -885,8 +886,8 @@ func TestValidateBuiltConfig(t *testing.T) {
 		}, "backends.local.keyring", "missing: set keyring"},
 		{"missing type", func(c *Config) { c.Backends["x"] = BackendConfig{} }, "backends.x.type", "missing"},
 		{"planned type", func(c *Config) {
-			c.Backends["aws"] = BackendConfig{Type: BackendAWSKMS}
-		}, "backends.aws.type", "backend type awskms is not available in this build yet: available types: keyprotect, local"},
+			c.Backends["hsm"] = BackendConfig{Type: BackendPKCS11}
+		}, "backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: awskms, keyprotect, local"},
 		{"rotate_within as long as the period", func(c *Config) { c.Defaults.RotateWithin = c.Defaults.RotationPeriod }, "defaults.rotate_within", "90d is not shorter than rotation_period 90d"},
 		{"key notify_within below rotate_within", func(c *Config) {
 			c.Keys = []KeyConfig{{Name: "a", Backend: "local", RotateWithin: dur(time.Hour), NotifyWithin: dur(time.Minute)}}

@@ -56,9 +56,10 @@ type KeyPlan struct {
 	// EstimatedSeconds is DEKsToRewrap at Rate.
 	EstimatedSeconds float64 `json:"estimated_seconds"`
 	// Rate is the re-wrap rate assumed (DEKs per second), and RateSource
-	// where it comes from: "assumed" (AssumedRate) or "rotation ID" (that
+	// where it comes from: "assumed" (AssumedRate), "rotation ID" (that
 	// finished rotation's observed rate, which includes any pause between
-	// cycles).
+	// cycles) or "rate limit N/s" (the backend's request rate limit divided
+	// by the backend calls per DEK, when that is lower).
 	Rate       float64       `json:"rate_deks_per_second"`
 	RateSource string        `json:"rate_source"`
 	Versions   []VersionPlan `json:"versions"`
@@ -213,6 +214,11 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 	if rate, id := e.observedRate(ctx, k.Name); rate > 0 {
 		kp.Rate, kp.RateSource = rate, "rotation "+id
 	}
+	if b != nil {
+		if limit, perDEK := e.rateLimit(b); limit > 0 && perDEK > 0 && kp.Rate > limit/perDEK {
+			kp.Rate, kp.RateSource = limit/perDEK, fmt.Sprintf("rate limit %g/s", limit)
+		}
+	}
 	kp.EstimatedSeconds = float64(kp.DEKsToRewrap) / kp.Rate
 	for op, n := range kp.BackendCalls {
 		if n == 0 {
@@ -245,6 +251,28 @@ func (e *Engine) addRewrapCalls(calls map[string]int64, b *backend, n int64) {
 		calls["unwrap"] += n
 		calls["wrap"] += n
 	}
+}
+
+// rateLimiter is a backend (as the engine is given it: kmsmw's wrapper)
+// that holds its requests to a rate.
+type rateLimiter interface{ RateLimit() float64 }
+
+// rateLimit returns b's request rate limit (0: none) and the backend calls
+// one DEK's re-wrap takes (a batch call counts once for its DEKs), so that
+// limit/perDEK bounds the re-wrap rate.
+func (e *Engine) rateLimit(b *backend) (limit, perDEK float64) {
+	rl, ok := b.kms.(rateLimiter)
+	if !ok {
+		return 0, 0
+	}
+	const sample = 100_000
+	calls := map[string]int64{}
+	e.addRewrapCalls(calls, b, sample)
+	var n int64
+	for _, c := range calls {
+		n += c
+	}
+	return rl.RateLimit(), float64(n) / sample
 }
 
 // observedRate is the re-wrap rate of key's last finished rotation that

@@ -1,10 +1,12 @@
 package rotation_test
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/rotation"
 )
 
@@ -70,5 +72,56 @@ func TestPlanAgreesWithProgressAndCycle(t *testing.T) {
 	kr := keyReport(t, eng.RunCycle(e.ctx), "k")
 	if len(kr.Blocked) != 1 || kr.Blocked[0].Version != 1 || len(kr.Retired) != 0 {
 		t.Fatalf("cycle after grace = %+v, want v1 blocked as planned", kr)
+	}
+}
+
+// A backend held to a request rate (kmsmw's RateLimit) bounds the plan's
+// re-wrap rate: the limit over the backend calls one DEK takes.
+func TestPlanRateLimit(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name      string
+		kms       func(e *env) rekey.KMS
+		limit     float64
+		wantRate  float64
+		wantCalls map[string]int64
+	}{
+		// Without server-side re-wrap: unwrap + wrap, 2 calls per DEK.
+		{"unwrap and wrap", func(e *env) rekey.KMS { return &onlyKMS{KMS: e.kms} }, 200, 100, map[string]int64{"unwrap": 30, "wrap": 30}},
+		// Batches of 10 in 4 concurrent calls: 4 calls per 10 DEKs.
+		{"batch", func(e *env) rekey.KMS { return e.kms }, 200, 500, map[string]int64{"rewrap_batch": 12}},
+		// A limit above what the assumed rate needs changes nothing.
+		{"high limit", func(e *env) rekey.KMS { return &onlyKMS{KMS: e.kms} }, 1e6, rotation.AssumedRate, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			e := setup(t)
+			e.createKey(t, "k", testPolicy())
+			e.addDEKs(t, "k", 30)
+			e.makeDue(t, "k")
+			eng := e.engine(t, func(cfg *rotation.Config) {
+				cfg.Backends[e.backend] = kmsmw.Wrap(c.kms(e), kmsmw.Options{Name: e.backend, RateLimit: c.limit})
+			})
+			kp := planOf(t, eng, e, "k")
+			if kp.Rate != c.wantRate {
+				t.Fatalf("rate = %v (%s), want %v", kp.Rate, kp.RateSource, c.wantRate)
+			}
+			wantSource := "assumed"
+			if c.wantRate != rotation.AssumedRate {
+				wantSource = fmt.Sprintf("rate limit %g/s", c.limit)
+			}
+			if kp.RateSource != wantSource {
+				t.Fatalf("rate source = %q, want %q", kp.RateSource, wantSource)
+			}
+			if want := 30 / c.wantRate; kp.EstimatedSeconds != want {
+				t.Fatalf("estimated %v s, want %v", kp.EstimatedSeconds, want)
+			}
+			for op, n := range c.wantCalls {
+				if kp.BackendCalls[op] != n {
+					t.Fatalf("backend calls = %v, want %s = %d", kp.BackendCalls, op, n)
+				}
+			}
+		})
 	}
 }

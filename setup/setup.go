@@ -34,6 +34,7 @@ import (
 	"github.com/rekeyhq/rekey/config"
 	"github.com/rekeyhq/rekey/failpoint"
 	"github.com/rekeyhq/rekey/httpapi"
+	"github.com/rekeyhq/rekey/kms/awskms"
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/localkms"
@@ -388,6 +389,10 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 			Name: name, Endpoint: s.BaseURL(), IAMEndpoint: s.IAMURL(), InstanceID: s.InstanceID,
 			APIKey: key, KeySource: source, Logger: logger,
 		})
+	case *awskms.Settings:
+		c := s.Config()
+		c.Name, c.Logger = name, logger
+		return awskms.New(ctx, c)
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)
 	}

@@ -100,6 +100,7 @@ type KMS struct {
 	name    string
 	service string
 	limiter *rate.Limiter // nil: no limit
+	rps     float64       // Options.RateLimit
 	retry   retry.Policy
 	obs     Observer // never nil
 	log     *slog.Logger
@@ -135,6 +136,7 @@ func Wrap(inner rekey.KMS, o Options) *KMS {
 		k.log = slog.New(slog.DiscardHandler)
 	}
 	if o.RateLimit > 0 {
+		k.rps = o.RateLimit
 		burst := o.Burst
 		if burst <= 0 {
 			burst = 1
@@ -161,6 +163,10 @@ func Unwrap(k rekey.KMS) rekey.KMS {
 	}
 	return k
 }
+
+// RateLimit returns the request rate (per second) the wrapper holds the
+// backend to, Options.RateLimit; 0 means no limit.
+func (k *KMS) RateLimit() float64 { return k.rps }
 
 // Name returns Options.Name.
 func (k *KMS) Name() string { return k.name }

@@ -329,6 +329,17 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
+func TestRateLimitReported(t *testing.T) {
+	t.Parallel()
+	inner := memkms.New()
+	if got := kmsmw.Wrap(inner, kmsmw.Options{RateLimit: 200}).RateLimit(); got != 200 {
+		t.Errorf("RateLimit() = %v, want 200", got)
+	}
+	if got := kmsmw.Wrap(inner, kmsmw.Options{}).RateLimit(); got != 0 {
+		t.Errorf("RateLimit() without a limit = %v, want 0", got)
+	}
+}
+
 func TestRateLimitAppliesToEveryTry(t *testing.T) {
 	t.Parallel()
 	const perSecond = 20.0
