@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/kms/pkcs11"
 )
 
 // BackendConfig is one backend (YAML: backends.NAME): its type and the
@@ -83,13 +84,14 @@ type pathResolver interface{ ResolvePaths(dir string) }
 // backendTypes are the backend types available in this build, by type:
 // each makes the settings with their defaults, for Parse to decode into.
 var backendTypes = map[string]func() BackendSettings{
-	BackendLocal: func() BackendSettings { return new(localkms.Settings) },
+	BackendLocal:  func() BackendSettings { return new(localkms.Settings) },
+	BackendPKCS11: func() BackendSettings { return new(pkcs11.Settings) },
 }
 
 // plannedBackendTypes are backend types that a later rekey implements.
 // This build knows their names so that it can say they are not available
 // yet, rather than that they do not exist.
-var plannedBackendTypes = []string{BackendAWSKMS, BackendPKCS11, BackendVault, BackendKeyProtect}
+var plannedBackendTypes = []string{BackendAWSKMS, BackendVault, BackendKeyProtect}
 
 // AvailableBackendTypes returns the backend types this build implements,
 // sorted.

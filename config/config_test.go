@@ -173,16 +173,17 @@ func TestParseErrors(t *testing.T) {
 			n:    1,
 		},
 		{
-			name: "backend types not available in this build",
+			name: "backend types not available in this build (and pkcs11's own problems)",
 			yaml: minimal + "backends:\n  aws: {type: awskms, region: r, whatever: 1}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
 			want: []want{
 				{"backends.aws.type", "backend type awskms is not available in this build yet: available types: local"},
-				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: local"},
+				{"backends.hsm.module", "missing: set module"},
+				{"backends.hsm.token_label", "missing: set token_label"},
 				{"backends.v.type", "backend type vault is not available in this build yet"},
 				{"backends.kp.type", "backend type keyprotect is not available in this build yet"},
 				{"backends.l.keyring", "missing: set keyring"},
 			},
-			n: 5,
+			n: 6,
 		},
 		{
 			name: "bad backend values",

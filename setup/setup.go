@@ -36,6 +36,7 @@ import (
 	"github.com/rekeyhq/rekey/httpapi"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/kms/pkcs11"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
@@ -377,6 +378,15 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 		}
 		return localkms.New(ctx, localkms.Config{
 			Keyring: s.Keyring, MasterKeyFile: s.MasterKeyFile, MasterKey: mk, Logger: logger,
+		})
+	case *pkcs11.Settings:
+		pin, err := s.PIN(getenv)
+		if err != nil {
+			return nil, err
+		}
+		return pkcs11.New(ctx, pkcs11.Config{
+			Module: s.Module, TokenLabel: s.TokenLabel, Slot: s.Slot, PIN: pin, PINSource: s.PINSource(),
+			MaxSessions: s.MaxSessions, Logger: logger,
 		})
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)
