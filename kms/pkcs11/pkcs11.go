@@ -254,7 +254,9 @@ var errClosed = errors.New("pkcs11: the client is closed")
 
 // withSession runs fn with a session of the pool, opening one when none is
 // idle and fewer than MaxSessions are open, else waiting for one (or for
-// ctx). A session fn reports broken is closed, not returned to the pool.
+// ctx). A session fn failed on is closed, not returned to the pool: after a
+// failed C_Encrypt or C_Decrypt some tokens leave the operation active, and
+// the next C_*Init on that session would fail with CKR_OPERATION_ACTIVE.
 func (c *Client) withSession(ctx context.Context, fn func(p *p11.Ctx, sh p11.SessionHandle) error) error {
 	if c.closed.Load() {
 		return errClosed
@@ -277,27 +279,13 @@ func (c *Client) withSession(ctx context.Context, fn func(p *p11.Ctx, sh p11.Ses
 		}
 	}
 	err := fn(c.mod.ctx, sh)
-	if sessionLost(err) || c.closed.Load() {
+	if err != nil || c.closed.Load() {
 		c.mod.ctx.CloseSession(sh)
 		<-c.open
 	} else {
 		c.idle <- sh
 	}
 	return err
-}
-
-// sessionLost reports a PKCS#11 error after which the session is useless.
-func sessionLost(err error) bool {
-	var e p11.Error
-	if !errors.As(err, &e) {
-		return false
-	}
-	switch uint(e) {
-	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_DEVICE_REMOVED,
-		p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR, p11.CKR_OPERATION_ACTIVE:
-		return true
-	}
-	return false
 }
 
 // classify turns a PKCS#11 failure of the token or the connection into an
