@@ -16,6 +16,7 @@ import (
 	"github.com/rekeyhq/rekey/kms/awskms"
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/kms/pkcs11"
 )
 
 // BackendConfig is one backend (YAML: backends.NAME): its type and the
@@ -88,12 +89,13 @@ var backendTypes = map[string]func() BackendSettings{
 	BackendLocal:      func() BackendSettings { return new(localkms.Settings) },
 	BackendKeyProtect: func() BackendSettings { return new(keyprotect.Settings) },
 	BackendAWSKMS:     func() BackendSettings { return new(awskms.Settings) },
+	BackendPKCS11:     func() BackendSettings { return new(pkcs11.Settings) },
 }
 
 // plannedBackendTypes are backend types that a later rekey implements.
 // This build knows their names so that it can say they are not available
 // yet, rather than that they do not exist.
-var plannedBackendTypes = []string{BackendPKCS11, BackendVault}
+var plannedBackendTypes = []string{BackendVault}
 
 // AvailableBackendTypes returns the backend types this build implements,
 // sorted.

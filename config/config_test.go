@@ -157,13 +157,13 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown backend type",
 			yaml: minimal + "backends:\n  aws: {type: aws, region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: awskms, keyprotect, local`}},
+			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: awskms, keyprotect, local, pkcs11`}},
 			n:    1,
 		},
 		{
 			name: "missing backend type",
 			yaml: minimal + "backends:\n  aws: {region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `missing: set type to one of awskms, keyprotect, local`}},
+			want: []want{{"backends.aws.type", `missing: set type to one of awskms, keyprotect, local, pkcs11`}},
 			n:    1,
 		},
 		{
@@ -173,18 +173,19 @@ func TestParseErrors(t *testing.T) {
 			n:    1,
 		},
 		{
-			name: "backend types not available in this build",
+			name: "backend types not available in this build (and pkcs11's own problems)",
 			yaml: minimal + "backends:\n  aws: {type: awskms, region: r, whatever: 1}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
 			want: []want{
 				{"backends.aws.whatever", `unknown field "whatever" for backend type awskms`},
 				{"backends.aws.region", `"r" is not an AWS region`},
-				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: awskms, keyprotect, local"},
+				{"backends.hsm.module", "missing: set module"},
+				{"backends.hsm.token_label", "missing: set token_label"},
 				{"backends.v.type", "backend type vault is not available in this build yet"},
 				{"backends.kp.instance_id", "missing: set instance_id"},
 				{"backends.kp.region", "missing: set region"},
 				{"backends.l.keyring", "missing: set keyring"},
 			},
-			n: 7,
+			n: 8,
 		},
 		{
 			name: "bad backend values",
@@ -886,8 +887,8 @@ func TestValidateBuiltConfig(t *testing.T) {
 		}, "backends.local.keyring", "missing: set keyring"},
 		{"missing type", func(c *Config) { c.Backends["x"] = BackendConfig{} }, "backends.x.type", "missing"},
 		{"planned type", func(c *Config) {
-			c.Backends["hsm"] = BackendConfig{Type: BackendPKCS11}
-		}, "backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: awskms, keyprotect, local"},
+			c.Backends["v"] = BackendConfig{Type: BackendVault}
+		}, "backends.v.type", "backend type vault is not available in this build yet: available types: awskms, keyprotect, local, pkcs11"},
 		{"rotate_within as long as the period", func(c *Config) { c.Defaults.RotateWithin = c.Defaults.RotationPeriod }, "defaults.rotate_within", "90d is not shorter than rotation_period 90d"},
 		{"key notify_within below rotate_within", func(c *Config) {
 			c.Keys = []KeyConfig{{Name: "a", Backend: "local", RotateWithin: dur(time.Hour), NotifyWithin: dur(time.Minute)}}

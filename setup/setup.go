@@ -38,6 +38,7 @@ import (
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/kms/pkcs11"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
@@ -393,6 +394,15 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 		c := s.Config()
 		c.Name, c.Logger = name, logger
 		return awskms.New(ctx, c)
+	case *pkcs11.Settings:
+		pin, err := s.PIN(getenv)
+		if err != nil {
+			return nil, err
+		}
+		return pkcs11.New(ctx, pkcs11.Config{
+			Module: s.Module, TokenLabel: s.TokenLabel, Slot: s.Slot, PIN: pin, PINSource: s.PINSource(),
+			MaxSessions: s.MaxSessions, Logger: logger,
+		})
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)
 	}
