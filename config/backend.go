@@ -14,11 +14,13 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/kms/vault"
 )
 
 // BackendConfig is one backend (YAML: backends.NAME): its type and the
 // settings of that type, which the backend's package defines and
-// validates. For BackendLocal, Settings is a *localkms.Settings.
+// validates. For BackendLocal, Settings is a *localkms.Settings; for
+// BackendVault, a *vault.Settings.
 type BackendConfig struct {
 	// Type is the backend type (YAML: type), one of AvailableBackendTypes.
 	Type string
@@ -84,12 +86,13 @@ type pathResolver interface{ ResolvePaths(dir string) }
 // each makes the settings with their defaults, for Parse to decode into.
 var backendTypes = map[string]func() BackendSettings{
 	BackendLocal: func() BackendSettings { return new(localkms.Settings) },
+	BackendVault: func() BackendSettings { return new(vault.Settings) },
 }
 
 // plannedBackendTypes are backend types that a later rekey implements.
 // This build knows their names so that it can say they are not available
 // yet, rather than that they do not exist.
-var plannedBackendTypes = []string{BackendAWSKMS, BackendPKCS11, BackendVault, BackendKeyProtect}
+var plannedBackendTypes = []string{BackendAWSKMS, BackendPKCS11, BackendKeyProtect}
 
 // AvailableBackendTypes returns the backend types this build implements,
 // sorted.

@@ -178,7 +178,7 @@ func TestParseErrors(t *testing.T) {
 			want: []want{
 				{"backends.aws.type", "backend type awskms is not available in this build yet: available types: local"},
 				{"backends.hsm.type", "backend type pkcs11 is not available in this build yet: available types: local"},
-				{"backends.v.type", "backend type vault is not available in this build yet"},
+				{"backends.v.address", "missing: set address"},
 				{"backends.kp.type", "backend type keyprotect is not available in this build yet"},
 				{"backends.l.keyring", "missing: set keyring"},
 			},

@@ -36,6 +36,7 @@ import (
 	"github.com/rekeyhq/rekey/httpapi"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/localkms"
+	"github.com/rekeyhq/rekey/kms/vault"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
@@ -378,6 +379,13 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 		return localkms.New(ctx, localkms.Config{
 			Keyring: s.Keyring, MasterKeyFile: s.MasterKeyFile, MasterKey: mk, Logger: logger,
 		})
+	case *vault.Settings:
+		vc, err := s.Config(name, getenv)
+		if err != nil {
+			return nil, err
+		}
+		vc.Logger = logger
+		return vault.New(ctx, vc)
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)
 	}

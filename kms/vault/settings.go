@@ -95,7 +95,7 @@ func (s *Settings) Validate() error {
 	if s.Address == "" {
 		add("address", "missing: set address to Vault's address, e.g. https://vault.example.com:8200")
 	} else if u, err := url.Parse(s.Address); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		add("address", "%q is not an http:// or https:// address: use e.g. https://vault.example.com:8200", s.Address)
+		add("address", "is not an http:// or https:// address with a host: use e.g. https://vault.example.com:8200")
 	} else if u.User != nil {
 		add("address", "has user information: give the token through token_env, token_file or AppRole, never in the address")
 	}
