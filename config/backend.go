@@ -17,11 +17,13 @@ import (
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/localkms"
 	"github.com/rekeyhq/rekey/kms/pkcs11"
+	"github.com/rekeyhq/rekey/kms/vault"
 )
 
 // BackendConfig is one backend (YAML: backends.NAME): its type and the
 // settings of that type, which the backend's package defines and
-// validates. For BackendLocal, Settings is a *localkms.Settings.
+// validates. For BackendLocal, Settings is a *localkms.Settings; for
+// BackendVault, a *vault.Settings.
 type BackendConfig struct {
 	// Type is the backend type (YAML: type), one of AvailableBackendTypes.
 	Type string
@@ -90,12 +92,8 @@ var backendTypes = map[string]func() BackendSettings{
 	BackendKeyProtect: func() BackendSettings { return new(keyprotect.Settings) },
 	BackendAWSKMS:     func() BackendSettings { return new(awskms.Settings) },
 	BackendPKCS11:     func() BackendSettings { return new(pkcs11.Settings) },
+	BackendVault:      func() BackendSettings { return new(vault.Settings) },
 }
-
-// plannedBackendTypes are backend types that a later rekey implements.
-// This build knows their names so that it can say they are not available
-// yet, rather than that they do not exist.
-var plannedBackendTypes = []string{BackendVault}
 
 // AvailableBackendTypes returns the backend types this build implements,
 // sorted.
@@ -109,8 +107,6 @@ func backendTypeProblem(typ string) string {
 		return "missing: set type to one of " + avail
 	case backendTypes[typ] != nil:
 		return ""
-	case slices.Contains(plannedBackendTypes, typ):
-		return fmt.Sprintf("backend type %s is not available in this build yet: available types: %s", typ, avail)
 	}
 	return fmt.Sprintf("unknown backend type %q: available types: %s", echo(typ), avail)
 }

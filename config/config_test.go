@@ -157,13 +157,13 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown backend type",
 			yaml: minimal + "backends:\n  aws: {type: aws, region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: awskms, keyprotect, local, pkcs11`}},
+			want: []want{{"backends.aws.type", `unknown backend type "aws": available types: awskms, keyprotect, local, pkcs11, vault`}},
 			n:    1,
 		},
 		{
 			name: "missing backend type",
 			yaml: minimal + "backends:\n  aws: {region: eu-west-1}\n",
-			want: []want{{"backends.aws.type", `missing: set type to one of awskms, keyprotect, local, pkcs11`}},
+			want: []want{{"backends.aws.type", `missing: set type to one of awskms, keyprotect, local, pkcs11, vault`}},
 			n:    1,
 		},
 		{
@@ -173,14 +173,14 @@ func TestParseErrors(t *testing.T) {
 			n:    1,
 		},
 		{
-			name: "backend types not available in this build (and pkcs11's own problems)",
+			name: "every backend type's own problems",
 			yaml: minimal + "backends:\n  aws: {type: awskms, region: r, whatever: 1}\n  hsm: {type: pkcs11}\n  v: {type: vault}\n  kp: {type: keyprotect}\n  l: {type: local}\n",
 			want: []want{
 				{"backends.aws.whatever", `unknown field "whatever" for backend type awskms`},
 				{"backends.aws.region", `"r" is not an AWS region`},
 				{"backends.hsm.module", "missing: set module"},
 				{"backends.hsm.token_label", "missing: set token_label"},
-				{"backends.v.type", "backend type vault is not available in this build yet"},
+				{"backends.v.address", "missing: set address"},
 				{"backends.kp.instance_id", "missing: set instance_id"},
 				{"backends.kp.region", "missing: set region"},
 				{"backends.l.keyring", "missing: set keyring"},
@@ -886,9 +886,6 @@ func TestValidateBuiltConfig(t *testing.T) {
 			c.Backends["local"] = BackendConfig{Type: BackendLocal, Settings: &localkms.Settings{MasterKeyFile: "m"}}
 		}, "backends.local.keyring", "missing: set keyring"},
 		{"missing type", func(c *Config) { c.Backends["x"] = BackendConfig{} }, "backends.x.type", "missing"},
-		{"planned type", func(c *Config) {
-			c.Backends["v"] = BackendConfig{Type: BackendVault}
-		}, "backends.v.type", "backend type vault is not available in this build yet: available types: awskms, keyprotect, local, pkcs11"},
 		{"rotate_within as long as the period", func(c *Config) { c.Defaults.RotateWithin = c.Defaults.RotationPeriod }, "defaults.rotate_within", "90d is not shorter than rotation_period 90d"},
 		{"key notify_within below rotate_within", func(c *Config) {
 			c.Keys = []KeyConfig{{Name: "a", Backend: "local", RotateWithin: dur(time.Hour), NotifyWithin: dur(time.Minute)}}

@@ -39,6 +39,7 @@ import (
 	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/kms/localkms"
 	"github.com/rekeyhq/rekey/kms/pkcs11"
+	"github.com/rekeyhq/rekey/kms/vault"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
@@ -403,6 +404,13 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 			Module: s.Module, TokenLabel: s.TokenLabel, Slot: s.Slot, PIN: pin, PINSource: s.PINSource(),
 			MaxSessions: s.MaxSessions, Logger: logger,
 		})
+	case *vault.Settings:
+		vc, err := s.Config(name, getenv)
+		if err != nil {
+			return nil, err
+		}
+		vc.Logger = logger
+		return vault.New(ctx, vc)
 	default:
 		return nil, fmt.Errorf("type %s is not available in this build yet: %w", b.Type, rekey.ErrUnsupported)
 	}
