@@ -337,6 +337,33 @@ func (d *pgBadInputDB) flipWrapped(t *testing.T, id string, flip func([]byte)) {
 	}
 }
 
+// hold knows `pg-lock TABLE`: another session holds an ACCESS EXCLUSIVE
+// lock on TABLE (as a schema change or a LOCK TABLE by hand would) until
+// the release.
+func (d *pgBadInputDB) hold(t *testing.T, op []string) func() {
+	t.Helper()
+	if op[0] != "pg-lock" {
+		return nil
+	}
+	if len(op) != 2 {
+		t.Fatalf("during: pg-lock TABLE: got %q", op)
+	}
+	ctx := context.Background()
+	conn := pgConnect(t, d.dsn)
+	if _, err := conn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "LOCK TABLE "+pgx.Identifier{op[1]}.Sanitize()+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatalf("during: pg-lock %s: %v", op[1], err)
+	}
+	return func() {
+		if _, err := conn.Exec(ctx, "ROLLBACK"); err != nil {
+			t.Errorf("release pg-lock %s: %v", op[1], err)
+		}
+		conn.Close(ctx)
+	}
+}
+
 // hash returns, for every table of the clone's schema, its row count and
 // the SHA-256 of its rows (as text) in primary key order.
 func (d *pgBadInputDB) hash(t *testing.T) map[string]string {

@@ -498,7 +498,7 @@ func runBadInput(t *testing.T, tpl *badInputTemplate, e *badInput) {
 	before, dbBefore := hashTree(t, dir), db.hash(t)
 	var release []func()
 	for _, op := range e.during {
-		release = append(release, holdBadInputCondition(t, h, expandAll(op, expand)))
+		release = append(release, holdBadInputCondition(t, h, db, expandAll(op, expand)))
 	}
 	args := expandAll(e.args, expand)
 	env := expandAll(e.env, expand)
@@ -735,7 +735,9 @@ func applyBadInputOp(t *testing.T, h *e2eHome, db badInputDB, e *badInput, op []
 }
 
 // holdBadInputCondition starts a during: condition and returns its release.
-func holdBadInputCondition(t *testing.T, h *e2eHome, op []string) func() {
+// A condition the runner does not know may be the store's own (see
+// badInputHolder).
+func holdBadInputCondition(t *testing.T, h *e2eHome, db badInputDB, op []string) func() {
 	t.Helper()
 	switch op[0] {
 	case "sqlite-write-lock":
@@ -784,9 +786,21 @@ func holdBadInputCondition(t *testing.T, h *e2eHome, op []string) func() {
 			f.Close()
 		}
 	default:
+		if holder, ok := db.(badInputHolder); ok {
+			if release := holder.hold(t, op); release != nil {
+				return release
+			}
+		}
 		t.Fatalf("during: unknown condition %q", op[0])
 		return nil
 	}
+}
+
+// badInputHolder is a badInputDB with during: conditions of its own.
+type badInputHolder interface {
+	// hold starts the condition op and returns its release, or nil when
+	// it does not know op.
+	hold(t *testing.T, op []string) func()
 }
 
 // openHomeDB opens the copy's database directly, as another program would.
