@@ -110,15 +110,16 @@ type badInput struct {
 	sections  map[string][]byte
 }
 
-// loadBadInputs reads and checks every entry of the corpus.
-func loadBadInputs(t *testing.T) []*badInput {
+// loadBadInputs reads and checks every entry of the corpus in dir
+// (badInputDir, or another corpus of the same format).
+func loadBadInputs(t *testing.T, dir string) []*badInput {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(badInputDir, "*", "*.txt"))
+	paths, err := filepath.Glob(filepath.Join(dir, "*", "*.txt"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(paths) == 0 {
-		t.Fatalf("no corpus entries under %s", badInputDir)
+		t.Fatalf("no corpus entries under %s", dir)
 	}
 	sort.Strings(paths)
 	var out []*badInput
@@ -270,21 +271,103 @@ func splitTokens(s string) ([]string, error) {
 // badInputTemplate is the directory every entry starts from.
 type badInputTemplate struct {
 	dir     string
-	dek     string // the DEK sealed.rekey names
-	dek2    string // another DEK of key a
-	other   string // the other home's master key (base64), for REKEY_MASTER_KEY
+	store   badInputStore // where the home's store is
+	dek     string        // the DEK sealed.rekey names
+	dek2    string        // another DEK of key a
+	other   string        // the other home's master key (base64), for REKEY_MASTER_KEY
 	secrets []string
 }
+
+// badInputStore is where the template's home (home/, not other/) keeps
+// its store: rekey.db in the home (sqliteBadInputs) or a PostgreSQL
+// database (badinput_pg_test.go).
+type badInputStore interface {
+	// configure points a fresh home's rekey.yaml at the store, before
+	// anything is stored.
+	configure(t *testing.T, h *e2eHome)
+	// dekIDs returns the ids of key's DEKs, in id order; no connection of
+	// its own stays open.
+	dekIDs(t *testing.T, h *e2eHome, key string) []string
+	// copyOf gives the copy of the template at h (its files already
+	// copied) a store of its own, the template's content, and returns it.
+	copyOf(t *testing.T, h *e2eHome) badInputDB
+}
+
+// badInputDB is the store of one entry's copy of the template.
+type badInputDB interface {
+	// vars are the store's names expanded in an entry ($NAME -> value).
+	vars() map[string]string
+	// exec runs a do: sql statement, its connection closed after.
+	exec(t *testing.T, stmt string)
+	// flipWrapped changes a DEK's wrapped value in place (flip(w)).
+	flipWrapped(t *testing.T, id string, flip func(w []byte))
+	// hash describes, per table, the content a bad input must leave
+	// unchanged beside the files; nil when the files hold it all.
+	hash(t *testing.T) map[string]string
+}
+
+// sqliteBadInputs keeps the store in home/rekey.db, which the files' hash
+// covers.
+type sqliteBadInputs struct{}
+
+func (sqliteBadInputs) configure(*testing.T, *e2eHome) {}
+
+func (sqliteBadInputs) dekIDs(t *testing.T, h *e2eHome, key string) []string {
+	var ids []string
+	for _, r := range h.dekRows(key, 10) {
+		ids = append(ids, r.id)
+	}
+	if h.db != nil {
+		h.db.Close()
+		h.db = nil
+	}
+	return ids
+}
+
+func (sqliteBadInputs) copyOf(t *testing.T, h *e2eHome) badInputDB { return sqliteBadInputDB{h} }
+
+// sqliteBadInputDB is a copy's home/rekey.db.
+type sqliteBadInputDB struct{ h *e2eHome }
+
+func (sqliteBadInputDB) vars() map[string]string { return nil }
+
+func (d sqliteBadInputDB) exec(t *testing.T, stmt string) {
+	t.Helper()
+	db := openHomeDB(t, d.h, "")
+	if _, err := db.Exec(stmt); err != nil {
+		t.Fatalf("do: sql %q: %v", stmt, err)
+	}
+	closeHomeDB(t, d.h, db)
+}
+
+func (d sqliteBadInputDB) flipWrapped(t *testing.T, id string, flip func([]byte)) {
+	t.Helper()
+	db := openHomeDB(t, d.h, "")
+	var w []byte
+	if err := db.QueryRow(`SELECT wrapped FROM deks WHERE id = ?`, id).Scan(&w); err != nil {
+		t.Fatalf("do: flipwrapped %s: %v", id, err)
+	}
+	flip(w)
+	if _, err := db.Exec(`UPDATE deks SET wrapped = ? WHERE id = ?`, w, id); err != nil {
+		t.Fatal(err)
+	}
+	closeHomeDB(t, d.h, db)
+}
+
+func (sqliteBadInputDB) hash(*testing.T) map[string]string { return nil }
 
 // newBadInputTemplate makes, in a directory of its own: home/ with key a
 // (created, rotated once: DEKs on v1 and v2), 3 DEKs, sealed.rekey (150000
 // random bytes: three segments, under a DEK of v2), small.rekey (a short
 // secret text), keyring.v1 (the keyring before the rotation), plain.bin,
 // and other/: a second home with a key of the same name a and other.rekey.
-func newBadInputTemplate(t *testing.T) *badInputTemplate {
+// The home's store is st's; other/ keeps its own in other/rekey.db (no
+// entry runs a command on it).
+func newBadInputTemplate(t *testing.T, st badInputStore) *badInputTemplate {
 	t.Helper()
 	h := newE2EHome(t, e2eOpts{})
-	tpl := &badInputTemplate{dir: h.dir}
+	tpl := &badInputTemplate{dir: h.dir, store: st}
+	st.configure(t, h)
 	h.must("key", "create", "a")
 	h.createDEKs("a", 2)
 	copyFile(t, filepath.Join(h.home, "keyring"), filepath.Join(h.dir, "keyring.v1"))
@@ -308,15 +391,11 @@ func newBadInputTemplate(t *testing.T) *badInputTemplate {
 		t.Fatal(err)
 	}
 	tpl.dek = string(sealed[7 : 7+int(sealed[6])])
-	for _, r := range h.dekRows("a", 10) {
-		if r.id != tpl.dek {
-			tpl.dek2 = r.id
+	for _, id := range st.dekIDs(t, h, "a") {
+		if id != tpl.dek {
+			tpl.dek2 = id
 			break
 		}
-	}
-	if h.db != nil {
-		h.db.Close()
-		h.db = nil
 	}
 	// What no message may contain: the master keys and a plaintext.
 	for _, p := range []string{filepath.Join(h.home, "master.key"), filepath.Join(other.home, "master.key")} {
@@ -338,12 +417,12 @@ func newBadInputTemplate(t *testing.T) *badInputTemplate {
 
 // TestBadInput runs every entry of the corpus (see the top of this file).
 func TestBadInput(t *testing.T) {
-	entries := loadBadInputs(t)
+	entries := loadBadInputs(t, badInputDir)
 	if t.Failed() {
 		return
 	}
 	start := time.Now()
-	tpl := newBadInputTemplate(t)
+	tpl := newBadInputTemplate(t, sqliteBadInputs{})
 	t.Logf("template made in %v", time.Since(start).Round(time.Millisecond))
 	perCategory := map[string]int{}
 	for _, e := range entries {
@@ -383,9 +462,25 @@ func runBadInput(t *testing.T, tpl *badInputTemplate, e *badInput) {
 	// keyring and the database refuse to be readable by others.
 	copyModes(t, tpl.dir, dir)
 	h := &e2eHome{t: t, bin: e2eBinary(t), dir: dir, home: filepath.Join(dir, "home")}
-	expand := func(s string) string {
-		return strings.NewReplacer("$DEK2", tpl.dek2, "$DEK", tpl.dek, "$OTHER_MASTER", tpl.other).Replace(s)
+	db := tpl.store.copyOf(t, h)
+	// Longer names first: $DEK2 before $DEK.
+	vars := map[string]string{"$DEK2": tpl.dek2, "$DEK": tpl.dek, "$OTHER_MASTER": tpl.other}
+	for k, v := range db.vars() {
+		vars[k] = v
 	}
+	names := make([]string, 0, len(vars))
+	for k := range vars {
+		names = append(names, k)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		return len(names[i]) > len(names[j]) || len(names[i]) == len(names[j]) && names[i] < names[j]
+	})
+	var pairs []string
+	for _, k := range names {
+		pairs = append(pairs, k, vars[k])
+	}
+	replacer := strings.NewReplacer(pairs...)
+	expand := replacer.Replace
 	var failures []string
 	fail := func(format string, args ...any) { failures = append(failures, fmt.Sprintf(format, args...)) }
 	label := func() string {
@@ -396,14 +491,14 @@ func runBadInput(t *testing.T, tpl *badInputTemplate, e *badInput) {
 	}
 	var fsize int64
 	for _, op := range e.do {
-		if lim := applyBadInputOp(t, h, e, expandAll(op, expand)); lim > 0 {
+		if lim := applyBadInputOp(t, h, db, e, expandAll(op, expand)); lim > 0 {
 			fsize = lim
 		}
 	}
-	before := hashTree(t, dir)
+	before, dbBefore := hashTree(t, dir), db.hash(t)
 	var release []func()
 	for _, op := range e.during {
-		release = append(release, holdBadInputCondition(t, h, expandAll(op, expand)))
+		release = append(release, holdBadInputCondition(t, h, db, expandAll(op, expand)))
 	}
 	args := expandAll(e.args, expand)
 	env := expandAll(e.env, expand)
@@ -411,10 +506,13 @@ func runBadInput(t *testing.T, tpl *badInputTemplate, e *badInput) {
 	for i := len(release) - 1; i >= 0; i-- {
 		release[i]()
 	}
-	after := hashTree(t, dir)
+	after, dbAfter := hashTree(t, dir), db.hash(t)
 
 	if diff := diffTrees(before, after, e.mayChange); diff != "" {
 		fail("%sthe command changed the files (%s):\n%s\n%v", label(), e.doc, diff, r)
+	}
+	if diff := diffTrees(dbBefore, dbAfter, nil); diff != "" {
+		fail("%sthe command changed the database (%s):\n%s\n%v", label(), e.doc, diff, r)
 	}
 	if r.code != e.exit {
 		fail("%sexit %d, want %d (%s)\n%v", label(), r.code, e.exit, e.doc, r)
@@ -451,7 +549,7 @@ func runBadInput(t *testing.T, tpl *badInputTemplate, e *badInput) {
 		// a known entry that breaks them is counted apart, for the summary.
 		hard := ""
 		for _, f := range failures {
-			if strings.HasPrefix(f, "the command changed the files") || strings.HasPrefix(f, "exit ") || strings.HasPrefix(f, "rekey ") {
+			if strings.HasPrefix(f, "the command changed the files") || strings.HasPrefix(f, "the command changed the database") || strings.HasPrefix(f, "exit ") || strings.HasPrefix(f, "rekey ") {
 				hard = " (it also breaks the exit code or the files: see below)"
 				badInputKnownHard.Add(1)
 				break
@@ -512,7 +610,7 @@ func runBadInputCommand(t *testing.T, h *e2eHome, fsize int64, env, args []strin
 
 // applyBadInputOp applies one do: mutation. It returns the RLIMIT_FSIZE
 // the command must run under (smallfs without a tmpfs), else 0.
-func applyBadInputOp(t *testing.T, h *e2eHome, e *badInput, op []string) int64 {
+func applyBadInputOp(t *testing.T, h *e2eHome, db badInputDB, e *badInput, op []string) int64 {
 	t.Helper()
 	p := func(i int) string {
 		if i >= len(op) {
@@ -620,23 +718,10 @@ func applyBadInputOp(t *testing.T, h *e2eHome, e *badInput, op []string) int64 {
 		if err := os.Chmod(p(1), fs.FileMode(m)); err != nil {
 			t.Fatal(err)
 		}
-	case "sql": // sql STATEMENT: on a copy's home/rekey.db, connection closed after
-		db := openHomeDB(t, h, "")
-		if _, err := db.Exec(arg(1)); err != nil {
-			t.Fatalf("do: sql %q: %v", arg(1), err)
-		}
-		closeHomeDB(t, h, db)
+	case "sql": // sql STATEMENT: on the copy's store, connection closed after
+		db.exec(t, arg(1))
 	case "flipwrapped": // flipwrapped ID OFFSET: flip a byte of a DEK's wrapped value, by SQL
-		db := openHomeDB(t, h, "")
-		var w []byte
-		if err := db.QueryRow(`SELECT wrapped FROM deks WHERE id = ?`, arg(1)).Scan(&w); err != nil {
-			t.Fatalf("do: flipwrapped %s: %v", arg(1), err)
-		}
-		w[offset(w, 2)] ^= 0x01
-		if _, err := db.Exec(`UPDATE deks SET wrapped = ? WHERE id = ?`, w, arg(1)); err != nil {
-			t.Fatal(err)
-		}
-		closeHomeDB(t, h, db)
+		db.flipWrapped(t, arg(1), func(w []byte) { w[offset(w, 2)] ^= 0x01 })
 	case "readonly": // readonly PATH: a read-only file system under PATH
 		makeReadOnly(t, p(1))
 	case "fillfs": // fillfs PATH: a file that takes all the space left
@@ -650,7 +735,9 @@ func applyBadInputOp(t *testing.T, h *e2eHome, e *badInput, op []string) int64 {
 }
 
 // holdBadInputCondition starts a during: condition and returns its release.
-func holdBadInputCondition(t *testing.T, h *e2eHome, op []string) func() {
+// A condition the runner does not know may be the store's own (see
+// badInputHolder).
+func holdBadInputCondition(t *testing.T, h *e2eHome, db badInputDB, op []string) func() {
 	t.Helper()
 	switch op[0] {
 	case "sqlite-write-lock":
@@ -699,9 +786,21 @@ func holdBadInputCondition(t *testing.T, h *e2eHome, op []string) func() {
 			f.Close()
 		}
 	default:
+		if holder, ok := db.(badInputHolder); ok {
+			if release := holder.hold(t, op); release != nil {
+				return release
+			}
+		}
 		t.Fatalf("during: unknown condition %q", op[0])
 		return nil
 	}
+}
+
+// badInputHolder is a badInputDB with during: conditions of its own.
+type badInputHolder interface {
+	// hold starts the condition op and returns its release, or nil when
+	// it does not know op.
+	hold(t *testing.T, op []string) func()
 }
 
 // openHomeDB opens the copy's database directly, as another program would.

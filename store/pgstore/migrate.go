@@ -79,7 +79,7 @@ const migrationLock = 0x72656b79 // "reky"
 func (s *Store) migrate(ctx context.Context) (applied []int, err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("migrate: %w", mapErr(err))
+		return nil, fmt.Errorf("migrate: %w%s", mapErr(err), connectAdvice(err))
 	}
 	defer func() {
 		if err != nil {
@@ -108,6 +108,9 @@ func (s *Store) migrate(ctx context.Context) (applied []int, err error) {
 	}
 	if current > len(migrations) {
 		return nil, fmt.Errorf("database schema version %d (schema %q) is newer than this rekey knows (%d): upgrade rekey, or restore a backup made before the upgrade", current, *schema, len(migrations))
+	}
+	if err := checkTables(ctx, tx, *schema, current); err != nil {
+		return nil, err
 	}
 	for _, m := range migrations[current:] {
 		// A multi-statement string goes over the simple protocol.
