@@ -317,8 +317,9 @@ func (k *KMS) DestroyVersion(ctx context.Context, ref string, version int) error
 	})
 }
 
-// Ping implements rekey.Pinger, retrying transient failures; give it a
-// context with a short deadline where an answer is due quickly (/readyz).
+// Ping implements rekey.Pinger. It is tried once, not retried: it is a
+// health check (/readyz, status), whose caller wants the backend's own
+// answer now (a sealed Vault, a wrong PIN), not a timeout after retries.
 // It returns an error matching rekey.ErrUnsupported when the inner backend
 // is not a Pinger.
 func (k *KMS) Ping(ctx context.Context) error {
@@ -326,7 +327,7 @@ func (k *KMS) Ping(ctx context.Context) error {
 	if !ok || !k.caps.Ping {
 		return k.unsupported(OpPing)
 	}
-	return k.retried(ctx, OpPing, p.Ping)
+	return k.once(ctx, OpPing, p.Ping)
 }
 
 // MAC implements rekey.MACer, retrying transient failures. It returns an

@@ -137,6 +137,18 @@ func failFirst(n int, err error) func(int) error {
 
 func always(err error) func(int) error { return func(int) error { return err } }
 
+// Ping is a health check: tried once, its own error reported at once.
+func TestPingIsNotRetried(t *testing.T) {
+	t.Parallel()
+	f := setup(t, kmsmw.Options{Retry: fast}, map[string]func(int) error{memkms.OpPing: always(errDown)})
+	if err := f.k.Ping(t.Context()); !rekey.IsTransient(err) || !errors.Is(err, errDown) {
+		t.Fatalf("Ping = %v, want the backend's transient error", err)
+	}
+	if got := f.calls(memkms.OpPing); got != 1 {
+		t.Fatalf("backend saw %d pings, want 1", got)
+	}
+}
+
 func TestTransientWrapIsRetriedUpToAttempts(t *testing.T) {
 	t.Parallel()
 	f := setup(t, kmsmw.Options{Retry: fast}, map[string]func(int) error{memkms.OpWrap: always(errDown)})
@@ -343,10 +355,10 @@ func TestRateLimitReported(t *testing.T) {
 func TestRateLimitAppliesToEveryTry(t *testing.T) {
 	t.Parallel()
 	const perSecond = 20.0
-	f := setup(t, kmsmw.Options{RateLimit: perSecond, Retry: fast}, map[string]func(int) error{memkms.OpPing: always(errDown)})
+	f := setup(t, kmsmw.Options{RateLimit: perSecond, Retry: fast}, map[string]func(int) error{memkms.OpCurrent: always(errDown)})
 	start := time.Now()
-	if err := f.k.Ping(t.Context()); !rekey.IsTransient(err) {
-		t.Fatalf("Ping = %v, want transient", err)
+	if _, err := f.k.CurrentVersion(t.Context(), f.ref); !rekey.IsTransient(err) {
+		t.Fatalf("CurrentVersion = %v, want transient", err)
 	}
 	if min := time.Duration(0.8 * float64(fast.Attempts-1) / perSecond * float64(time.Second)); time.Since(start) < min {
 		t.Fatalf("%d tries at %v/s took %v, want at least %v", fast.Attempts, perSecond, time.Since(start), min)
