@@ -24,7 +24,14 @@ type driver struct {
 // claim stores a new rotation of k in state claimed (rule 1: the store's
 // one-open-rotation constraint decides). If another rotation of k is open
 // already, that one is returned to be resumed instead.
-func (e *Engine) claim(ctx context.Context, kl *keyLease, k rekey.Key, reason rekey.RotationReason, note string, compromised int) (rekey.Rotation, error) {
+//
+// Nothing is written for a key whose backend does not answer: it is asked
+// for its current version first, and an error there fails the claim
+// before any rotation exists (the caller logs and audits the failure).
+func (e *Engine) claim(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, reason rekey.RotationReason, note string, compromised int) (rekey.Rotation, error) {
+	if _, err := b.kms.CurrentVersion(ctx, b.ref); err != nil {
+		return rekey.Rotation{}, fmt.Errorf("key %s: backend %s did not answer, so no rotation was started: %w", k.Name, b.name, err)
+	}
 	now := e.now()
 	r := rekey.Rotation{
 		ID:          rekey.NewID(),

@@ -146,7 +146,7 @@ func (e *Engine) cycleKey(ctx context.Context, name string) KeyReport {
 					return err
 				}
 				if due {
-					r, err := e.claim(ctx, kl, k, reason, "", compromised)
+					r, err := e.claim(ctx, kl, k, b, reason, "", compromised)
 					if r.ID != "" {
 						cur = &r
 					}
@@ -245,7 +245,7 @@ func (e *Engine) Rotate(ctx context.Context, key string, reason rekey.RotationRe
 					return err
 				}
 			}
-			r, err := e.claim(ctx, kl, k, reason, note, 0)
+			r, err := e.claim(ctx, kl, k, b, reason, note, 0)
 			if r.ID != "" {
 				out = r
 			}
@@ -324,7 +324,7 @@ func (e *Engine) RotateCompromised(ctx context.Context, key string, version int)
 					r = nr
 				}
 			default:
-				if r, err = e.claim(ctx, kl, k, rekey.ReasonEmergency, fmt.Sprintf("version %d compromised", version), version); err != nil {
+				if r, err = e.claim(ctx, kl, k, b, rekey.ReasonEmergency, fmt.Sprintf("version %d compromised", version), version); err != nil {
 					if r.ID != "" {
 						out = r
 					}

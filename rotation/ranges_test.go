@@ -75,9 +75,10 @@ func TestSharedRewrap_TwoWorkers(t *testing.T) {
 	e.makeDue(t, "k")
 	a := e.engine(t, shared(40)) // 10 ranges
 	b := e.engine(t, shared(40))
-	helped := make(chan struct{})
+	started, helped := make(chan struct{}), make(chan struct{})
 	rotation.SetTestHook(a, onHit(failpoint.RewrapAfterBatchCommit, 1, func() error {
-		<-helped // A holds range 0 while B works
+		close(started) // A wrote its first batch of range 0
+		<-helped       // and holds the range while B works
 		return nil
 	}))
 	var (
@@ -85,6 +86,7 @@ func TestSharedRewrap_TwoWorkers(t *testing.T) {
 		aErr error
 	)
 	wg.Go(func() { _, aErr = a.Rotate(e.ctx, "k", rekey.ReasonManual, "") })
+	<-started
 	var shared int64
 	for deadline := time.Now().Add(10 * time.Second); shared == 0 && time.Now().Before(deadline); {
 		n, err := b.ShareRewrap(e.ctx, "k")

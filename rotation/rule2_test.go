@@ -78,9 +78,10 @@ func TestRule2_RotateRetryIsBounded(t *testing.T) {
 		t.Fatalf("report = %+v", kr)
 	}
 	// kmsmw tries rotate_key once per call; the engine's loop is the only
-	// retry.
-	if r, c := rotates.Load(), currents.Load(); r != int64(fastRetry.Attempts) || c != r {
-		t.Fatalf("%d RotateKey and %d CurrentVersion calls, want %d of each", r, c, fastRetry.Attempts)
+	// retry. CurrentVersion: once before the claim (the backend answers),
+	// then once per round.
+	if r, c := rotates.Load(), currents.Load(); r != int64(fastRetry.Attempts) || c != r+1 {
+		t.Fatalf("%d RotateKey and %d CurrentVersion calls, want %d and %d", r, c, fastRetry.Attempts, fastRetry.Attempts+1)
 	}
 	if got := e.backendVersion(t, "k"); got != 1 {
 		t.Fatalf("backend at v%d", got)
@@ -108,8 +109,11 @@ func TestRule2_CurrentVersionNotRetriedTwice(t *testing.T) {
 		c.Backends = map[string]rekey.KMS{e.backend: kmsmw.Wrap(e.kms, kmsmw.Options{Name: e.backend, Retry: fastRetry, Observer: countCalls{&observed}})}
 	})
 	kr := keyReport(t, eng.RunCycle(e.ctx), "k")
-	if kr.Outcome != rotation.OutcomeFailed || !strings.Contains(kr.Error, "current version") {
+	if kr.Outcome != rotation.OutcomeFailed || !strings.Contains(kr.Error, "did not answer") {
 		t.Fatalf("report = %+v", kr)
+	}
+	if rs := e.rotations(t, "k"); len(rs) != 0 {
+		t.Fatalf("rotations = %+v: nothing may be written for a backend that does not answer", rs)
 	}
 	if n := currents.Load(); n != int64(fastRetry.Attempts) {
 		t.Fatalf("CurrentVersion called %d times, want %d (the middleware's tries only)", n, fastRetry.Attempts)
