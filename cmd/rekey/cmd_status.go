@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/status"
 	"github.com/spf13/cobra"
 )
@@ -26,7 +27,7 @@ func (c *cli) statusCommand() *cobra.Command {
 				return err
 			}
 			problems := c.backendProblems(cmd.Context(), st)
-			notes := c.backendNotes(st, problems)
+			notes := c.backendNotes(cmd.Context(), st, problems)
 			if c.jsonOut {
 				keys := make([]statusKey, len(st.Keys))
 				for i, k := range st.Keys {
@@ -73,14 +74,20 @@ type statusKey struct {
 // single versions (rekey.Capabilities.RetireVersion false: Key Protect,
 // for one), a note saying that its old versions are retired in rekey's
 // store only and stay usable at the backend.
-func (c *cli) backendNotes(st status.Status, problems map[string]string) map[string]string {
+func (c *cli) backendNotes(ctx context.Context, st status.Status, problems map[string]string) map[string]string {
 	notes := map[string]string{}
 	if c.sys == nil {
 		return notes
 	}
 	for _, k := range st.Keys {
 		b, ok := c.sys.Backends[k.Backend]
-		if !ok || problems[k.Name] != "" || rekey.CapabilitiesOf(b).RetireVersion {
+		if !ok || problems[k.Name] != "" {
+			continue
+		}
+		if rekey.CapabilitiesOf(b).RetireVersion {
+			if n := c.deletionNote(ctx, k, b); n != "" {
+				notes[k.Name] = n
+			}
 			continue
 		}
 		var old []string
@@ -97,6 +104,44 @@ func (c *cli) backendNotes(st status.Status, problems map[string]string) map[str
 			k.Backend, c.sys.Config.Backends[k.Backend].Type, what)
 	}
 	return notes
+}
+
+// deletionScheduler is a backend whose destroyed versions are deleted
+// after a waiting period (AWS KMS: ScheduleKeyDeletion).
+type deletionScheduler interface {
+	DeletionDate(ctx context.Context, ref string, version int) (time.Time, error)
+}
+
+// deletionNote says when the backend deletes each destroyed version of k,
+// for a backend that schedules deletions; "" otherwise.
+func (c *cli) deletionNote(ctx context.Context, k status.KeyView, b rekey.KMS) string {
+	ds, ok := kmsmw.Unwrap(b).(deletionScheduler)
+	if !ok {
+		return ""
+	}
+	key, err := c.sys.Store.GetKey(ctx, k.Name)
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for _, v := range k.Versions {
+		if v.State != rekey.VersionDestroyed {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		when, err := ds.DeletionDate(cctx, key.BackendRef, v.Version)
+		cancel()
+		switch {
+		case err != nil:
+			parts = append(parts, fmt.Sprintf("v%d: deletion date unknown (%v)", v.Version, err))
+		case !when.IsZero():
+			parts = append(parts, fmt.Sprintf("v%d deleted by the backend on %s", v.Version, when.UTC().Format(time.RFC3339)))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return "backend " + k.Backend + " deletes destroyed versions after a waiting period (cancel it there to recover one): " + strings.Join(parts, "; ")
 }
 
 // backendProblems asks each key's backend for its current version: an

@@ -206,6 +206,10 @@ func TestE2E_AWSKMS(t *testing.T) {
 		t.Errorf("v2's KMS key is %s (or the alias %sk is not on it), want Enabled and aliased", md.KeyState, prefix)
 	}
 	h.checkFiles(sealed)
+	// status shows when AWS deletes v1's key material.
+	if st := h.run("status"); !strings.Contains(st.stdout, "v1 deleted by the backend on "+md.DeletionDate.UTC().Format(time.RFC3339)) {
+		t.Errorf("status does not show v1's deletion date %s:\n%s", md.DeletionDate.UTC().Format(time.RFC3339), st.stdout)
+	}
 
 	// The backend goes away: status names key and backend; the local key
 	// still rotates; nothing changes for k.
