@@ -139,6 +139,13 @@ type Client struct {
 
 	mu   sync.Mutex
 	arns map[string]string // alias name -> key ARN, for aliases that never move (version aliases, on-demand keys, the MAC key)
+
+	// aliasMu serialises this client's CreateAlias calls. AWS makes an
+	// alias name unique atomically; the local-kms emulator checks and
+	// then writes, so two creations racing in one process could both
+	// succeed there. Across processes the store's key lease (rotation)
+	// and the unique key name (CreateKey) keep them apart.
+	aliasMu sync.Mutex
 }
 
 var (
@@ -308,6 +315,8 @@ func (k *Client) createKMSKey(ctx context.Context, name, desc string, version in
 var errAliasExists = errors.New("alias exists")
 
 func (k *Client) createAlias(ctx context.Context, alias, keyID string) error {
+	k.aliasMu.Lock()
+	defer k.aliasMu.Unlock()
 	_, err := k.api.CreateAlias(ctx, &kms.CreateAliasInput{AliasName: aws.String(alias), TargetKeyId: aws.String(keyID)})
 	if err != nil {
 		if apiCode(err) == "AlreadyExistsException" {
