@@ -84,7 +84,6 @@ var badInputPGSkip = map[string]string{
 // had this known: line (they must keep failing; once one passes, the test
 // says to remove it from here).
 var badInputPGKnown = map[string]string{
-	"store/disk-full-key-create": "on PostgreSQL the local keyring is the first write of key create (on SQLite the store's write check fails first, saying to free space): kms/localkms says `no space left on device` without a fix",
 }
 
 // TestBadInputPostgres runs the corpus on PostgreSQL (see the top of this

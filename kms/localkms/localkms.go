@@ -55,6 +55,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rekeyhq/rekey"
@@ -280,11 +281,21 @@ func (c *Client) createKeyring(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := fileutil.WriteAtomic(c.path, data, 0o600); err != nil {
+	if err := c.write(data); err != nil {
 		return err
 	}
 	c.log.Info("localkms: created keyring", "keyring", c.path)
 	return nil
+}
+
+// write replaces the keyring file with data atomically (the old file stays
+// whole on any failure). A full file system is named with its fix.
+func (c *Client) write(data []byte) error {
+	err := fileutil.WriteAtomic(c.path, data, 0o600)
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("write keyring %s: %w: free space on its file system, or move the keyring to one with room (the keyring is unchanged)", c.path, err)
+	}
+	return err
 }
 
 // DefaultLockTimeout is how long a change waits for the keyring's lock file
@@ -425,7 +436,7 @@ func (c *Client) change(ctx context.Context, fn func(d *keyringData) (changed bo
 		data, err = encodeKeyring(d, c.master)
 		c.mu.RUnlock()
 		if err == nil {
-			err = fileutil.WriteAtomic(c.path, data, 0o600)
+			err = c.write(data)
 		}
 	}
 	if err != nil {
