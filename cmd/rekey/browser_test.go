@@ -373,24 +373,29 @@ func TestE2E_StatusPageBrowser(t *testing.T) {
 	art := artifactDir(t)
 
 	h.must("key", "create", "ledger")
+	made := time.Now()
 	h.createDEKs("ledger", ledgerDEKs)
+	t.Logf("dek create --count %d: %v", ledgerDEKs, time.Since(made).Round(time.Millisecond))
 	h.makeDue("ledger")
 	h.must("key", "create", "payments")
 	h.createDEKs("payments", 25)
 	// Due soon: notify_within spans the whole period; the rotation window
 	// (1d) is far.
 	h.must("key", "create", "sessions", "--period", "10d", "--rotate-within", "1d", "--notify-within", "10d")
-	// Overdue 20 s from now. The worker's one cycle checks it first (keys go
-	// by name) when it is not due yet (1 s window), and never again.
-	h.must("key", "create", "archive", "--period", archivePeriod.String(), "--rotate-within", "1s", "--notify-within", "2s")
-	archiveExpires := h.keyShow("archive").ExpiresAt
 
 	browserCtx := startChromium(t, bin)
 	on := newTab(t, browserCtx, "javascript on", true)
+	// Overdue 20 s from now. The worker's one cycle checks it first (keys go
+	// by name) while it is not due yet (1 s window), and never again. It is
+	// made right before the worker starts, to leave the worker most of the
+	// 19 s to get to it.
+	h.must("key", "create", "archive", "--period", archivePeriod.String(), "--rotate-within", "1s", "--notify-within", "2s")
+	archiveExpires := time.Now().Add(archivePeriod) // a bound: the key was made before now
 	wk := h.startWorker()
 	t.Logf("rekey run serves %s; chromium %s", wk.base, bin)
 
 	// The re-wrap, watched: reload until ledger's card has no open rotation.
+	watched := time.Now()
 	var readings []progressReading
 	shot := false
 	deadline := time.Now().Add(150 * time.Second)
@@ -428,7 +433,7 @@ func TestE2E_StatusPageBrowser(t *testing.T) {
 			screenshot(t, on, filepath.Join(art, "status-page-rotating.png"))
 		}
 	}
-	t.Logf("progress as the page showed it, %d reloads: %v", len(readings), readings)
+	t.Logf("progress as the page showed it, %d reloads in %v: %v", len(readings), time.Since(watched).Round(time.Second), readings)
 	for _, p := range progressProblems(readings, ledgerDEKs) {
 		t.Error(p)
 	}
