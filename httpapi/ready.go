@@ -44,10 +44,12 @@ func newReadyChecks(store rekey.Store, backends map[string]rekey.KMS) ([]readyCh
 
 // checkResult is the outcome of one readiness check, as ?format=json shows it.
 type checkResult struct {
-	Component string  `json:"component"`
-	OK        bool    `json:"ok"`
-	Error     string  `json:"error,omitempty"`
-	Seconds   float64 `json:"duration_seconds"`
+	Component string `json:"component"`
+	OK        bool   `json:"ok"`
+	Error     string `json:"error,omitempty"`
+	// Keys are the keys on a failing backend.
+	Keys    []string `json:"keys,omitempty"`
+	Seconds float64  `json:"duration_seconds"`
 }
 
 // readyReport is the JSON body of /readyz?format=json.
@@ -70,7 +72,42 @@ func (s *Server) checkReady(ctx context.Context) readyReport {
 	for _, r := range results {
 		rep.Ready = rep.Ready && r.OK
 	}
+	s.nameKeys(ctx, rep.Checks)
 	return rep
+}
+
+// nameKeys adds to each failing backend's error the keys that live on it
+// (the keys whose rotations wait for it), when the store can say.
+func (s *Server) nameKeys(ctx context.Context, results []checkResult) {
+	var failing bool
+	for _, r := range results {
+		failing = failing || !r.OK && strings.HasPrefix(r.Component, "backend:")
+	}
+	if !failing {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.readyTimeout)
+	defer cancel()
+	keys, err := s.store.ListKeys(ctx)
+	if err != nil {
+		return
+	}
+	for i, r := range results {
+		name, ok := strings.CutPrefix(r.Component, "backend:")
+		if !ok || r.OK {
+			continue
+		}
+		var on []string
+		for _, k := range keys {
+			if k.Backend == name {
+				on = append(on, k.Name)
+			}
+		}
+		if len(on) > 0 {
+			results[i].Keys = on
+			results[i].Error += " (keys on it: " + strings.Join(on, ", ") + ")"
+		}
+	}
 }
 
 // runCheck runs one check within the ready timeout. A Ping that ignores its

@@ -163,15 +163,25 @@ func TestReadyz(t *testing.T) {
 		t.Errorf("/readyz names the healthy backend as failing:\n%s", r.body)
 	}
 
-	// Checks are not cached: the store's recovery shows at once.
+	// Checks are not cached: the store's recovery shows at once. A key on
+	// the failing backend is named with it.
 	storeFault.set(nil)
+	ref, err := b.kms.CreateKey(t.Context(), "payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.store.CreateKey(t.Context(), rekey.Key{Name: "payments", Backend: "mem", BackendRef: ref, ActiveVersion: 1, ExpiresAt: testNow.Add(rekey.Day),
+		Policy: rekey.Policy{RotationPeriod: 2 * rekey.Day, RotateWithin: rekey.Day / 2, NotifyWithin: rekey.Day, Grace: rekey.Day}, CreatedAt: testNow},
+		rekey.KeyVersion{Key: "payments", Version: 1, State: rekey.VersionActive, CreatedAt: testNow}); err != nil {
+		t.Fatal(err)
+	}
 	kmsFault.set(&rekey.UnreachableError{Service: "kms:mem", Err: errors.New("connection refused")})
 	r = b.get(t, "/readyz")
 	if r.code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz with the backend down = %d, want 503", r.code)
 	}
-	if !strings.Contains(r.body, "FAIL backend:mem: ") || !strings.Contains(r.body, "connection refused") {
-		t.Errorf("/readyz body does not name the backend and its error:\n%s", r.body)
+	if !strings.Contains(r.body, "FAIL backend:mem: ") || !strings.Contains(r.body, "connection refused") || !strings.Contains(r.body, "keys on it: payments") {
+		t.Errorf("/readyz body does not name the backend, its error and its key:\n%s", r.body)
 	}
 	if strings.Contains(r.body, "FAIL store") {
 		t.Errorf("/readyz names the healthy store as failing:\n%s", r.body)
