@@ -200,6 +200,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 		c.auditCommand(),
 		c.reportCommand(),
 		c.docsCommand(),
+		c.completionCommand(),
 	)
 	c.addEngineCommands(root)
 	return root

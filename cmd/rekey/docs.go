@@ -200,11 +200,20 @@ func writeFlags(b *bytes.Buffer, title string, fs *pflag.FlagSet) {
 	}
 }
 
-// writeParagraphs writes text, its blank lines as paragraph breaks.
+// writeParagraphs writes text, its blank lines as paragraph breaks; a
+// paragraph with indented lines (commands to copy) is kept as written.
 func writeParagraphs(b *bytes.Buffer, text string) {
 	for _, para := range strings.Split(strings.TrimSpace(text), "\n\n") {
 		b.WriteString(".PP\n")
-		b.WriteString(roffText(para))
+		if !strings.Contains("\n"+para, "\n  ") {
+			b.WriteString(roffText(para))
+			continue
+		}
+		b.WriteString(".nf\n")
+		for _, line := range strings.Split(para, "\n") {
+			b.WriteString(roffLine(line))
+		}
+		b.WriteString(".fi\n")
 	}
 }
 
