@@ -99,7 +99,7 @@ func writeManPages(dir string, pages []manPage) error {
 		path := filepath.Join(dir, p.name)
 		// Man pages are public documentation: 0644, like any installed page.
 		if err := fileutil.WriteAtomic(path, p.text, 0o644); err != nil {
-			return fmt.Errorf("write %s: %w", path, err)
+			return err // names the file and the failing step
 		}
 	}
 	return nil
