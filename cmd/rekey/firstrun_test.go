@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -126,5 +127,33 @@ func TestFirstRunHint(t *testing.T) {
 				t.Errorf("the terminal check was asked about %v, not stderr", asked)
 			}
 		})
+	}
+}
+
+// TestDemoRefusesBadFlags: --demo runs until Ctrl-C in a home of its own,
+// so --once and --config are usage errors that create nothing.
+func TestDemoRefusesBadFlags(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--demo", "--once"}, "--demo runs until Ctrl-C: drop --once"},
+		{[]string{"run", "--demo", "--config", "rekey.yaml"}, "never reads --config: drop --config"},
+	} {
+		e := newEnv(t)
+		// A deadline, so that a demo that wrongly starts ends the test
+		// instead of running until Ctrl-C.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var out, errb bytes.Buffer
+		code := run(ctx, tc.args, strings.NewReader(""), &out, &errb, e.getenv)
+		cancel()
+		errs := errb.String()
+		if code != exitUsage || !strings.Contains(errs, tc.want) {
+			t.Errorf("rekey %s: exit %d, want %d with %q; stderr: %s", strings.Join(tc.args, " "), code, exitUsage, tc.want, errs)
+		}
+		if _, err := os.Stat(e.home); err == nil {
+			t.Errorf("rekey %s created %s", strings.Join(tc.args, " "), e.home)
+		}
 	}
 }
