@@ -53,6 +53,9 @@ type cli struct {
 	// readOnlyCommands.
 	readOnly bool
 	sys      *setup.System
+	// terminal decides whether a stream is a terminal (the first-run
+	// hint); nil means isTerminal's check of the file.
+	terminal func(io.Writer) bool
 }
 
 // readOnlyCommands only read: they open the store read-only and write no
@@ -70,6 +73,8 @@ type runEnv struct {
 	getenv         func(string) string
 	now            func() time.Time
 	clock          worker.Clock
+	// terminal replaces the check of whether a stream is a terminal.
+	terminal func(io.Writer) bool
 }
 
 // run executes the command line args and returns the exit code.
@@ -81,7 +86,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 // REKEY_FAILPOINTS) moves the clock of a real process forward, so that
 // end-to-end tests of the binary need not sleep for a deadline.
 func runIn(ctx context.Context, args []string, e runEnv) int {
-	c := &cli{stdin: e.stdin, stdout: e.stdout, stderr: e.stderr, getenv: e.getenv, now: e.now, clock: e.clock, logFallback: slog.LevelWarn}
+	c := &cli{stdin: e.stdin, stdout: e.stdout, stderr: e.stderr, getenv: e.getenv, now: e.now, clock: e.clock, terminal: e.terminal, logFallback: slog.LevelWarn}
 	if c.now == nil {
 		c.now = time.Now
 		if off := c.getenv(envClockOffset); off != "" {
@@ -194,6 +199,8 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 		c.configCommand(),
 		c.auditCommand(),
 		c.reportCommand(),
+		c.docsCommand(),
+		c.completionCommand(),
 	)
 	c.addEngineCommands(root)
 	return root

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,10 +22,10 @@ func (c *cli) addEngineCommands(root *cobra.Command) {
 }
 
 func (c *cli) runCommand() *cobra.Command {
-	var once bool
+	var once, demo bool
 	var listen string
 	cmd := &cobra.Command{
-		Use:   "run [--once] [--listen ADDR]",
+		Use:   "run [--once] [--listen ADDR] [--demo]",
 		Short: "Run the rotation worker",
 		Long: `Run the rotation worker: one cycle at start, then one every
 worker.check_interval. A cycle resumes any open rotation, rotates every key
@@ -37,13 +38,32 @@ Declared keys (keys: in the config) are created or reconciled at start.
 Logs are JSON lines on stderr. REKEY_FAILPOINTS injects crashes and errors
 for testing (see README).
 
-With --once, one cycle runs and the exit code is 1 if any key failed.`,
-		Args: exactArgs(0, "none"),
+With --once, one cycle runs and the exit code is 1 if any key failed.
+
+With --demo, rekey shows a rotation live in a throwaway home of its own (a
+temporary directory, removed on exit; never ./rekey-data, $REKEY_HOME or
+--config): a key with a 30 s period that is due at once, 3000 DEKs and a
+sealed sample file, the worker checking every second, and the status page on
+a free 127.0.0.1 port (or --listen). It prints each step as it happens
+(rotation started, DEKs re-wrapped, committed, old version retired, the sample
+file still decrypts): v1 → v2 → v3 within a minute. Ctrl-C stops it.`,
+		Example: "  rekey run\n  rekey run --once\n  rekey run --demo",
+		Args:    exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if demo {
+				if once {
+					return usagef("--demo runs until Ctrl-C: drop --once")
+				}
+				if c.configPath != "" {
+					return usagef("--demo uses a throwaway home of its own and never reads --config: drop --config")
+				}
+				return c.runDemo(cmd.Context(), listen, cmd.Flags().Changed("listen"))
+			}
 			return c.runWorker(cmd.Context(), once, listen, cmd.Flags().Changed("listen"))
 		},
 	}
 	cmd.Flags().BoolVar(&once, "once", false, "run one cycle and exit")
+	cmd.Flags().BoolVar(&demo, "demo", false, "show a rotation live in a throwaway home (30 s key period; the user's home is never touched)")
 	cmd.Flags().StringVar(&listen, "listen", "", "address for /metrics, /healthz, /readyz, /api/v1/status and the status page (default from config: 127.0.0.1:9464; empty string disables)")
 	return cmd
 }
@@ -61,16 +81,19 @@ func (c *cli) runWorker(ctx context.Context, once bool, listen string, listenSet
 		listen = a.Config.HTTP.Listen
 	}
 	a.Logger.Info("rekey run", "config", a.ConfigPath, "once", once)
+	var boundAddr net.Addr
 	if listen != "" {
 		httpCtx, stopHTTP := context.WithCancel(ctx)
-		_, done, err := a.Listen(httpCtx, listen)
+		addr, done, err := a.Listen(httpCtx, listen)
 		if err != nil {
 			stopHTTP()
 			return fmt.Errorf("--listen %s: %w (choose another address with --listen or http.listen, or --listen \"\" to serve nothing)", listen, err)
 		}
+		boundAddr = addr
 		defer func() { stopHTTP(); <-done }()
 	}
 	if !once {
+		c.firstRunHint(ctx, a, boundAddr)
 		return a.Worker.Run(ctx)
 	}
 	r := a.Worker.RunOnce(ctx)
