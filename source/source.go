@@ -339,6 +339,9 @@ func (s *Source) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, _ rekey.Le
 	if len(swaps) == 0 {
 		return nil, nil
 	}
+	if s.pg {
+		return s.swapPG(ctx, swaps)
+	}
 	p, err := s.idParam(ctx, 3)
 	if err != nil {
 		return nil, err
@@ -374,6 +377,53 @@ func (s *Source) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, _ rekey.Le
 	}
 	if err := tx.Commit(); err != nil {
 		return nil, s.wrap("commit swap", err)
+	}
+	return lost, nil
+}
+
+// swapPG is SwapDEKs in one statement: the swaps travel as arrays
+// (unnest), and RETURNING names the rows that took them.
+func (s *Source) swapPG(ctx context.Context, swaps []rekey.DEKSwap) ([]string, error) {
+	t, err := s.idColumnType(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(swaps))
+	olds := make([][]byte, len(swaps))
+	news := make([][]byte, len(swaps))
+	vers := make([]int64, len(swaps))
+	for i, sw := range swaps {
+		ids[i], olds[i], news[i], vers[i] = sw.ID, sw.OldWrapped, sw.NewWrapped, int64(sw.NewVersion)
+	}
+	tbl, id, w := s.table(), quoteIdent(s.cfg.IDColumn), quoteIdent(s.cfg.WrappedColumn)
+	query := "UPDATE " + tbl + " SET " + w + " = v.rekey_new, " + quoteIdent(s.cfg.VersionColumn) + " = v.rekey_ver" +
+		" FROM unnest(CAST($1 AS text[]), CAST($2 AS bytea[]), CAST($3 AS bytea[]), CAST($4 AS bigint[])) AS v(rekey_id, rekey_old, rekey_new, rekey_ver)" +
+		" WHERE " + tbl + "." + id + " = CAST(v.rekey_id AS " + t + ") AND " + tbl + "." + w + " = v.rekey_old"
+	if s.cfg.Where != "" {
+		query += " AND (" + s.cfg.Where + ")"
+	}
+	query += " RETURNING v.rekey_id"
+	rows, err := s.db.QueryContext(ctx, query, ids, olds, news, vers)
+	if err != nil {
+		return nil, s.wrap("swap rows", err)
+	}
+	defer rows.Close()
+	applied := make(map[string]bool, len(swaps))
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, s.wrap("swap rows", err)
+		}
+		applied[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("swap rows", err)
+	}
+	var lost []string
+	for _, sw := range swaps {
+		if !applied[sw.ID] {
+			lost = append(lost, sw.ID)
+		}
 	}
 	return lost, nil
 }
