@@ -119,7 +119,9 @@ func sourceCursor(name, id string) string {
 
 // isSourceCursor reports whether a rotation's cursor is in a source pass
 // (rekey's own DEKs are then done).
-func isSourceCursor(c string) bool { return strings.HasPrefix(c, sourceCursorSep+"source"+sourceCursorSep) }
+func isSourceCursor(c string) bool {
+	return strings.HasPrefix(c, sourceCursorSep+"source"+sourceCursorSep)
+}
 
 func parseSourceCursor(c string) (name, id string, ok bool) {
 	if !isSourceCursor(c) {

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -59,19 +60,18 @@ func newRig(t *testing.T, a *appDB, batch int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	os.Setenv("REKEY_TEST_SOURCE_DSN", a.dsn) //nolint:errcheck // read by ${...} below; the tests of this package do not read it otherwise
 	y = fmt.Appendf(y, `
 dek_sources:
   - name: orders
     driver: %s
-    dsn: ${REKEY_TEST_SOURCE_DSN}
+    dsn: %q
     table: %s
     id_column: id
     wrapped_column: wrapped_dek
     version_column: key_version
     key: payments
     where: %q
-`, a.driver, a.table, a.where)
+`, a.driver, strings.ReplaceAll(a.dsn, "$", "$$"), a.table, a.where)
 	y = bytes.Replace(y, []byte("batch_size: 1000"), []byte("batch_size: "+strconv.Itoa(batch)), 1)
 	if err := os.WriteFile(cfgPath, y, 0o600); err != nil {
 		t.Fatal(err)
