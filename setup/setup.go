@@ -215,6 +215,9 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	if s.Sources, err = openSources(s.Config); err != nil {
 		return nil, err
 	}
+	if err := registerSourceMetrics(reg, s.Store, s.Sources, logger); err != nil {
+		return nil, err
+	}
 	w := s.Config.Worker
 	if s.Engine, err = rotation.New(rotation.Config{
 		Sources: engineSources(s.Sources),

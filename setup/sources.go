@@ -4,8 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/config"
+	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/source"
 )
@@ -70,4 +74,20 @@ func closeSources(srcs []*source.Source) error {
 		errs = append(errs, s.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// registerSourceMetrics registers rekey_source_deks and rekey_source_up
+// when there are sources.
+func registerSourceMetrics(reg prometheus.Registerer, st rekey.Store, srcs []*source.Source, logger *slog.Logger) error {
+	if len(srcs) == 0 {
+		return nil
+	}
+	counters := make([]metrics.SourceCounter, len(srcs))
+	for i, s := range srcs {
+		counters[i] = s
+	}
+	if err := reg.Register(metrics.NewSourceCollector(st, counters, logger)); err != nil {
+		return fmt.Errorf("register DEK source metrics: %w", err)
+	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -258,6 +259,11 @@ func TestRotateInPlace(t *testing.T) {
 		}
 		if string(w) != "not a wrapped key at all" || v != 1 {
 			t.Errorf("the corrupted row was changed: version %d", v)
+		}
+		rec := httptest.NewRecorder()
+		r.sys.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		if want := fmt.Sprintf(`rekey_source_deks{key="payments",source="orders",version="2"} %d`, rot.Done); !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %s", want)
 		}
 		if c, err := r.sys.Store.CountDEKs(ctx, "payments"); err != nil || len(c) != 0 {
 			t.Errorf("rekey's store holds DEKs of the source: %v, %v", c, err)
