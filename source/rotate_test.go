@@ -36,7 +36,10 @@ type rig struct {
 	plain map[int][32]byte
 }
 
-func newRig(t *testing.T, a *appDB, batch int) *rig {
+func newRig(t *testing.T, a *appDB, batch int) *rig { return newRigFailing(t, a, batch, "") }
+
+// newRigFailing is newRig with REKEY_FAILPOINTS set to failpoints.
+func newRigFailing(t *testing.T, a *appDB, batch int, failpoints string) *rig {
 	t.Helper()
 	ctx := context.Background()
 	home := t.TempDir()
@@ -77,7 +80,12 @@ dek_sources:
 	if err := os.WriteFile(cfgPath, y, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r.sys, err = setup.Open(ctx, setup.Options{ConfigPath: cfgPath, Getenv: getenv, Now: now})
+	r.sys, err = setup.Open(ctx, setup.Options{ConfigPath: cfgPath, Now: now, Getenv: func(k string) string {
+		if k == setup.EnvFailpoints {
+			return failpoints
+		}
+		return os.Getenv(k)
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,4 +358,51 @@ func TestApplicationWritesDuringRewrap(t *testing.T) {
 		}
 		r.verify(t, 2)
 	})
+}
+
+// TestFailpointsDuringSourceRewrap is issue 11's last must-hold, with the
+// failpoints as errors in process (the crash variant exits the process;
+// the state it leaves is the same, since every step is persisted before
+// the point): after a failure at each point of a source re-wrap, the next
+// Rotate resumes the same rotation, every row ends on version 2 with its
+// own DEK, and the backend has exactly one new version.
+func TestFailpointsDuringSourceRewrap(t *testing.T) {
+	t.Parallel()
+	for _, fp := range []string{
+		"rewrap.after_backend=error@3",
+		"rewrap.after_batch_commit=error@2",
+		"rotation.before_commit=error",
+		"rotation.after_commit=error", // the final sweep's source pass then runs on resume
+	} {
+		t.Run(fp, func(t *testing.T) {
+			t.Parallel()
+			a := newSQLite(t)
+			ctx := context.Background()
+			r := newRigFailing(t, a, 100, fp)
+			r.fill(t, 500)
+			first, err := r.sys.Engine.Rotate(ctx, "payments", rekey.ReasonManual, "test")
+			if err == nil || first.ID == "" {
+				t.Fatalf("rotate with %s: %v (rotation %q); want the injected failure in a recorded rotation", fp, err, first.ID)
+			}
+			for id := 1; id <= 120; id++ {
+				r.newRow(t, id, 1, false, true) // the application writes under version 1 meanwhile
+			}
+			// The worker's next cycle resumes the open rotation.
+			rep := r.sys.Engine.RunCycle(ctx)
+			rot, err := r.sys.Store.GetRotation(ctx, first.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rot.ToVersion != 2 || rot.State != rekey.RotationDone {
+				t.Fatalf("rotation %s ended %s on version %d; cycle %+v", rot.ID, rot.State, rot.ToVersion, rep)
+			}
+			if open, err := r.sys.Store.OpenRotation(ctx, "payments"); err == nil {
+				t.Errorf("another rotation %s is open", open.ID)
+			}
+			if v, err := r.kms.CurrentVersion(ctx, r.ref); err != nil || v != 2 {
+				t.Errorf("backend is at version %d (%v): want exactly one new version", v, err)
+			}
+			r.verify(t, 2)
+		})
+	}
 }
