@@ -14,6 +14,7 @@ type CheckError struct {
 	Problems []string
 }
 
+// Error lists the problems after the source name.
 func (e *CheckError) Error() string {
 	return fmt.Sprintf("source %s: %s", e.Source, strings.Join(e.Problems, "; "))
 }
@@ -74,11 +75,11 @@ WHERE c.relname = $1 AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('
 // another error when the check itself could not run.
 func (s *Source) Check(ctx context.Context) error {
 	if err := s.Ping(ctx); err != nil {
-		return &CheckError{Source: s.cfg.Name, Problems: []string{fmt.Sprintf("cannot connect to the %s database: %s: check dsn", s.cfg.Driver, unwrapMsg(err))}}
+		return &CheckError{Source: s.cfg.Name, Problems: []string{fmt.Sprintf("cannot connect to the %s database: %s: check dsn", s.cfg.Driver, err.Error())}}
 	}
 	cols, err := s.describe(ctx)
 	if err != nil {
-		return &CheckError{Source: s.cfg.Name, Problems: []string{unwrapMsg(err)}}
+		return &CheckError{Source: s.cfg.Name, Problems: []string{err.Error()}}
 	}
 	if len(cols) == 0 {
 		return &CheckError{Source: s.cfg.Name, Problems: []string{fmt.Sprintf("table %s does not exist (or rekey's database user cannot see it): check table and the GRANTs", s.cfg.Table)}}
@@ -124,7 +125,7 @@ func (s *Source) Check(ctx context.Context) error {
 		q += " WHERE (" + s.cfg.Where + ")"
 	}
 	if rows, err := s.db.QueryContext(ctx, q+" LIMIT 0"); err != nil {
-		probs = append(probs, fmt.Sprintf("cannot read the columns through the filter (%s): GRANT SELECT on them and on the filter's columns, and check where", unwrapMsg(s.wrap("select", err))))
+		probs = append(probs, fmt.Sprintf("cannot read the columns through the filter (%s): GRANT SELECT on them and on the filter's columns, and check where", s.wrap("select", err).Error()))
 	} else {
 		rows.Close()
 	}
@@ -136,7 +137,7 @@ func (s *Source) Check(ctx context.Context) error {
 			err := s.db.QueryRowContext(ctx, "SELECT has_column_privilege(CAST($1 AS regclass), $2, $3)", s.table(), c.col, c.priv).Scan(&ok)
 			switch {
 			case err != nil:
-				probs = append(probs, unwrapMsg(s.wrap("check privileges", err)))
+				probs = append(probs, s.wrap("check privileges", err).Error())
 			case !ok:
 				probs = append(probs, fmt.Sprintf("rekey's database user may not %s column %s of %s: GRANT %s (%s, %s) ON %s TO <rekey user>",
 					c.priv, c.col, s.cfg.Table, c.priv, s.cfg.WrappedColumn, s.cfg.VersionColumn, s.cfg.Table))
@@ -146,7 +147,7 @@ func (s *Source) Check(ctx context.Context) error {
 		// SQLite has no grants: the file must be writable. An UPDATE that
 		// matches no row inside a rolled-back transaction proves it.
 		if err := s.probeWrite(ctx); err != nil {
-			probs = append(probs, fmt.Sprintf("cannot write the table (%s): make the database file writable by rekey", unwrapMsg(err)))
+			probs = append(probs, fmt.Sprintf("cannot write the table (%s): make the database file writable by rekey", err.Error()))
 		}
 	}
 	if len(probs) > 0 {
@@ -172,7 +173,3 @@ func (s *Source) probeWrite(ctx context.Context) error {
 }
 
 func isPGInt(t string) bool { return t == "smallint" || t == "integer" || t == "bigint" }
-
-// unwrapMsg is err's message without the "source NAME: " prefix that
-// CheckError adds again.
-func unwrapMsg(err error) string { return err.Error() }

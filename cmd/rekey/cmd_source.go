@@ -155,6 +155,9 @@ func (c *cli) sourceCounts(ctx context.Context, key string) []rotation.SourceCou
 	if c.sys == nil || len(c.sys.Sources) == 0 {
 		return nil
 	}
+	// An unreachable database must not hang status: each count is bounded.
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
 	return c.sys.Engine.SourceCounts(ctx, key)
 }
 
