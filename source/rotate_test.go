@@ -127,40 +127,53 @@ func (r *rig) newRow(t testing.TB, id, version int, deleted, update bool) {
 	r.mu.Unlock()
 }
 
-// fill inserts n rows on version 1 in one transaction; every tenth row is
-// deleted (outside the filter).
+// dataKey makes row id's DEK: the first 1000 through the library's
+// GenerateDataKey, as an application does, the rest wrapped directly under
+// version 1 by the backend, which gives the same bytes without the two
+// store reads per call that would dominate a 50,000-row fill.
+func (r *rig) dataKey(ctx context.Context, id int) (rekey.DataKey, error) {
+	if id <= 1000 {
+		return r.sys.Keyring.GenerateDataKey(ctx, "payments")
+	}
+	pt := make([]byte, rekey.DEKSize)
+	for i := range pt {
+		pt[i] = byte(rand.Uint32())
+	}
+	w, err := r.kms.Wrap(ctx, r.ref, 1, pt)
+	return rekey.DataKey{Plaintext: pt, Wrapped: w, Version: 1}, err
+}
+
+// fill inserts n rows on version 1, 500 to a statement; every tenth row
+// is deleted (outside the filter).
 func (r *rig) fill(t testing.TB, n int) {
 	t.Helper()
 	ctx := context.Background()
-	tx, err := r.a.db.Begin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stmt, err := tx.Prepare(fmt.Sprintf("INSERT INTO %s (id, tenant, wrapped_dek, key_version, note, deleted) VALUES (%s,%s,%s,%s,%s,%s)",
-		r.a.table, r.a.ph(1), r.a.ph(2), r.a.ph(3), r.a.ph(4), r.a.ph(5), r.a.ph(6)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for id := 1; id <= n; id++ {
-		dk, err := r.sys.Keyring.GenerateDataKey(ctx, "payments")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var del any = id%10 == 0
-		if !r.a.pg {
-			del = 0
-			if id%10 == 0 {
-				del = 1
+	const per = 500
+	for lo := 1; lo <= n; lo += per {
+		hi := min(lo+per-1, n)
+		var (
+			vals []string
+			args []any
+		)
+		for id := lo; id <= hi; id++ {
+			dk, err := r.dataKey(ctx, id)
+			if err != nil {
+				t.Fatal(err)
 			}
+			var del any = id%10 == 0
+			if !r.a.pg {
+				del = 0
+				if id%10 == 0 {
+					del = 1
+				}
+			}
+			k := len(args)
+			vals = append(vals, fmt.Sprintf("(%s,%s,%s,%s,%s,%s)", r.a.ph(k+1), r.a.ph(k+2), r.a.ph(k+3), r.a.ph(k+4), r.a.ph(k+5), r.a.ph(k+6)))
+			args = append(args, id, "tenant-"+strconv.Itoa(id%7), dk.Wrapped, dk.Version, "note "+strconv.Itoa(id), del)
+			r.plain[id] = sha256.Sum256(dk.Plaintext)
+			clear(dk.Plaintext)
 		}
-		if _, err := stmt.Exec(id, "tenant-"+strconv.Itoa(id%7), dk.Wrapped, dk.Version, "note "+strconv.Itoa(id), del); err != nil {
-			t.Fatal(err)
-		}
-		r.plain[id] = sha256.Sum256(dk.Plaintext)
-		clear(dk.Plaintext)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
+		r.a.exec(t, "INSERT INTO "+r.a.table+" (id, tenant, wrapped_dek, key_version, note, deleted) VALUES "+strings.Join(vals, ","), args...)
 	}
 }
 
