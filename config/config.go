@@ -98,6 +98,9 @@ type Config struct {
 	Log LogConfig
 	// Keys are declared root keys, created or reconciled on start.
 	Keys []KeyConfig
+	// DEKSources are tables of the application's own databases whose
+	// wrapped DEKs rekey rotates in place (YAML: dek_sources).
+	DEKSources []SourceConfig
 }
 
 // StoreConfig says where state lives (YAML: store).

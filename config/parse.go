@@ -473,7 +473,7 @@ func parseDuration(s string, allowNever bool) (time.Duration, string) {
 	return v, ""
 }
 
-var topFields = []string{"version", "store", "backends", "defaults", "worker", "http", "log", "keys"}
+var topFields = []string{"version", "store", "backends", "defaults", "worker", "http", "log", "keys", "dek_sources"}
 
 func (d *decoder) config(root *yaml.Node, c *Config) {
 	d.seen = map[string]bool{}
@@ -508,6 +508,8 @@ func (d *decoder) config(root *yaml.Node, c *Config) {
 			})
 		case "keys":
 			d.keys(v, p, c)
+		case "dek_sources":
+			d.sources(v, p, c)
 		}
 	})
 }

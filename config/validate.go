@@ -55,6 +55,7 @@ func (c *Config) problems() []Problem {
 		ch.add("log.format", "%s", enumMessage("log format", c.Log.Format, logFormats))
 	}
 	c.checkKeys(ch)
+	c.checkSources(ch)
 	return ch.problems
 }
 

@@ -289,6 +289,9 @@ func (d *driver) rewrapAndCommit(ctx context.Context) error {
 	if err := d.pass(ctx, rekey.RotationRewrapping); err != nil {
 		return err
 	}
+	if err := d.sourcePasses(ctx, rekey.RotationRewrapping); err != nil {
+		return err
+	}
 	if err := d.e.hit(failpoint.RotationBeforeCommit); err != nil {
 		return err
 	}
@@ -328,6 +331,9 @@ func (d *driver) compromisedPass(ctx context.Context) error {
 // checks ctx between batches (rule 9): a stop abandons no more than the
 // batch not yet written.
 func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
+	if isSourceCursor(d.r.Cursor) {
+		return nil // rekey's own DEKs are done: the sources' passes resume
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -499,6 +505,9 @@ func (d *driver) sweepAndFinish(ctx context.Context) error {
 	if err := d.pass(ctx, rekey.RotationCommitted); err != nil {
 		return err
 	}
+	if err := d.sourcePasses(ctx, rekey.RotationCommitted); err != nil {
+		return err
+	}
 	nr := d.r
 	nr.State = rekey.RotationDone
 	nr.FinishedAt = d.e.now()
@@ -571,6 +580,9 @@ func (e *Engine) countDEKs(ctx context.Context, key string) (map[int]int64, erro
 	c, err := e.deks.CountDEKs(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("count DEKs of key %s: %w", key, err)
+	}
+	if err := e.addSourceCounts(ctx, key, c); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

@@ -36,6 +36,10 @@ type Config struct {
 	// GetDEK(ctx, id) method, lost compare-and-swaps are re-read one by
 	// one; otherwise they are left to the next sweep, which re-lists them.
 	DEKs rekey.DEKSource
+	// Sources are tables of the application's own databases that hold
+	// DEKs too (see Source): counted, re-wrapped and gating retirement
+	// like DEKs.
+	Sources []Source
 	// Backends maps a backend name (Key.Backend) to its KMS.
 	Backends map[string]rekey.KMS
 	// Logger receives structured logs; nil discards them.

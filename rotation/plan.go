@@ -45,6 +45,9 @@ type KeyPlan struct {
 	Rotation *RotationProgress `json:"rotation,omitempty"`
 	// DEKsByVersion counts the key's DEKs per version.
 	DEKsByVersion map[int]int64 `json:"deks_by_version"`
+	// Sources counts the key's rows per version in each DEK source (the
+	// application's own tables); DEKsByVersion includes them.
+	Sources []SourceCount `json:"sources,omitempty"`
 	// DEKsToRewrap is how many DEKs the cycle would re-wrap: those of the
 	// rotation, plus those on versions whose retirement is due.
 	DEKsToRewrap int64 `json:"deks_to_rewrap"`
@@ -130,11 +133,12 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 	if err != nil {
 		return kp, err
 	}
-	counts, err := e.deks.CountDEKs(ctx, k.Name)
+	counts, err := e.countDEKs(ctx, k.Name)
 	if err != nil {
 		return kp, err
 	}
 	kp.DEKsByVersion = counts
+	kp.Sources = e.SourceCounts(ctx, k.Name)
 	var open *rekey.Rotation
 	r, err := e.store.OpenRotation(ctx, k.Name)
 	switch {

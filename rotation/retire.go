@@ -81,6 +81,11 @@ func (e *Engine) clearVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 	if err != nil {
 		return 0, err
 	}
+	moved, err = e.sweepSourcesVersion(ctx, kl, k, b, version)
+	rep.Rewrapped += moved
+	if err != nil {
+		return 0, err
+	}
 	counts, err := e.countDEKs(ctx, k.Name)
 	if err != nil {
 		return 0, err
@@ -141,6 +146,13 @@ func (e *Engine) sweepVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 // pending_retirement and no DEK references it (rule 5), with the
 // version.retired event in the same transaction.
 func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
+	// The store's guard counts only rekey's own DEKs: count the sources
+	// again right before the step that cannot be undone.
+	if n, err := e.sourceRowsOn(ctx, k.Name, version); err != nil {
+		return fmt.Errorf("retire key %s version %d: %w", k.Name, version, err)
+	} else if n > 0 {
+		return &rekey.VersionInUseError{Key: k.Name, Version: version, DEKs: n}
+	}
 	if b.retirer != nil {
 		if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
 			return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, b.name, err)

@@ -43,6 +43,7 @@ import (
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/retry"
 	"github.com/rekeyhq/rekey/rotation"
+	"github.com/rekeyhq/rekey/source"
 	"github.com/rekeyhq/rekey/store/pgstore"
 	"github.com/rekeyhq/rekey/store/retrystore"
 	"github.com/rekeyhq/rekey/store/sqlitestore"
@@ -135,6 +136,9 @@ type System struct {
 	Audit *audit.Keeper
 	// Logger is the logger every part writes to.
 	Logger *slog.Logger
+	// Sources are the DEK sources (dek_sources): the application's own
+	// tables the engine rotates in place.
+	Sources []*source.Source
 
 	gatherer  prometheus.Gatherer
 	now       func() time.Time
@@ -208,9 +212,16 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", EnvFailpoints, err)
 	}
+	if s.Sources, err = openSources(s.Config); err != nil {
+		return nil, err
+	}
+	if err := registerSourceMetrics(reg, s.Store, s.Sources, logger); err != nil {
+		return nil, err
+	}
 	w := s.Config.Worker
 	if s.Engine, err = rotation.New(rotation.Config{
-		Store: s.Store, Backends: s.Backends, Logger: logger, Now: now,
+		Sources: engineSources(s.Sources),
+		Store:   s.Store, Backends: s.Backends, Logger: logger, Now: now,
 		Owner: getenv(EnvWorkerID), BatchSize: w.BatchSize, Concurrency: w.Concurrency,
 		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: s.Metrics,
 	}); err != nil {
@@ -561,6 +572,8 @@ func (s *System) closeParts() error {
 	}
 	errs = append(errs, closeBackends(s.Backends))
 	s.Backends = nil
+	errs = append(errs, closeSources(s.Sources))
+	s.Sources = nil
 	return errors.Join(errs...)
 }
 

@@ -64,6 +64,7 @@ type cli struct {
 var readOnlyCommands = map[string]bool{
 	"status": true, "key list": true, "key show": true, "dek show": true, "plan": true,
 	"audit list": true, "audit verify": true, "audit export": true, "report": true, "decrypt": true,
+	"source list": true, "source check": true,
 }
 
 // runEnv is what an invocation runs in; tests give it a fake clock.
@@ -197,6 +198,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error.`,
 		c.decryptCommand(),
 		c.statusCommand(),
 		c.configCommand(),
+		c.sourceCommand(),
 		c.auditCommand(),
 		c.reportCommand(),
 		c.docsCommand(),

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/rekeyhq/rekey/config"
 	"github.com/spf13/cobra"
@@ -10,7 +11,8 @@ import (
 
 func (c *cli) configCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Check the configuration"}
-	cmd.AddCommand(&cobra.Command{
+	var online bool
+	validate := &cobra.Command{
 		Use:   "validate",
 		Short: "Validate the config file: every problem is printed with its field path",
 		Args:  exactArgs(0, "none"),
@@ -39,12 +41,31 @@ func (c *cli) configCommand() *cobra.Command {
 				}
 				return fmt.Errorf("%s is not valid:\n%w", path, err)
 			}
+			if online {
+				probs, err := c.onlineProblems(cmd.Context())
+				if err != nil {
+					return err
+				}
+				if len(probs) > 0 {
+					if c.jsonOut {
+						c.printJSON(map[string]any{"valid": false, "config": path, "online_problems": probs})
+						return exitError{code: exitFailure}
+					}
+					return fmt.Errorf("%s is valid, but online checks failed:\n  %s", path, strings.Join(probs, "\n  "))
+				}
+			}
 			if c.jsonOut {
-				return c.printJSON(map[string]any{"valid": true, "config": path})
+				return c.printJSON(map[string]any{"valid": true, "config": path, "online": online})
+			}
+			if online {
+				fmt.Fprintf(c.stdout, "%s is valid; the store, backends and DEK sources answered\n", path)
+				return nil
 			}
 			fmt.Fprintf(c.stdout, "%s is valid\n", path)
 			return nil
 		},
-	})
+	}
+	validate.Flags().BoolVar(&online, "online", false, "also connect to the store, the backends and every DEK source (table, columns, types, privileges)")
+	cmd.AddCommand(validate)
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/status"
 	"github.com/rekeyhq/rekey/store/retrystore"
 	"github.com/spf13/cobra"
@@ -153,10 +154,15 @@ func (c *cli) keyShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			sources := c.sourceCounts(cmd.Context(), v.Name)
 			if c.jsonOut {
-				return c.printJSON(v)
+				return c.printJSON(struct {
+					status.KeyView
+					Sources []rotation.SourceCount `json:"sources,omitempty"`
+				}{v, sources})
 			}
 			c.printKey(v)
+			c.printSourceCounts(sources)
 			return nil
 		},
 	}

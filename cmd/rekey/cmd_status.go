@@ -9,6 +9,7 @@ import (
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
+	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/status"
 	"github.com/spf13/cobra"
 )
@@ -31,7 +32,7 @@ func (c *cli) statusCommand() *cobra.Command {
 			if c.jsonOut {
 				keys := make([]statusKey, len(st.Keys))
 				for i, k := range st.Keys {
-					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name], BackendNote: notes[k.Name]}
+					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name], BackendNote: notes[k.Name], Sources: c.sourceCounts(cmd.Context(), k.Name)}
 				}
 				if err := c.printJSON(struct {
 					status.Status
@@ -68,6 +69,8 @@ type statusKey struct {
 	// BackendNote says what the backend cannot do for this key (retire
 	// single versions), so that status does not pretend it did.
 	BackendNote string `json:"backend_note,omitempty"`
+	// Sources counts the key's rows per version in each DEK source.
+	Sources []rotation.SourceCount `json:"sources,omitempty"`
 }
 
 // backendNotes returns, per key whose backend works but cannot retire
@@ -187,6 +190,7 @@ func (c *cli) printStatus(st status.Status, problems, notes map[string]string) {
 			fmt.Fprintln(c.stdout)
 		}
 		c.printKey(k)
+		c.printSourceCounts(c.sourceCounts(context.Background(), k.Name))
 		if p := problems[k.Name]; p != "" {
 			fmt.Fprintf(c.stdout, "  BACKEND ERROR   %s\n", printable(p))
 		}

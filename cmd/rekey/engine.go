@@ -166,6 +166,7 @@ func (c *cli) printPlan(p rotation.Plan) {
 		if len(k.BackendCalls) > 0 {
 			fmt.Fprintf(c.stdout, "  backend calls: %s\n", formatCalls(k.BackendCalls))
 		}
+		c.printSourceCounts(k.Sources)
 		for _, v := range k.Versions {
 			line := fmt.Sprintf("  v%d %s, %d DEKs: %s", v.Version, v.State, v.DEKs, v.Action)
 			if !v.RetireAfter.IsZero() {
