@@ -83,8 +83,7 @@ var badInputPGSkip = map[string]string{
 // PostgreSQL for a shortfall nobody fixes yet: they run as if their entry
 // had this known: line (they must keep failing; once one passes, the test
 // says to remove it from here).
-var badInputPGKnown = map[string]string{
-}
+var badInputPGKnown = map[string]string{}
 
 // TestBadInputPostgres runs the corpus on PostgreSQL (see the top of this
 // file).
