@@ -175,9 +175,17 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}
 	res = Result{DEKs: o.DEKs, Store: o.Store, Backend: o.Backend, Settings: env.settings}
 
+	// The rate limit is the engine's alone: seeding, the naive phase and
+	// the crypto floor run without it.
+	if err := env.setRateLimit(o.RateLimit); err != nil {
+		return Result{}, err
+	}
 	o.Progress("engine", 0, o.DEKs)
 	if res.Engine, err = o.Engine(ctx, env.cfgPath); err != nil {
 		return Result{}, fmt.Errorf("bench: engine phase: %w", err)
+	}
+	if err := env.setRateLimit(0); err != nil {
+		return Result{}, err
 	}
 	o.Progress("engine", o.DEKs, o.DEKs)
 	if res.Engine.DEKs != o.DEKs {
@@ -244,7 +252,6 @@ func (e *runEnv) writeConfig(ctx context.Context) error {
 	for _, r := range [][2]string{
 		{"batch_size: 1000", fmt.Sprintf("batch_size: %d", e.settings.BatchSize)},
 		{"concurrency: 8", fmt.Sprintf("concurrency: %d", e.settings.Concurrency)},
-		{"kms_rate_limit: 0", fmt.Sprintf("kms_rate_limit: %v", e.settings.RateLimit)},
 		{"level: info", "level: warn"},
 	} {
 		if err := replace(r[0], r[1]); err != nil {
@@ -273,6 +280,27 @@ func (e *runEnv) writeConfig(ctx context.Context) error {
 		e.settings.StoreNotes = "PostgreSQL (pgx pool), schema " + e.schema + " on the server of --dsn"
 	}
 	return os.WriteFile(e.cfgPath, []byte(cfg), 0o600)
+}
+
+// setRateLimit sets worker.kms_rate_limit in the temporary configuration.
+func (e *runEnv) setRateLimit(rps float64) error {
+	b, err := os.ReadFile(e.cfgPath)
+	if err != nil {
+		return fmt.Errorf("bench: %w", err)
+	}
+	lines := strings.Split(string(b), "\n")
+	found := false
+	for i, l := range lines {
+		if t := strings.TrimSpace(l); strings.HasPrefix(t, "kms_rate_limit:") {
+			indent := l[:len(l)-len(strings.TrimLeft(l, " "))]
+			lines[i] = fmt.Sprintf("%skms_rate_limit: %v", indent, rps)
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("bench: the configuration has no kms_rate_limit to set")
+	}
+	return os.WriteFile(e.cfgPath, []byte(strings.Join(lines, "\n")), 0o600)
 }
 
 func (e *runEnv) pgDSN() string {
