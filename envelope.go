@@ -331,6 +331,9 @@ func (r *envelopeReader) next() error {
 // SealEnvelope seals plaintext under dek in one envelope naming dekID.
 func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
 	var buf bytes.Buffer
+	// Room for the header and one tag per 64 KiB segment, so that the
+	// buffer does not regrow.
+	buf.Grow(len(plaintext) + len(plaintext)/1024 + 256)
 	w, err := NewEnvelopeWriter(&buf, dekID, dek, aad)
 	if err != nil {
 		return nil, err
@@ -356,7 +359,11 @@ func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return io.ReadAll(r)
+	out := bytesWriter{b: make([]byte, 0, len(sealed))} // the plaintext is shorter
+	if _, err := io.Copy(&out, r); err != nil {
+		return nil, err
+	}
+	return out.b, nil
 }
 
 // zero overwrites b. Go may have copied the bytes elsewhere (the garbage

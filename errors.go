@@ -60,6 +60,11 @@ var (
 	ErrUnsupported = errors.New("operation not supported by this backend")
 	// ErrInvalidArgument means the caller passed bad input; nothing changed.
 	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrThrottled means the backend refused a request for its rate (AWS
+	// ThrottlingException, HTTP 429). Backends return it inside an
+	// *UnreachableError, so it is transient: retry later, more slowly. The
+	// middleware (kms/kmsmw) lowers its request rate when it sees it.
+	ErrThrottled = errors.New("throttled: request rate above the backend's quota")
 )
 
 // UnreachableError reports that a backend or store could not be reached or

@@ -322,7 +322,9 @@ func (kr *Keyring) Seal(ctx context.Context, key string, plaintext, aad []byte) 
 
 // Open opens an envelope made by Seal or SealStream.
 func (kr *Keyring) Open(ctx context.Context, sealed, aad []byte) ([]byte, error) {
-	var out bytesWriter
+	// The plaintext is shorter than the envelope: one allocation, no
+	// regrowth (a 1 MiB message otherwise copies itself ~20 times).
+	out := bytesWriter{b: make([]byte, 0, len(sealed))}
 	if _, err := kr.OpenStream(ctx, &out, bytesReader(sealed), aad); err != nil {
 		return nil, err
 	}

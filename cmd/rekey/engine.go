@@ -18,7 +18,7 @@ import (
 
 // addEngineCommands adds the commands of the rotation engine.
 func (c *cli) addEngineCommands(root *cobra.Command) {
-	root.AddCommand(c.runCommand(), c.planCommand(), c.rotateCommand(), c.retireCommand())
+	root.AddCommand(c.runCommand(), c.planCommand(), c.rotateCommand(), c.retireCommand(), c.benchCommand(), c.benchEngineCmd())
 }
 
 func (c *cli) runCommand() *cobra.Command {

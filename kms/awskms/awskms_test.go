@@ -397,6 +397,9 @@ func TestErrorMapping(t *testing.T) {
 		if c.want != nil && !errors.Is(err, c.want) {
 			t.Errorf("%v: error %v does not match %v", c.err, err, c.want)
 		}
+		if errors.Is(err, rekey.ErrThrottled) != (c.want == awskms.ErrThrottled) {
+			t.Errorf("%v: errors.Is(%v, rekey.ErrThrottled) = %v", c.err, err, errors.Is(err, rekey.ErrThrottled))
+		}
 		if !strings.Contains(err.Error(), "aws-prod") {
 			t.Errorf("error %q does not name the backend", err)
 		}

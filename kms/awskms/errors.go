@@ -14,7 +14,15 @@ import (
 // ErrThrottled is matched (errors.Is) by the error of a request AWS KMS
 // refused for its rate (ThrottlingException, HTTP 429). Such an error is
 // also an *rekey.UnreachableError: transient, retried by kmsmw.
-var ErrThrottled = errors.New("throttled by AWS KMS: request rate above the account's quota (lower the backend's rate_limit)")
+// It also matches rekey.ErrThrottled, which kmsmw's adaptive rate reacts
+// to.
+var ErrThrottled error = throttledError{"throttled by AWS KMS: request rate above the account's quota (lower the backend's rate_limit)"}
+
+// throttledError is ErrThrottled's type: it matches rekey.ErrThrottled too.
+type throttledError struct{ msg string }
+
+func (e throttledError) Error() string        { return e.msg }
+func (e throttledError) Is(target error) bool { return target == rekey.ErrThrottled }
 
 // apiCode returns the AWS error code of err ("" when err is no API
 // error).

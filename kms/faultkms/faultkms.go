@@ -42,11 +42,19 @@ var (
 	ErrInjected = errors.New("faultkms: injected backend failure (the call did not reach the backend)")
 	// ErrThrottled is a throttling refusal (Config.ThrottleAbove): the
 	// inner backend was not called.
-	ErrThrottled = errors.New("faultkms: throttled: request rate above the backend's limit (the call did not reach the backend)")
+	// It also matches rekey.ErrThrottled, as a real backend's throttling
+	// does, so that kmsmw's adaptive rate reacts to it.
+	ErrThrottled error = throttledError{"faultkms: throttled: request rate above the backend's limit (the call did not reach the backend)"}
 	// ErrLostReply is a lost reply: the inner backend ran the call and
 	// succeeded, and its result was dropped.
 	ErrLostReply = errors.New("faultkms: reply lost (the call did run at the backend)")
 )
+
+// throttledError is ErrThrottled's type: it matches rekey.ErrThrottled too.
+type throttledError struct{ msg string }
+
+func (e throttledError) Error() string        { return e.msg }
+func (e throttledError) Is(target error) bool { return target == rekey.ErrThrottled }
 
 // Config says which faults to inject. The zero Config injects none: the
 // wrapper then passes every call on unchanged (and counts it).

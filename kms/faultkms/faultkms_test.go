@@ -363,7 +363,7 @@ func TestThrottleAbove(t *testing.T) {
 			switch {
 			case err == nil:
 				ok++
-			case rekey.IsTransient(err) && errors.Is(err, faultkms.ErrThrottled):
+			case rekey.IsTransient(err) && errors.Is(err, faultkms.ErrThrottled) && errors.Is(err, rekey.ErrThrottled):
 				if !strings.Contains(err.Error(), "throttled") {
 					t.Fatalf("throttling error %q does not say throttled", err)
 				}

@@ -14,7 +14,15 @@ import (
 // when Key Protect or IAM answers 429 Too Many Requests: the request is
 // transient (the middleware retries it with backoff) and errors.Is(err,
 // ErrThrottled) tells throttling apart from an outage.
-var ErrThrottled = errors.New("throttled: HTTP 429 Too Many Requests")
+// It also matches rekey.ErrThrottled, which kmsmw's adaptive rate reacts
+// to.
+var ErrThrottled error = throttledError{"throttled: HTTP 429 Too Many Requests"}
+
+// throttledError is ErrThrottled's type: it matches rekey.ErrThrottled too.
+type throttledError struct{ msg string }
+
+func (e throttledError) Error() string        { return e.msg }
+func (e throttledError) Is(target error) bool { return target == rekey.ErrThrottled }
 
 // ErrAuth is in the chain of every error that means the credentials were
 // refused: IAM refused the API key, or Key Protect refused the bearer

@@ -345,12 +345,12 @@ func TestTransientAndMappedErrors(t *testing.T) {
 
 	e.srv.Throttle(1)
 	_, err = c.Unwrap(ctx, ref, 1, w)
-	if !rekey.IsTransient(err) || !errors.Is(err, keyprotect.ErrThrottled) {
+	if !rekey.IsTransient(err) || !errors.Is(err, keyprotect.ErrThrottled) || !errors.Is(err, rekey.ErrThrottled) {
 		t.Fatalf("429: %v; want a transient error matching ErrThrottled", err)
 	}
 	e.srv.Down(true)
 	_, err = c.CurrentVersion(ctx, ref)
-	if !rekey.IsTransient(err) || errors.Is(err, keyprotect.ErrThrottled) || !strings.Contains(err.Error(), "503") {
+	if !rekey.IsTransient(err) || errors.Is(err, keyprotect.ErrThrottled) || errors.Is(err, rekey.ErrThrottled) || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("503: %v; want transient, not throttling", err)
 	}
 	if err := c.Ping(ctx); !rekey.IsTransient(err) {

@@ -20,8 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/retry"
 )
@@ -55,13 +53,16 @@ func Ops() []string {
 const (
 	ResultSuccess = "success"
 	ResultFailure = "failure"
+	// ResultThrottled is a request the backend refused for its rate (the
+	// error matches rekey.ErrThrottled); it lowers the request rate.
+	ResultThrottled = "throttled"
 )
 
 // Observer receives one call per backend request (every try of a retried
 // call; none for a call refused before it reached the backend, such as a
 // rate-limit wait cut short by the context or an unsupported operation).
 // backend is Options.Name, op one of the Op constants, result
-// ResultSuccess or ResultFailure, and d the time the backend took (not the
+// ResultSuccess, ResultThrottled or ResultFailure, and d the time the backend took (not the
 // time spent waiting for the rate limiter). It must be safe for concurrent
 // use and should return quickly.
 type Observer interface {
@@ -77,6 +78,11 @@ type Options struct {
 	Retry     retry.Policy // for transient errors of retryable ops
 	Observer  Observer     // nil = none
 	Logger    *slog.Logger // nil = discard
+
+	// Now and Sleep are the rate limiter's clock; nil means the real
+	// one (tests give a fake clock).
+	Now   func() time.Time
+	Sleep func(ctx context.Context, d time.Duration) error
 }
 
 // KMS is a rekey.KMS wrapped in the middleware. It implements rekey.KMS
@@ -88,7 +94,13 @@ type Options struct {
 // Unwrap) gives the inner backend back.
 //
 // Every request waits for the rate limiter first (every try; a batch
-// re-wrap is one request). Transient failures (rekey.IsTransient, after
+// re-wrap is one request). The rate adapts to throttling: a request the
+// backend refuses for its rate (an error matching rekey.ErrThrottled)
+// lowers it by DecreaseFactor (once per congestion event), and each second
+// without throttling adds IncreasePerSecond of the ceiling back, up to
+// Options.RateLimit. With no RateLimit, the first throttling starts a
+// limit at the rate the backend was accepting (times DecreaseFactor), and
+// recovery stops at that observed rate. Transient failures (rekey.IsTransient, after
 // classification) are retried with Options.Retry, except for CreateKey and
 // RotateKey, which are tried once: a lost reply could hide a key or version
 // that was made, and a second try would make another. Errors are those of
@@ -99,8 +111,8 @@ type KMS struct {
 	caps    rekey.Capabilities
 	name    string
 	service string
-	limiter *rate.Limiter // nil: no limit
-	rps     float64       // Options.RateLimit
+	ad      *adaptive
+	rps     float64 // Options.RateLimit
 	retry   retry.Policy
 	obs     Observer // never nil
 	log     *slog.Logger
@@ -137,12 +149,15 @@ func Wrap(inner rekey.KMS, o Options) *KMS {
 	}
 	if o.RateLimit > 0 {
 		k.rps = o.RateLimit
-		burst := o.Burst
-		if burst <= 0 {
-			burst = 1
-		}
-		k.limiter = rate.NewLimiter(rate.Limit(o.RateLimit), burst)
 	}
+	now, sleep := o.Now, o.Sleep
+	if now == nil {
+		now = time.Now
+	}
+	if sleep == nil {
+		sleep = sleepCtx
+	}
+	k.ad = newAdaptive(k.rps, o.Burst, now, sleep)
 	return k
 }
 
@@ -167,6 +182,11 @@ func Unwrap(k rekey.KMS) rekey.KMS {
 // RateLimit returns the request rate (per second) the wrapper holds the
 // backend to, Options.RateLimit; 0 means no limit.
 func (k *KMS) RateLimit() float64 { return k.rps }
+
+// CurrentRate returns the request rate in force now: RateLimit, lowered
+// after throttling and on its way back; 0 means no limit (none configured
+// and no throttling seen).
+func (k *KMS) CurrentRate() float64 { return k.ad.rateNow() }
 
 // Name returns Options.Name.
 func (k *KMS) Name() string { return k.name }
@@ -372,13 +392,23 @@ func (k *KMS) once(ctx context.Context, op string, fn func(context.Context) erro
 
 // try is one backend request: rate limit, call, classify, observe.
 func (k *KMS) try(ctx context.Context, op string, fn func(context.Context) error) error {
-	if err := k.wait(ctx); err != nil {
+	gen, err := k.wait(ctx)
+	if err != nil {
 		return err
 	}
 	start := time.Now()
-	err := k.classify(ctx, fn(ctx))
+	err = k.classify(ctx, fn(ctx))
 	result := ResultSuccess
-	if err != nil {
+	switch {
+	case err == nil:
+		k.ad.success()
+	case errors.Is(err, rekey.ErrThrottled):
+		result = ResultThrottled
+		if r, lowered := k.ad.throttled(gen); lowered {
+			k.log.LogAttrs(ctx, slog.LevelInfo, "kms throttled the request rate: lowering it",
+				slog.String("backend", k.name), slog.String("op", op), slog.Float64("rate_per_s", r))
+		}
+	default:
 		result = ResultFailure
 	}
 	k.obs.KMSCall(k.name, op, result, time.Since(start))
@@ -388,19 +418,16 @@ func (k *KMS) try(ctx context.Context, op string, fn func(context.Context) error
 // wait blocks until the rate limiter lets one request through. It fails
 // when ctx ends first, or at once when ctx's deadline would pass before
 // the request's turn (the error then matches context.DeadlineExceeded).
-func (k *KMS) wait(ctx context.Context) error {
-	if k.limiter == nil {
-		return nil
-	}
-	err := k.limiter.Wait(ctx)
+func (k *KMS) wait(ctx context.Context) (uint64, error) {
+	gen, err := k.ad.wait(ctx)
 	if err == nil {
-		return nil
+		return gen, nil
 	}
 	if ctx.Err() != nil {
-		return fmt.Errorf("kms %s: waiting for the rate limit: %w", k.name, context.Cause(ctx))
+		return 0, fmt.Errorf("kms %s: waiting for the rate limit: %w", k.name, context.Cause(ctx))
 	}
-	// The limiter saw that the deadline would pass before our turn.
-	return fmt.Errorf("kms %s: waiting for the rate limit: %w (%v)", k.name, context.DeadlineExceeded, err)
+	// The deadline would pass before our turn.
+	return 0, fmt.Errorf("kms %s: waiting for the rate limit: %w (%v)", k.name, context.DeadlineExceeded, err)
 }
 
 // sentinels are the errors a backend reports on purpose; they pass
@@ -422,6 +449,9 @@ var sentinels = []error{
 func (k *KMS) classify(ctx context.Context, err error) error {
 	if err == nil || rekey.IsTransient(err) {
 		return err
+	}
+	if errors.Is(err, rekey.ErrThrottled) {
+		return &rekey.UnreachableError{Service: k.service, Err: err} // retry later, more slowly
 	}
 	for _, s := range sentinels {
 		if errors.Is(err, s) {

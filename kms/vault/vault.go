@@ -315,7 +315,7 @@ func (c *Client) statusErr(op, ref, path string, rep *reply) error {
 	case rep.status == http.StatusServiceUnavailable && strings.Contains(strings.ToLower(msg), "sealed"):
 		return &rekey.UnreachableError{Service: c.service, Err: fmt.Errorf("Vault at %s is sealed (%s of key %s): unseal it (vault operator unseal); rekey carries on once it is", c.addr, op, ref)}
 	case rep.status == http.StatusTooManyRequests:
-		return &rekey.UnreachableError{Service: c.service, Err: fmt.Errorf("throttled: Vault at %s refused %s of key %s with HTTP 429 (a rate limit quota: %s): lower rate_limit of backend %s or raise the quota", c.addr, op, ref, msg, c.name)}
+		return &rekey.UnreachableError{Service: c.service, Err: fmt.Errorf("%w: Vault at %s refused %s of key %s with HTTP 429 (a rate limit quota: %s): lower rate_limit of backend %s or raise the quota", rekey.ErrThrottled, c.addr, op, ref, msg, c.name)}
 	case rep.status >= 500:
 		return &rekey.UnreachableError{Service: c.service, Err: fmt.Errorf("Vault at %s failed %s of key %s with HTTP %d: %s", c.addr, op, ref, rep.status, msg)}
 	case rep.status == http.StatusForbidden:

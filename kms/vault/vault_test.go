@@ -214,7 +214,7 @@ func TestThrottledAndUnreachable(t *testing.T) {
 	ref, _ := c.CreateKey(ctx, "thr")
 	s.SetThrottled(true)
 	_, err := c.CurrentVersion(ctx, ref)
-	if !rekey.IsTransient(err) || !strings.Contains(err.Error(), "throttled") || !strings.Contains(err.Error(), "429") {
+	if !rekey.IsTransient(err) || !errors.Is(err, rekey.ErrThrottled) || !strings.Contains(err.Error(), "429") {
 		t.Errorf("throttled: %v, want a transient error saying throttled (429)", err)
 	}
 	s.SetThrottled(false)

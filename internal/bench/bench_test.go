@@ -1,0 +1,100 @@
+package bench_test
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/rekeyhq/rekey/internal/bench"
+)
+
+func checkResult(t *testing.T, res bench.Result, n int) {
+	t.Helper()
+	if res.DEKs != n || res.Engine.DEKs != n {
+		t.Fatalf("deks = %d, re-wrapped %d; want %d", res.DEKs, res.Engine.DEKs, n)
+	}
+	if res.Engine.DEKsPerS <= 0 || res.Engine.Seconds <= 0 || res.Engine.PeakRSSBytes <= 0 {
+		t.Errorf("engine = %+v, want positive figures", res.Engine)
+	}
+	// The local backend re-wraps each DEK in memory with no request: one
+	// unwrap and one wrap, or a batch call, per DEK at most.
+	if res.Engine.BackendCallsPerDEK <= 0 || res.Engine.BackendCallsPerDEK > 2.1 {
+		t.Errorf("backend calls per DEK = %v, want in (0, 2.1]", res.Engine.BackendCallsPerDEK)
+	}
+	if res.Naive.DEKs != min(n, bench.NaiveMax) || res.Naive.DEKsPerS <= 0 {
+		t.Errorf("naive = %+v", res.Naive)
+	}
+	if res.Floor.CryptoDEKsPerS <= 0 || res.Floor.StoreRowsPerS <= 0 || res.Floor.MinimalStoreRowsPerS <= 0 {
+		t.Errorf("floor = %+v, want positive figures", res.Floor)
+	}
+	if res.Ratios.EngineVsNaive <= 0 || res.Ratios.EngineVsFloor <= 0 || res.Ratios.EngineVsMinimal <= 0 {
+		t.Errorf("ratios = %+v, want positive figures", res.Ratios)
+	}
+}
+
+func TestRunSQLite(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	var phases []string
+	res, err := bench.Run(t.Context(), bench.Options{DEKs: 3000, Store: bench.StoreSQLite, Backend: bench.BackendLocal, Dir: dir,
+		Progress: func(phase string, done, total int) {
+			if len(phases) == 0 || phases[len(phases)-1] != phase {
+				phases = append(phases, phase)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkResult(t, res, 3000)
+	if got := strings.Join(phases, ","); got != "seed,engine,naive,crypto floor,store floor,minimal store" {
+		t.Errorf("phases %s", got)
+	}
+	// Nothing is left behind.
+	left, err := os.ReadDir(dir)
+	if err != nil || len(left) != 0 {
+		t.Errorf("left in the temporary directory: %v, %v", left, err)
+	}
+}
+
+func TestRunPostgres(t *testing.T) {
+	dsn := os.Getenv("REKEY_TEST_PG_DSN")
+	if dsn == "" {
+		const how = "REKEY_TEST_PG_DSN is not set: start a throwaway PostgreSQL with `eval \"$(scripts/pg start)\"`, or run scripts/test"
+		if os.Getenv("CI") != "" {
+			t.Fatal(how)
+		}
+		t.Skip(how)
+	}
+	res, err := bench.Run(context.Background(), bench.Options{DEKs: 2000, Store: bench.StorePostgres, Backend: bench.BackendLocal, DSN: dsn, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkResult(t, res, 2000)
+}
+
+func TestOptionsValidate(t *testing.T) {
+	t.Parallel()
+	good := bench.Options{DEKs: 1, Store: "sqlite", Backend: "local"}
+	if err := good.Validate(); err != nil {
+		t.Fatalf("good options: %v", err)
+	}
+	for _, c := range []struct {
+		mut  func(*bench.Options)
+		want string
+	}{
+		{func(o *bench.Options) { o.DEKs = 0 }, "--deks"},
+		{func(o *bench.Options) { o.Store = "mysql" }, "--store"},
+		{func(o *bench.Options) { o.Backend = "vault" }, "--backend"},
+		{func(o *bench.Options) { o.Store = "postgres" }, "--dsn"},
+		{func(o *bench.Options) { o.BatchSize = 200_000 }, "--batch-size"},
+		{func(o *bench.Options) { o.Concurrency = -1 }, "--concurrency"},
+		{func(o *bench.Options) { o.RateLimit = -1 }, "--kms-rate-limit"},
+	} {
+		o := good
+		c.mut(&o)
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %s", o, err, c.want)
+		}
+	}
+}
