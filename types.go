@@ -197,18 +197,18 @@ type Rotation struct {
 	// ToBackend, set for a move (rekey key move), names the backend the new
 	// version is created on; empty means the key's own backend. It never
 	// changes once the rotation is stored.
-	ToBackend string `json:"to_backend,omitempty"`
-	Total       int64          `json:"deks_total"`            // DEKs to re-wrap, counted when re-wrapping starts
-	Done        int64          `json:"deks_done"`             // DEKs re-wrapped so far
-	Failed      int64          `json:"deks_failed"`           // DEKs that could not be unwrapped
-	Cursor      string         `json:"cursor,omitempty"`      // last DEK id checkpointed
-	FailedDEKs  []string       `json:"failed_deks,omitempty"` // ids of DEKs that could not be unwrapped (first 100)
-	StartedAt   time.Time      `json:"started_at"`
-	UpdatedAt   time.Time      `json:"updated_at"`
-	FinishedAt  time.Time      `json:"finished_at,omitzero"`
-	Owner       string         `json:"owner"`
-	Epoch       int64          `json:"epoch"`
-	LastError   string         `json:"last_error,omitempty"`
+	ToBackend  string    `json:"to_backend,omitempty"`
+	Total      int64     `json:"deks_total"`            // DEKs to re-wrap, counted when re-wrapping starts
+	Done       int64     `json:"deks_done"`             // DEKs re-wrapped so far
+	Failed     int64     `json:"deks_failed"`           // DEKs that could not be unwrapped
+	Cursor     string    `json:"cursor,omitempty"`      // last DEK id checkpointed
+	FailedDEKs []string  `json:"failed_deks,omitempty"` // ids of DEKs that could not be unwrapped (first 100)
+	StartedAt  time.Time `json:"started_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	Owner      string    `json:"owner"`
+	Epoch      int64     `json:"epoch"`
+	LastError  string    `json:"last_error,omitempty"`
 }
 
 // Lease is a worker's claim on one key. Every engine write carries it and the
