@@ -249,24 +249,19 @@ type backend struct {
 	rewrapper rekey.Rewrapper
 	batch     rekey.BatchRewrapper
 	retirer   rekey.VersionRetirer
+	finder    rekey.KeyFinder
+	// rt resolves every version of the key to the backend holding it: a
+	// key moved to another backend has versions on both (see move.go).
+	rt *router
 }
 
+// backendFor returns k's backend, with a router for its versions.
 func (e *Engine) backendFor(k rekey.Key) (*backend, error) {
-	kms, ok := e.cfg.Backends[k.Backend]
-	if !ok || kms == nil {
-		return nil, fmt.Errorf("key %s: backend %q is not configured: add it under backends", k.Name, k.Backend)
+	b, err := e.backendNamed(k.Name, k.Backend, k.BackendRef)
+	if err != nil {
+		return nil, err
 	}
-	b := &backend{name: k.Backend, ref: k.BackendRef, kms: kms}
-	caps := rekey.CapabilitiesOf(kms)
-	if caps.Rewrap {
-		b.rewrapper, _ = kms.(rekey.Rewrapper)
-	}
-	if caps.BatchRewrap {
-		b.batch, _ = kms.(rekey.BatchRewrapper)
-	}
-	if caps.RetireVersion {
-		b.retirer, _ = kms.(rekey.VersionRetirer)
-	}
+	b.rt = e.newRouter(k.Name, b)
 	return b, nil
 }
 

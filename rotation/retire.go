@@ -141,9 +141,13 @@ func (e *Engine) sweepVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 // pending_retirement and no DEK references it (rule 5), with the
 // version.retired event in the same transaction.
 func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
-	if b.retirer != nil {
-		if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
-			return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	p, err := b.at(ctx, version)
+	if err != nil {
+		return fmt.Errorf("retire key %s version %d: %w", k.Name, version, err)
+	}
+	if p.b.retirer != nil {
+		if err := p.b.retirer.RetireVersion(ctx, p.b.ref, p.version); err != nil {
+			return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
 		}
 	}
 	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
@@ -153,7 +157,10 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 	ev := e.event(rekey.AuditVersionRetired, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionRetired)
-	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+	if p.b != b {
+		ev.Reason = "on backend " + p.b.name // the key has moved away from it
+	}
+	err = e.store.ChangeVersionState(ctx, rekey.VersionChange{
 		Key: k.Name, Version: version,
 		From: []rekey.VersionState{rekey.VersionPendingRetirement},
 		To:   rekey.VersionRetired, RequireUnused: true, At: now,
@@ -173,15 +180,19 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 // destroyVersion destroys a retired version's material at the backend
 // (where it can) and records the version destroyed.
 func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
-	if b.retirer != nil {
-		if err := b.retirer.DestroyVersion(ctx, b.ref, version); err != nil {
-			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	p, err := b.at(ctx, version)
+	if err != nil {
+		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
+	}
+	if p.b.retirer != nil {
+		if err := p.b.retirer.DestroyVersion(ctx, p.b.ref, p.version); err != nil {
+			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
 		}
 	}
 	ev := e.event(rekey.AuditVersionDestroyed, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionDestroyed)
-	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+	err = e.store.ChangeVersionState(ctx, rekey.VersionChange{
 		Key: k.Name, Version: version,
 		From: []rekey.VersionState{rekey.VersionRetired},
 		To:   rekey.VersionDestroyed, RequireUnused: true, At: e.now(),
@@ -202,11 +213,18 @@ func (e *Engine) disableCompromised(ctx context.Context, k rekey.Key, b *backend
 	e.mu.Lock()
 	done := e.disabled[ref]
 	e.mu.Unlock()
-	if done || b.retirer == nil {
+	if done {
 		return nil
 	}
-	if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
-		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	p, err := b.at(ctx, version)
+	if err != nil {
+		return fmt.Errorf("disable compromised key %s version %d: %w", k.Name, version, err)
+	}
+	if p.b.retirer == nil {
+		return nil
+	}
+	if err := p.b.retirer.RetireVersion(ctx, p.b.ref, p.version); err != nil {
+		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
 	}
 	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
 		return err
