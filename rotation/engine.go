@@ -77,6 +77,14 @@ type Config struct {
 	// Failpoints, when set, injects crashes and errors (see package
 	// failpoint).
 	Failpoints *failpoint.Set
+	// DeclaredBackends maps a key name to the backend the configuration
+	// declares it on (keys: ... backend:). A key stored on another
+	// backend is moved to the declared one by the next cycle, as a move
+	// rotation (rekey.ReasonMove) that is logged, audited and shown by
+	// Plan beforehand; never by rewriting the key's backend. Keys not in
+	// the map, and declared backends that are not configured, are left
+	// alone.
+	DeclaredBackends map[string]string
 	// Observer receives what only the engine knows (rotation outcomes,
 	// re-wrapped DEKs, cycles); nil means none. Everything else the
 	// metrics read from the store, and the backend calls from kms/kmsmw.

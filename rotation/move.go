@@ -319,3 +319,16 @@ func (e *Engine) claimMove(ctx context.Context, kl *keyLease, k rekey.Key, to, n
 	}
 	return e.claimRotation(ctx, kl, k, rekey.Rotation{Reason: rekey.ReasonMove, Note: text, ToBackend: to})
 }
+
+// declaredMove returns the backend the configuration declares k on when it
+// is another configured backend than k's (Config.DeclaredBackends), else "".
+func (e *Engine) declaredMove(k rekey.Key) string {
+	to, ok := e.cfg.DeclaredBackends[k.Name]
+	if !ok || to == "" || to == k.Backend {
+		return ""
+	}
+	if _, ok := e.cfg.Backends[to]; !ok {
+		return ""
+	}
+	return to
+}

@@ -264,3 +264,57 @@ func TestMove_Refused(t *testing.T) {
 		t.Fatalf("a refused move created the key on hsm: %v", err)
 	}
 }
+
+// A key the configuration declares on another backend is a planned move:
+// Plan shows it (with its backend calls) before anything happens, and the
+// next cycle runs it as a move rotation, audited like one.
+func TestMove_DeclaredBackendIsAPlannedMove(t *testing.T) {
+	t.Parallel()
+	m := setupMove(t)
+	m.createKey(t, "k", testPolicy())
+	m.createKey(t, "other", testPolicy())
+	m.addDEKs(t, "k", 12)
+	eng := m.engine(t, m.withHSM, func(c *rotation.Config) {
+		c.DeclaredBackends = map[string]string{"k": "hsm", "other": m.backend}
+	})
+	p, err := eng.Plan(m.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kp rotation.KeyPlan
+	for _, x := range p.Keys {
+		if x.Key == "other" && x.Action != rotation.ActionNone {
+			t.Fatalf("plan of a key declared where it is = %+v", x)
+		}
+		if x.Key == "k" {
+			kp = x
+		}
+	}
+	if kp.Action != rotation.ActionMove || kp.MoveTo != "hsm" || kp.DEKsToRewrap != 12 ||
+		kp.BackendCalls["create_key"] != 1 || kp.BackendCalls["unwrap"] != 12 || kp.BackendCalls["wrap"] != 12 || kp.BackendCalls["rotate_key"] != 0 {
+		t.Fatalf("plan = %+v, want a move to hsm: create_key 1, unwrap 12, wrap 12", kp)
+	}
+	if rs := m.rotations(t, "k"); len(rs) != 0 {
+		t.Fatalf("plan wrote rotations: %+v", rs)
+	}
+	rep := eng.RunCycle(m.ctx)
+	if kr := keyReport(t, rep, "k"); kr.Outcome != rotation.OutcomeRotated || kr.Rewrapped != 12 {
+		t.Fatalf("cycle = %+v", kr)
+	}
+	rs := m.rotations(t, "k")
+	if len(rs) != 1 || rs[0].Reason != rekey.ReasonMove || rs[0].ToBackend != "hsm" || !strings.Contains(rs[0].Note, "declared in the configuration") {
+		t.Fatalf("rotations = %+v", rs)
+	}
+	if k := m.key(t, "k"); k.Backend != "hsm" {
+		t.Fatalf("key after the cycle = %+v", k)
+	}
+	m.checkPlaced(t, "k", 2)
+	if p, err = eng.Plan(m.ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range p.Keys {
+		if x.Action != rotation.ActionNone || x.MoveTo != "" {
+			t.Fatalf("plan after the move = %+v", x)
+		}
+	}
+}
