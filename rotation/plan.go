@@ -240,12 +240,21 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 	case b != nil:
 		e.addRewrapCalls(kp.BackendCalls, b, kp.DEKsToRewrap)
 	}
-	if rate, id := e.observedRate(ctx, k.Name); rate > 0 {
-		kp.Rate, kp.RateSource = rate, "rotation "+id
-	}
-	if b != nil {
-		if limit, perDEK := e.rateLimit(b); limit > 0 && perDEK > 0 && kp.Rate > limit/perDEK {
-			kp.Rate, kp.RateSource = limit/perDEK, fmt.Sprintf("rate limit %g/s", limit)
+	switch {
+	case kp.MoveTo != "":
+		// Earlier rotations ran on the old backend alone: a move's rate
+		// is bounded by the target's rate limit (one wrap there per DEK).
+		if rl, ok := e.cfg.Backends[kp.MoveTo].(rateLimiter); ok && rl.RateLimit() > 0 && kp.Rate > rl.RateLimit() {
+			kp.Rate, kp.RateSource = rl.RateLimit(), fmt.Sprintf("rate limit of %s %g/s", kp.MoveTo, rl.RateLimit())
+		}
+	default:
+		if rate, id := e.observedRate(ctx, k.Name); rate > 0 {
+			kp.Rate, kp.RateSource = rate, "rotation "+id
+		}
+		if b != nil {
+			if limit, perDEK := e.rateLimit(b); limit > 0 && perDEK > 0 && kp.Rate > limit/perDEK {
+				kp.Rate, kp.RateSource = limit/perDEK, fmt.Sprintf("rate limit %g/s", limit)
+			}
 		}
 	}
 	kp.EstimatedSeconds = float64(kp.DEKsToRewrap) / kp.Rate
