@@ -243,6 +243,11 @@ func testMove(t *testing.T, tg moveTarget) {
 	// After the grace: v1 is retired on local.
 	h.mustAt(2*time.Hour, "run", "--once")
 	checkMoved(t, h, tg, key, want, sealed)
+	// The target is at its version 1 while rekey's active version is 2:
+	// status must not take that for a backend rolled back.
+	if st := h.run("status"); st.code != 0 || strings.Contains(st.stdout, "BACKEND ERROR") {
+		t.Errorf("status after the move: %v", st)
+	}
 	var retired bool
 	for _, ev := range h.auditOf(key) {
 		retired = retired || (ev.Type == rekey.AuditVersionRetired && ev.FromVersion == 1 && strings.HasPrefix(ev.Reason, "on backend local"))
