@@ -61,9 +61,9 @@ type DataKey struct {
 // returns ErrKeyNotFound for an unknown key and ErrVersionDisabled while the
 // active version is compromised.
 func (kr *Keyring) GenerateDataKey(ctx context.Context, name string) (DataKey, error) {
-	k, b, err := kr.keyAndBackend(ctx, name)
+	k, err := kr.store.GetKey(ctx, name)
 	if err != nil {
-		return DataKey{}, err
+		return DataKey{}, fmt.Errorf("key %s: %w", name, err)
 	}
 	vs, err := kr.store.ListVersions(ctx, name)
 	if err != nil {
@@ -74,11 +74,16 @@ func (kr *Keyring) GenerateDataKey(ctx context.Context, name string) (DataKey, e
 			return DataKey{}, fmt.Errorf("key %s: %w: the active version %d is compromised and being rotated away", name, ErrVersionDisabled, v.Version)
 		}
 	}
+	kr.places.fill(k, vs)
+	b, p, err := kr.placement(ctx, k, k.ActiveVersion)
+	if err != nil {
+		return DataKey{}, err
+	}
 	pt := make([]byte, DEKSize)
 	if _, err := rand.Read(pt); err != nil {
 		return DataKey{}, err
 	}
-	w, err := b.Wrap(ctx, k.BackendRef, k.ActiveVersion, pt)
+	w, err := b.Wrap(ctx, p.Ref, p.Version, pt)
 	if err != nil {
 		clear(pt)
 		return DataKey{}, fmt.Errorf("wrap data key under key %s version %d: %w", name, k.ActiveVersion, err)
@@ -93,21 +98,27 @@ func (kr *Keyring) GenerateDataKey(ctx context.Context, name string) (DataKey, e
 // for bytes no usable version opens (corrupt, or another key's). The
 // caller should zero the plaintext.
 func (kr *Keyring) DecryptDataKey(ctx context.Context, name string, wrapped []byte) ([]byte, error) {
-	k, b, err := kr.keyAndBackend(ctx, name)
+	k, err := kr.store.GetKey(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("key %s: %w", name, err)
 	}
 	vs, err := kr.store.ListVersions(ctx, name)
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", name, err)
 	}
+	kr.places.fill(k, vs)
 	// Newest first: after a rotation most data keys are on the active
 	// version. A backend that names the version in the bytes (the local
 	// one) refuses a wrong version without decrypting.
 	slices.SortFunc(vs, func(a, b KeyVersion) int { return b.Version - a.Version })
 	var disabled error
 	for _, v := range vs {
-		pt, err := b.Unwrap(ctx, k.BackendRef, v.Version, wrapped)
+		p := PlacementOf(k, v)
+		b, err := kr.backend(p.Backend)
+		if err != nil {
+			return nil, fmt.Errorf("key %s version %d: %w", name, v.Version, err)
+		}
+		pt, err := b.Unwrap(ctx, p.Ref, p.Version, wrapped)
 		switch {
 		case err == nil && !v.State.Usable():
 			clear(pt)
@@ -125,17 +136,4 @@ func (kr *Keyring) DecryptDataKey(ctx context.Context, name string, wrapped []by
 		return nil, disabled
 	}
 	return nil, fmt.Errorf("key %s: %w: no version of the key opens these bytes (corrupt, or wrapped under another key)", name, ErrInvalidCiphertext)
-}
-
-// keyAndBackend reads key name and its backend.
-func (kr *Keyring) keyAndBackend(ctx context.Context, name string) (Key, KMS, error) {
-	k, err := kr.store.GetKey(ctx, name)
-	if err != nil {
-		return Key{}, nil, fmt.Errorf("key %s: %w", name, err)
-	}
-	b, err := kr.backend(k.Backend)
-	if err != nil {
-		return Key{}, nil, err
-	}
-	return k, b, nil
 }

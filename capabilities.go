@@ -11,6 +11,7 @@ type Capabilities struct {
 	RetireVersion bool // VersionRetirer: disable and destroy single versions
 	Ping          bool // Pinger
 	MAC           bool // MACer
+	FindKey       bool // KeyFinder: find a key by name
 }
 
 // CapabilityReporter is a KMS (typically a decorator) that says itself
@@ -34,5 +35,6 @@ func CapabilitiesOf(k KMS) Capabilities {
 	_, c.RetireVersion = k.(VersionRetirer)
 	_, c.Ping = k.(Pinger)
 	_, c.MAC = k.(MACer)
+	_, c.FindKey = k.(KeyFinder)
 	return c
 }

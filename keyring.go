@@ -20,6 +20,7 @@ type Keyring struct {
 	backends map[string]KMS
 	now      func() time.Time
 	actor    string
+	places   placeCache
 }
 
 // KeyringOption configures a Keyring.
@@ -80,7 +81,7 @@ func (kr *Keyring) CreateKey(ctx context.Context, name, backend string, p Policy
 	now := NormalizeTime(kr.now())
 	k := Key{Name: name, Backend: backend, BackendRef: ref, ActiveVersion: 1,
 		ExpiresAt: now.Add(p.RotationPeriod), Policy: p, CreatedAt: now, UpdatedAt: now}
-	v := KeyVersion{Key: name, Version: 1, State: VersionActive, CreatedAt: now, ActivatedAt: now}
+	v := KeyVersion{Key: name, Version: 1, State: VersionActive, CreatedAt: now, ActivatedAt: now, Backend: backend, BackendRef: ref, BackendVersion: 1}
 	ev := AuditEvent{Time: now, Type: AuditKeyCreated, Key: name, ToVersion: 1, Status: "success", Actor: kr.actor,
 		Reason: fmt.Sprintf("backend=%s rotation_period=%s", backend, FormatDuration(p.RotationPeriod))}
 	if err := kr.store.CreateKey(ctx, k, v, ev); err != nil {
@@ -156,7 +157,7 @@ func (kr *Keyring) newDEKs(ctx context.Context, key, label string, n int, keep b
 			}
 			return nil, nil, fmt.Errorf("key %s: %w", key, err)
 		}
-		b, err := kr.backend(k.Backend)
+		b, p, err := kr.placement(ctx, k, k.ActiveVersion)
 		if err != nil {
 			clearAll()
 			return nil, nil, err
@@ -164,7 +165,7 @@ func (kr *Keyring) newDEKs(ctx context.Context, key, label string, n int, keep b
 		now := NormalizeTime(kr.now())
 		deks := make([]DEK, n)
 		for i := range deks {
-			w, err := b.Wrap(ctx, k.BackendRef, k.ActiveVersion, plains[i])
+			w, err := b.Wrap(ctx, p.Ref, p.Version, plains[i])
 			if err != nil {
 				clearAll()
 				return nil, nil, fmt.Errorf("wrap new dek under key %s version %d: %w", key, k.ActiveVersion, err)
@@ -229,11 +230,11 @@ func (kr *Keyring) openDEKOf(ctx context.Context, id, key string) ([]byte, DEK, 
 			}
 		}
 	}
-	b, err := kr.backend(k.Backend)
+	b, p, err := kr.placement(ctx, k, d.Version)
 	if err != nil {
 		return fail(err)
 	}
-	plain, err := b.Unwrap(ctx, k.BackendRef, d.Version, d.Wrapped)
+	plain, err := b.Unwrap(ctx, p.Ref, p.Version, d.Wrapped)
 	if err != nil {
 		if errors.Is(err, ErrInvalidCiphertext) || errors.Is(err, ErrWrongVersion) {
 			return fail(fmt.Errorf("key %s version %d: %w: %s", d.Key, d.Version, err, fixWrappedCorrupt))

@@ -92,3 +92,12 @@ type MACer interface {
 	// purpose. Equal inputs give equal outputs.
 	MAC(ctx context.Context, purpose string, data []byte) ([]byte, error)
 }
+
+// KeyFinder is a KMS that can find a root key by the name it was created
+// with. A move to another backend (rekey key move) uses it to adopt the key
+// an interrupted attempt created there, instead of creating a second one.
+type KeyFinder interface {
+	// FindKey returns the reference of the key CreateKey(name) made. It
+	// returns ErrKeyNotFound when the backend has no key by that name.
+	FindKey(ctx context.Context, name string) (ref string, err error)
+}

@@ -129,6 +129,18 @@ type KeyVersion struct {
 	RetireAfter time.Time `json:"retire_after,omitzero"` // set when it becomes pending_retirement
 	RetiredAt   time.Time `json:"retired_at,omitzero"`
 	DestroyedAt time.Time `json:"destroyed_at,omitzero"`
+	// Backend and BackendRef say where this version lives: the configured
+	// backend name and that backend's reference for the key. Empty means
+	// the key's (Key.Backend, Key.BackendRef): every version written before
+	// versions knew their backend. A key moved to another backend (rekey
+	// key move) has versions on both; PlacementOf resolves them.
+	Backend    string `json:"backend,omitempty"`
+	BackendRef string `json:"backend_ref,omitempty"`
+	// BackendVersion is this version's number at its backend; 0 means the
+	// same as Version. They differ after a move: rekey's version 4 may be
+	// version 1 of the key on the target backend. Wraps and unwraps use
+	// the backend's number; DEKs, rotations and audit events use rekey's.
+	BackendVersion int `json:"backend_version,omitempty"`
 }
 
 // DEK is a data-encryption key as stored: wrapped under one version of one
@@ -182,17 +194,21 @@ type Rotation struct {
 	Reason      RotationReason `json:"reason"`
 	Note        string         `json:"note,omitempty"`        // free text given with --reason
 	Compromised int            `json:"compromised,omitempty"` // emergency: the version to re-wrap away first
-	Total       int64          `json:"deks_total"`            // DEKs to re-wrap, counted when re-wrapping starts
-	Done        int64          `json:"deks_done"`             // DEKs re-wrapped so far
-	Failed      int64          `json:"deks_failed"`           // DEKs that could not be unwrapped
-	Cursor      string         `json:"cursor,omitempty"`      // last DEK id checkpointed
-	FailedDEKs  []string       `json:"failed_deks,omitempty"` // ids of DEKs that could not be unwrapped (first 100)
-	StartedAt   time.Time      `json:"started_at"`
-	UpdatedAt   time.Time      `json:"updated_at"`
-	FinishedAt  time.Time      `json:"finished_at,omitzero"`
-	Owner       string         `json:"owner"`
-	Epoch       int64          `json:"epoch"`
-	LastError   string         `json:"last_error,omitempty"`
+	// ToBackend, set for a move (rekey key move), names the backend the new
+	// version is created on; empty means the key's own backend. It never
+	// changes once the rotation is stored.
+	ToBackend  string    `json:"to_backend,omitempty"`
+	Total      int64     `json:"deks_total"`            // DEKs to re-wrap, counted when re-wrapping starts
+	Done       int64     `json:"deks_done"`             // DEKs re-wrapped so far
+	Failed     int64     `json:"deks_failed"`           // DEKs that could not be unwrapped
+	Cursor     string    `json:"cursor,omitempty"`      // last DEK id checkpointed
+	FailedDEKs []string  `json:"failed_deks,omitempty"` // ids of DEKs that could not be unwrapped (first 100)
+	StartedAt  time.Time `json:"started_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
+	FinishedAt time.Time `json:"finished_at,omitzero"`
+	Owner      string    `json:"owner"`
+	Epoch      int64     `json:"epoch"`
+	LastError  string    `json:"last_error,omitempty"`
 }
 
 // Lease is a worker's claim on one key. Every engine write carries it and the

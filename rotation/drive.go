@@ -32,20 +32,19 @@ func (e *Engine) claim(ctx context.Context, kl *keyLease, k rekey.Key, b *backen
 	if _, err := b.kms.CurrentVersion(ctx, b.ref); err != nil {
 		return rekey.Rotation{}, fmt.Errorf("key %s: backend %s did not answer, so no rotation was started: %w", k.Name, b.name, err)
 	}
+	return e.claimRotation(ctx, kl, k, rekey.Rotation{Reason: reason, Note: note, Compromised: compromised})
+}
+
+// claimRotation is claim for a rotation with r's reason, note, compromised
+// version and target backend.
+func (e *Engine) claimRotation(ctx context.Context, kl *keyLease, k rekey.Key, r rekey.Rotation) (rekey.Rotation, error) {
 	now := e.now()
-	r := rekey.Rotation{
-		ID:          rekey.NewID(),
-		Key:         k.Name,
-		FromVersion: k.ActiveVersion,
-		State:       rekey.RotationClaimed,
-		Reason:      reason,
-		Note:        note,
-		Compromised: compromised,
-		StartedAt:   now,
-		UpdatedAt:   now,
-		Owner:       e.owner,
-		Epoch:       kl.fence().Epoch,
-	}
+	r.ID = rekey.NewID()
+	r.Key = k.Name
+	r.FromVersion = k.ActiveVersion
+	r.State = rekey.RotationClaimed
+	r.StartedAt, r.UpdatedAt = now, now
+	r.Owner, r.Epoch = e.owner, kl.fence().Epoch
 	ev := e.rotationEvent(rekey.AuditRotationStarted, r)
 	ev.Status = string(rekey.RotationClaimed)
 	err := e.store.CreateRotation(ctx, r, kl.fence(), ev)
@@ -66,7 +65,7 @@ func (e *Engine) claim(ctx context.Context, kl *keyLease, k rekey.Key, b *backen
 	if err != nil {
 		return rekey.Rotation{}, fmt.Errorf("claim rotation of key %s: %w", k.Name, err)
 	}
-	e.log.Info("rotation claimed", "key_id", k.Name, "rotation_id", r.ID, "from_version", r.FromVersion, "reason", r.Reason)
+	e.log.Info("rotation claimed", "key_id", k.Name, "rotation_id", r.ID, "from_version", r.FromVersion, "reason", r.Reason, "to_backend", r.ToBackend)
 	if err := e.hit(failpoint.RotationAfterClaim); err != nil {
 		return r, err
 	}
@@ -160,47 +159,83 @@ func (e *Engine) alreadyAt(ctx context.Context, r rekey.Rotation) bool {
 }
 
 // recordVersion is rule 2: exactly one new backend version per rotation.
-// The backend's current version is compared with from_version first; if
-// the backend is ahead (a crash after an earlier RotateKey, or the
-// provider's own rotation), that version is adopted instead of rotating
-// again. A RotateKey that fails transiently (the middleware tries it only
-// once) is asked again only after a backoff and a new look at
-// CurrentVersion, since the failed call may have rotated; Config.RotateRetry
-// bounds the rounds. Errors of CurrentVersion and of the lease are
-// returned as they are: the middleware already retried them. The lease is
-// confirmed just before RotateKey. The new version is recorded (state
-// version_created) before any DEK is touched.
+// The new version goes on the key's backend, or for a move on the
+// rotation's target backend (newVersionSite). The backend's current
+// version is compared with the newest version the store has there first;
+// if the backend is ahead (a crash after an earlier RotateKey, or the
+// provider's own rotation) that version is adopted instead of rotating
+// again. A move to a backend holding no version of the key creates the
+// key there; a key an interrupted attempt created is found and adopted
+// (createOnTarget). A RotateKey (or CreateKey) that fails transiently (the
+// middleware tries it only once) is asked again only after a backoff and a
+// new look at the backend, since the failed call may have done it;
+// Config.RotateRetry bounds the rounds. Errors of CurrentVersion and of
+// the lease are returned as they are: the middleware already retried
+// them. The lease is confirmed just before the call that cannot be undone.
+// The new version is recorded (state version_created), with its backend,
+// reference and number there, before any DEK is touched; rekey numbers it
+// after the key's newest version, as far ahead as the backend went.
 func (d *driver) recordVersion(ctx context.Context) error {
 	e, from := d.e, d.r.FromVersion
+	site, err := d.newVersionSite(ctx)
+	if err != nil {
+		return fmt.Errorf("create new version of key %s: %w", d.key.Name, err)
+	}
+	tb := site.b
 	var (
-		to      int
+		bver    int // the new version's number at tb
 		rotated bool
 		final   error // ends the loop as it is: not retried here
 	)
-	err := e.cfg.RotateRetry.Do(ctx, func(ctx context.Context) error {
-		cur, err := d.b.kms.CurrentVersion(ctx, d.b.ref)
+	// Backends take no fence, so make sure the lease is still ours right
+	// before the one call that cannot be undone: a worker that was paused
+	// and lost the key stops here instead of rotating.
+	confirmLease := func(ctx context.Context) error {
+		l, err := e.store.RenewLease(ctx, d.kl.fence(), e.cfg.LeaseTTL, e.now())
+		if err != nil {
+			return fmt.Errorf("confirm lease before rotating: %w", err)
+		}
+		d.kl.set(l)
+		return nil
+	}
+	err = e.cfg.RotateRetry.Do(ctx, func(ctx context.Context) error {
+		if tb.ref == "" {
+			if final = confirmLease(ctx); final != nil {
+				return nil
+			}
+			ref, v, created, err := d.createOnTarget(ctx, tb)
+			if err != nil {
+				if rekey.IsTransient(err) {
+					e.log.Warn("creating the key on the move's target failed transiently; looking again before another try",
+						"key_id", d.key.Name, "rotation_id", d.r.ID, "backend", tb.name, "error", err)
+					return err
+				}
+				final = err
+				return nil
+			}
+			if tb, final = d.b.rt.site(tb.name, ref); final != nil {
+				return nil
+			}
+			bver, rotated = v, created
+			return nil
+		}
+		cur, err := tb.kms.CurrentVersion(ctx, tb.ref)
 		switch {
 		case err != nil:
 			final = fmt.Errorf("backend current version: %w", err)
 			return nil
-		case cur > from:
-			to, rotated = cur, false
+		case cur > site.baseline:
+			bver, rotated = cur, false
 			return nil
-		case cur < from:
-			final = fmt.Errorf("backend %s reports version %d of key %s, behind the store's active version %d: refusing to rotate (was the backend restored from an old copy?)",
-				d.b.name, cur, d.key.Name, from)
-			return nil
-		}
-		// Backends take no fence, so make sure the lease is still ours
-		// right before the one call that cannot be undone: a worker that
-		// was paused and lost the key stops here instead of rotating.
-		l, err := e.store.RenewLease(ctx, d.kl.fence(), e.cfg.LeaseTTL, e.now())
-		if err != nil {
-			final = fmt.Errorf("confirm lease before rotating: %w", err)
+		case cur < site.baseline:
+			final = fmt.Errorf("backend %s reports version %d of key %s, behind the store's version %d there: refusing to rotate (was the backend restored from an old copy?)",
+				tb.name, cur, d.key.Name, site.baseline)
 			return nil
 		}
-		d.kl.set(l)
-		v, err := d.b.kms.RotateKey(ctx, d.b.ref)
+		if final = confirmLease(ctx); final != nil {
+			return nil
+		}
+		v, err := tb.kms.RotateKey(ctx, tb.ref)
 		if err != nil {
 			if rekey.IsTransient(err) {
 				e.log.Warn("backend rotate failed transiently; looking at its current version again before another try",
@@ -208,7 +243,7 @@ func (d *driver) recordVersion(ctx context.Context) error {
 			}
 			return fmt.Errorf("backend rotate: %w", err)
 		}
-		to, rotated = v, true
+		bver, rotated = v, true
 		return nil
 	})
 	if err == nil {
@@ -217,16 +252,19 @@ func (d *driver) recordVersion(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("create new version of key %s: %w", d.key.Name, err)
 	}
+	to := site.newest + bver - site.baseline
 	if to > from+1 {
 		e.log.Warn("backend is more than one version ahead; adopting its newest version", "key_id", d.key.Name, "from_version", from, "to_version", to)
 	}
 	if rotated {
-		e.log.Info("new key version created", "key_id", d.key.Name, "rotation_id", d.r.ID, "from_version", from, "to_version", to)
+		e.log.Info("new key version created", "key_id", d.key.Name, "rotation_id", d.r.ID, "from_version", from, "to_version", to,
+			"backend", tb.name, "backend_version", bver)
 		if err := e.hit(failpoint.RotationAfterBackendRotate); err != nil {
 			return err
 		}
 	} else {
-		e.log.Info("backend already ahead; adopting its version instead of rotating", "key_id", d.key.Name, "rotation_id", d.r.ID, "from_version", from, "to_version", to)
+		e.log.Info("backend already ahead; adopting its version instead of rotating", "key_id", d.key.Name, "rotation_id", d.r.ID,
+			"from_version", from, "to_version", to, "backend", tb.name, "backend_version", bver)
 	}
 	now := e.now()
 	nr := d.r
@@ -239,10 +277,11 @@ func (d *driver) recordVersion(ctx context.Context) error {
 	ev := e.rotationEvent(typ, nr)
 	ev.Status = string(rekey.VersionCreated)
 	if err := d.advance(ctx, rekey.RotationUpdate{
-		Rotation:   nr,
-		FromState:  rekey.RotationClaimed,
-		NewVersion: &rekey.KeyVersion{Key: d.key.Name, Version: to, State: rekey.VersionCreated, CreatedAt: now},
-		Events:     []rekey.AuditEvent{ev},
+		Rotation:  nr,
+		FromState: rekey.RotationClaimed,
+		NewVersion: &rekey.KeyVersion{Key: d.key.Name, Version: to, State: rekey.VersionCreated, CreatedAt: now,
+			Backend: tb.name, BackendRef: tb.ref, BackendVersion: bver},
+		Events: []rekey.AuditEvent{ev},
 	}); err != nil {
 		return err
 	}

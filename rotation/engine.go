@@ -81,6 +81,14 @@ type Config struct {
 	// Failpoints, when set, injects crashes and errors (see package
 	// failpoint).
 	Failpoints *failpoint.Set
+	// DeclaredBackends maps a key name to the backend the configuration
+	// declares it on (keys: ... backend:). A key stored on another
+	// backend is moved to the declared one by the next cycle, as a move
+	// rotation (rekey.ReasonMove) that is logged, audited and shown by
+	// Plan beforehand; never by rewriting the key's backend. Keys not in
+	// the map, and declared backends that are not configured, are left
+	// alone.
+	DeclaredBackends map[string]string
 	// Observer receives what only the engine knows (rotation outcomes,
 	// re-wrapped DEKs, cycles); nil means none. Everything else the
 	// metrics read from the store, and the backend calls from kms/kmsmw.
@@ -253,24 +261,19 @@ type backend struct {
 	rewrapper rekey.Rewrapper
 	batch     rekey.BatchRewrapper
 	retirer   rekey.VersionRetirer
+	finder    rekey.KeyFinder
+	// rt resolves every version of the key to the backend holding it: a
+	// key moved to another backend has versions on both (see move.go).
+	rt *router
 }
 
+// backendFor returns k's backend, with a router for its versions.
 func (e *Engine) backendFor(k rekey.Key) (*backend, error) {
-	kms, ok := e.cfg.Backends[k.Backend]
-	if !ok || kms == nil {
-		return nil, fmt.Errorf("key %s: backend %q is not configured: add it under backends", k.Name, k.Backend)
+	b, err := e.backendNamed(k.Name, k.Backend, k.BackendRef)
+	if err != nil {
+		return nil, err
 	}
-	b := &backend{name: k.Backend, ref: k.BackendRef, kms: kms}
-	caps := rekey.CapabilitiesOf(kms)
-	if caps.Rewrap {
-		b.rewrapper, _ = kms.(rekey.Rewrapper)
-	}
-	if caps.BatchRewrap {
-		b.batch, _ = kms.(rekey.BatchRewrapper)
-	}
-	if caps.RetireVersion {
-		b.retirer, _ = kms.(rekey.VersionRetirer)
-	}
+	b.rt = e.newRouter(k.Name, b)
 	return b, nil
 }
 

@@ -145,6 +145,16 @@ func (e *Engine) cycleKey(ctx context.Context, name string) KeyReport {
 				if err != nil {
 					return err
 				}
+				if to := e.declaredMove(k); to != "" && reason != rekey.ReasonEmergency {
+					r, err := e.claimMove(ctx, kl, k, to, "declared in the configuration")
+					if r.ID != "" {
+						cur = &r
+					}
+					if err != nil {
+						return err
+					}
+					open, due = &r, false
+				}
 				if due {
 					r, err := e.claim(ctx, kl, k, b, reason, "", compromised)
 					if r.ID != "" {

@@ -28,6 +28,7 @@ const (
 	ActionRotate    = "rotate"    // due: a rotation starts
 	ActionResume    = "resume"    // an open rotation continues
 	ActionEmergency = "emergency" // the active version is compromised: an emergency rotation starts
+	ActionMove      = "move"      // the configuration declares the key on another backend: a move starts
 )
 
 // KeyPlan is what the next cycle would do with one key.
@@ -41,6 +42,10 @@ type KeyPlan struct {
 	Overdue   bool      `json:"overdue"`
 	DueSoon   bool      `json:"due_soon"`
 	Action    string    `json:"action"`
+	// MoveTo is the backend the key is moving to: the open rotation's
+	// target, or the backend the configuration declares it on (action
+	// move). Empty when the key stays where it is.
+	MoveTo string `json:"move_to,omitempty"`
 	// Rotation is the open rotation, if any, with its progress.
 	Rotation *RotationProgress `json:"rotation,omitempty"`
 	// DEKsByVersion counts the key's DEKs per version.
@@ -79,6 +84,7 @@ type RotationProgress struct {
 	ID          string               `json:"id"`
 	State       rekey.RotationState  `json:"state"`
 	Reason      rekey.RotationReason `json:"reason"`
+	ToBackend   string               `json:"to_backend,omitempty"` // a move's target backend
 	FromVersion int                  `json:"from_version"`
 	ToVersion   int                  `json:"to_version"`
 	Done        int64                `json:"deks_done"`
@@ -94,6 +100,7 @@ type RotationProgress struct {
 type VersionPlan struct {
 	Version     int                `json:"version"`
 	State       rekey.VersionState `json:"state"`
+	Backend     string             `json:"backend"` // the backend the version lives on
 	DEKs        int64              `json:"deks"`
 	RetireAfter time.Time          `json:"retire_after,omitzero"`
 	// Action is rekey.DecideVersion's answer for the version, as the
@@ -146,7 +153,7 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		open = &r
 		kp.Action = ActionResume
 		kp.Rotation = &RotationProgress{
-			ID: open.ID, State: open.State, Reason: open.Reason, FromVersion: open.FromVersion, ToVersion: open.ToVersion,
+			ID: open.ID, State: open.State, Reason: open.Reason, ToBackend: open.ToBackend, FromVersion: open.FromVersion, ToVersion: open.ToVersion,
 			Done: open.Done, Total: open.Total, Failed: open.Failed, Ratio: open.Progress(),
 			Owner: open.Owner, StartedAt: open.StartedAt, LastError: open.LastError,
 		}
@@ -163,8 +170,22 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		switch {
 		case activeState == rekey.VersionCompromised:
 			kp.Action = ActionEmergency
+		case e.declaredMove(k) != "":
+			kp.Action, kp.MoveTo = ActionMove, e.declaredMove(k)
 		case kp.Due:
 			kp.Action = ActionRotate
+		}
+	}
+	if open != nil && open.ToBackend != "" && open.ToBackend != k.Backend {
+		kp.MoveTo = open.ToBackend
+	}
+	// A move creates the key on its target when no version of it lives
+	// there yet (else rotates it there), and re-wraps across backends:
+	// one unwrap on the old and one wrap on the new per DEK.
+	onTarget := false
+	for _, v := range vs {
+		if kp.MoveTo != "" && rekey.PlacementOf(k, v).Backend == kp.MoveTo {
+			onTarget = true
 		}
 	}
 
@@ -180,7 +201,11 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		if open != nil && open.ToVersion > 0 {
 			target = open.ToVersion
 		}
-		if open == nil || open.State == rekey.RotationClaimed {
+		switch {
+		case open != nil && open.State != rekey.RotationClaimed:
+		case kp.MoveTo != "" && !onTarget:
+			kp.BackendCalls["create_key"] = 1
+		default:
 			kp.BackendCalls["current_version"] = 1
 			kp.BackendCalls["rotate_key"] = 1
 		}
@@ -197,7 +222,7 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 	rotating := kp.Action != ActionNone
 	for _, v := range vs {
 		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: counts[v.Version], RotationOpen: rotating}, now)
-		vp := VersionPlan{Version: v.Version, State: v.State, DEKs: counts[v.Version], RetireAfter: v.RetireAfter, Action: dec.Action, Why: dec.Why}
+		vp := VersionPlan{Version: v.Version, State: v.State, Backend: rekey.PlacementOf(k, v).Backend, DEKs: counts[v.Version], RetireAfter: v.RetireAfter, Action: dec.Action, Why: dec.Why}
 		switch dec.Action {
 		case rekey.VersionBlocked:
 			kp.DEKsToRewrap += vp.DEKs
@@ -212,15 +237,28 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		}
 		kp.Versions = append(kp.Versions, vp)
 	}
-	if b != nil {
+	switch {
+	case kp.MoveTo != "" && (open == nil || open.State != rekey.RotationCommitted):
+		kp.BackendCalls["unwrap"] += kp.DEKsToRewrap
+		kp.BackendCalls["wrap"] += kp.DEKsToRewrap
+	case b != nil:
 		e.addRewrapCalls(kp.BackendCalls, b, kp.DEKsToRewrap)
 	}
-	if rate, id := e.observedRate(ctx, k.Name); rate > 0 {
-		kp.Rate, kp.RateSource = rate, "rotation "+id
-	}
-	if b != nil {
-		if limit, perDEK := e.rateLimit(b); limit > 0 && perDEK > 0 && kp.Rate > limit/perDEK {
-			kp.Rate, kp.RateSource = limit/perDEK, fmt.Sprintf("rate limit %g/s", limit)
+	switch {
+	case kp.MoveTo != "":
+		// Earlier rotations ran on the old backend alone: a move's rate
+		// is bounded by the target's rate limit (one wrap there per DEK).
+		if rl, ok := e.cfg.Backends[kp.MoveTo].(rateLimiter); ok && rl.RateLimit() > 0 && kp.Rate > rl.RateLimit() {
+			kp.Rate, kp.RateSource = rl.RateLimit(), fmt.Sprintf("rate limit of %s %g/s", kp.MoveTo, rl.RateLimit())
+		}
+	default:
+		if rate, id := e.observedRate(ctx, k.Name); rate > 0 {
+			kp.Rate, kp.RateSource = rate, "rotation "+id
+		}
+		if b != nil {
+			if limit, perDEK := e.rateLimit(b); limit > 0 && perDEK > 0 && kp.Rate > limit/perDEK {
+				kp.Rate, kp.RateSource = limit/perDEK, fmt.Sprintf("rate limit %g/s", limit)
+			}
 		}
 	}
 	kp.EstimatedSeconds = float64(kp.DEKsToRewrap) / kp.Rate

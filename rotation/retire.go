@@ -153,9 +153,16 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 	} else if n > 0 {
 		return &rekey.VersionInUseError{Key: k.Name, Version: version, DEKs: n}
 	}
-	if b.retirer != nil {
-		if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
-			return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	p, err := b.at(ctx, version)
+	if err != nil {
+		return fmt.Errorf("retire key %s version %d: %w", k.Name, version, err)
+	}
+	leftEnabled := false
+	if p.b.retirer != nil {
+		if err := p.b.retirer.RetireVersion(ctx, p.b.ref, p.version); err != nil {
+			if leftEnabled = e.newestLeftBehind(ctx, k, p, err); !leftEnabled {
+				return fmt.Errorf("retire key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
+			}
 		}
 	}
 	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
@@ -165,7 +172,14 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 	ev := e.event(rekey.AuditVersionRetired, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionRetired)
-	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+	if movedAway(k, p) {
+		ev.Reason = "on backend " + p.b.name // the key has moved away from it
+	}
+	if leftEnabled {
+		ev.Reason += fmt.Sprintf("; version %d stays enabled there (the backend keeps a key's newest version usable) although nothing uses it: delete key %s on backend %s to remove it",
+			p.version, k.Name, p.b.name)
+	}
+	err = e.store.ChangeVersionState(ctx, rekey.VersionChange{
 		Key: k.Name, Version: version,
 		From: []rekey.VersionState{rekey.VersionPendingRetirement},
 		To:   rekey.VersionRetired, RequireUnused: true, At: now,
@@ -185,15 +199,19 @@ func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b
 // destroyVersion destroys a retired version's material at the backend
 // (where it can) and records the version destroyed.
 func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
-	if b.retirer != nil {
-		if err := b.retirer.DestroyVersion(ctx, b.ref, version); err != nil {
-			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	p, err := b.at(ctx, version)
+	if err != nil {
+		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
+	}
+	if p.b.retirer != nil {
+		if err := p.b.retirer.DestroyVersion(ctx, p.b.ref, p.version); err != nil {
+			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
 		}
 	}
 	ev := e.event(rekey.AuditVersionDestroyed, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionDestroyed)
-	err := e.store.ChangeVersionState(ctx, rekey.VersionChange{
+	err = e.store.ChangeVersionState(ctx, rekey.VersionChange{
 		Key: k.Name, Version: version,
 		From: []rekey.VersionState{rekey.VersionRetired},
 		To:   rekey.VersionDestroyed, RequireUnused: true, At: e.now(),
@@ -214,11 +232,18 @@ func (e *Engine) disableCompromised(ctx context.Context, k rekey.Key, b *backend
 	e.mu.Lock()
 	done := e.disabled[ref]
 	e.mu.Unlock()
-	if done || b.retirer == nil {
+	if done {
 		return nil
 	}
-	if err := b.retirer.RetireVersion(ctx, b.ref, version); err != nil {
-		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, b.name, err)
+	p, err := b.at(ctx, version)
+	if err != nil {
+		return fmt.Errorf("disable compromised key %s version %d: %w", k.Name, version, err)
+	}
+	if p.b.retirer == nil {
+		return nil
+	}
+	if err := p.b.retirer.RetireVersion(ctx, p.b.ref, p.version); err != nil {
+		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
 	}
 	if err := e.hit(failpoint.RetireAfterBackendDisable); err != nil {
 		return err
@@ -264,3 +289,26 @@ func (e *Engine) unblock(key string, version int) {
 	delete(e.blocked, ref)
 	e.mu.Unlock()
 }
+
+// newestLeftBehind reports whether err, a refused RetireVersion at p, is
+// the refusal to disable a key's newest version on a backend the key has
+// moved away from (rekey key move): no rotation will ever come after it
+// there, so the version cannot be disabled through the version API. The
+// version is then retired in the store alone (no DEK references it, and
+// rekey refuses it from then on), with the audit event saying so.
+func (e *Engine) newestLeftBehind(ctx context.Context, k rekey.Key, p place, err error) bool {
+	if !movedAway(k, p) || !errors.Is(err, rekey.ErrInvalidArgument) {
+		return false
+	}
+	cur, cerr := p.b.kms.CurrentVersion(ctx, p.b.ref)
+	if cerr != nil || cur != p.version {
+		return false
+	}
+	e.log.Warn("the old backend refuses to disable its newest version of a moved key; retiring it in the store only",
+		"key_id", k.Name, "backend", p.b.name, "backend_ref", p.b.ref, "backend_version", p.version, "error", err)
+	return true
+}
+
+// movedAway reports whether p is on another backend than k's (as read
+// after any move of k committed).
+func movedAway(k rekey.Key, p place) bool { return p.b.name != k.Backend || p.b.ref != k.BackendRef }

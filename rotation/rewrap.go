@@ -235,12 +235,12 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 	bctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
-	if b.batch != nil {
+	if dst, versions, ok := b.batchPlan(ctx, deks, to); ok {
 		size := (len(deks) + e.cfg.Concurrency - 1) / e.cfg.Concurrency
 		for lo := 0; lo < len(deks); lo += size {
 			hi := min(lo+size, len(deks))
 			wg.Go(func() {
-				if err := e.rewrapChunk(bctx, b, deks[lo:hi], to, outs[lo:hi]); err != nil {
+				if err := e.rewrapChunk(bctx, dst, deks[lo:hi], versions[lo:hi], outs[lo:hi]); err != nil {
 					cancel(err)
 				}
 			})
@@ -275,38 +275,51 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 	return outs, nil
 }
 
-// rewrapOne re-wraps one DEK. The plaintext exists only on the unwrap+wrap
-// path and is zeroed right after use (best effort: Go may have copied it).
+// rewrapOne re-wraps one DEK: on the server side when its version and
+// to live on the same backend and that backend can, else by an unwrap on
+// its version's backend and a wrap on to's (a move). The plaintext exists
+// only on the unwrap+wrap path and is zeroed right after use (best effort:
+// Go may have copied it).
 func (e *Engine) rewrapOne(ctx context.Context, b *backend, d rekey.DEK, to int) ([]byte, error) {
-	if b.rewrapper != nil {
-		return b.rewrapper.Rewrap(ctx, b.ref, d.Version, d.Wrapped, to)
+	dst, err := b.at(ctx, to)
+	if err != nil {
+		return nil, &wrapFailure{version: to, err: err}
 	}
-	pt, err := b.kms.Unwrap(ctx, b.ref, d.Version, d.Wrapped)
+	src, err := b.at(ctx, d.Version)
+	if err != nil {
+		return nil, err
+	}
+	if src.b == dst.b && src.b.rewrapper != nil {
+		return src.b.rewrapper.Rewrap(ctx, src.b.ref, src.version, d.Wrapped, dst.version)
+	}
+	pt, err := src.b.kms.Unwrap(ctx, src.b.ref, src.version, d.Wrapped)
 	if err != nil {
 		return nil, err
 	}
 	defer clear(pt)
-	out, err := b.kms.Wrap(ctx, b.ref, to, pt)
+	out, err := dst.b.kms.Wrap(ctx, dst.b.ref, dst.version, pt)
 	if err != nil {
 		return nil, &wrapFailure{version: to, err: err}
 	}
 	return out, nil
 }
 
-// rewrapChunk re-wraps deks in one RewrapBatch call. An item that failed
-// transiently fails the chunk (and the batch): the middleware retries
-// calls, not items, and the next cycle takes the batch again.
-func (e *Engine) rewrapChunk(ctx context.Context, b *backend, deks []rekey.DEK, to int, outs []rewrapOut) error {
+// rewrapChunk re-wraps deks in one RewrapBatch call at dst's backend,
+// which holds every DEK's version too (versions: their numbers there). An
+// item that failed transiently fails the chunk (and the batch): the
+// middleware retries calls, not items, and the next cycle takes the batch
+// again.
+func (e *Engine) rewrapChunk(ctx context.Context, dst place, deks []rekey.DEK, versions []int, outs []rewrapOut) error {
 	items := make([]rekey.RewrapItem, len(deks))
 	for i, d := range deks {
-		items[i] = rekey.RewrapItem{Version: d.Version, Wrapped: d.Wrapped}
+		items[i] = rekey.RewrapItem{Version: versions[i], Wrapped: d.Wrapped}
 	}
-	results, err := b.batch.RewrapBatch(ctx, b.ref, to, items)
+	results, err := dst.b.batch.RewrapBatch(ctx, dst.b.ref, dst.version, items)
 	if err != nil {
 		return fmt.Errorf("re-wrap batch of %d DEKs: %w", len(deks), err)
 	}
 	if len(results) != len(items) {
-		return fmt.Errorf("re-wrap batch of %d DEKs: backend %s returned %d results", len(deks), b.name, len(results))
+		return fmt.Errorf("re-wrap batch of %d DEKs: backend %s returned %d results", len(deks), dst.b.name, len(results))
 	}
 	for i, r := range results {
 		switch {

@@ -9,14 +9,17 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/config"
 )
 
 // ReconcileKeys creates the keys declared in the configuration (keys:) that
 // the store lacks and brings the policy of the others in line, recording
 // each change (key.created, policy.changed with the active version's new
-// expiry). A declared key on another backend than the stored one is an
-// error for that key: keys do not move between backends. Every key is
-// tried; the errors are joined.
+// expiry). A declared key on another backend than the stored one is not
+// rewritten here: the worker moves it, as a move rotation that is logged,
+// audited and shown by rekey plan first (rotation.Config.DeclaredBackends,
+// filled from the same keys:), and this logs that the move is pending.
+// Every key is tried; the errors are joined.
 func (s *System) ReconcileKeys(ctx context.Context) error {
 	var errs []error
 	for i, kc := range s.Config.Keys {
@@ -31,25 +34,48 @@ func (s *System) ReconcileKeys(ctx context.Context) error {
 			s.Logger.Info("declared key created", "key_id", kc.Name, "backend", kc.Backend)
 		case err != nil:
 			errs = append(errs, fmt.Errorf("keys[%d] %s: %w", i, kc.Name, err))
-		case k.Backend != kc.Backend:
-			errs = append(errs, fmt.Errorf("keys[%d] %s: declared on backend %s but stored on %s: keys do not move between backends; declare it with backend: %s or rename it",
-				i, kc.Name, kc.Backend, k.Backend, k.Backend))
-		case !reflect.DeepEqual(k.Policy, p):
-			// The active version's period is measured from when it became
-			// active: expiry moves with the period.
-			activated := k.ExpiresAt.Add(-k.Policy.RotationPeriod)
-			expires := activated.Add(p.RotationPeriod)
-			now := rekey.NormalizeTime(s.now())
-			ev := rekey.AuditEvent{Time: now, Type: rekey.AuditPolicyChanged, Key: k.Name, FromVersion: k.ActiveVersion, ToVersion: k.ActiveVersion,
-				Status: "success", Actor: "config", Reason: PolicyDiff(k.Policy, p)}
-			if err := s.Store.UpdateKeyPolicy(ctx, k.Name, p, expires, ev); err != nil {
+		case k.Backend != kc.Backend && !reflect.DeepEqual(k.Policy, p):
+			s.Logger.Warn("declared key is on another backend: the worker moves it (rekey plan shows the move; rekey key move does it now)",
+				"key_id", kc.Name, "backend", k.Backend, "declared_backend", kc.Backend)
+			if err := s.updatePolicy(ctx, k, p); err != nil {
 				errs = append(errs, fmt.Errorf("keys[%d] %s: update policy: %w", i, kc.Name, err))
-				continue
 			}
-			s.Logger.Info("declared key policy changed", "key_id", k.Name, "change", ev.Reason, "expires_at", expires)
+		case k.Backend != kc.Backend:
+			s.Logger.Warn("declared key is on another backend: the worker moves it (rekey plan shows the move; rekey key move does it now)",
+				"key_id", kc.Name, "backend", k.Backend, "declared_backend", kc.Backend)
+		case !reflect.DeepEqual(k.Policy, p):
+			if err := s.updatePolicy(ctx, k, p); err != nil {
+				errs = append(errs, fmt.Errorf("keys[%d] %s: update policy: %w", i, kc.Name, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// declaredBackends maps each declared key to its declared backend.
+func declaredBackends(c *config.Config) map[string]string {
+	m := make(map[string]string, len(c.Keys))
+	for _, kc := range c.Keys {
+		m[kc.Name] = kc.Backend
+	}
+	return m
+}
+
+// updatePolicy brings k's policy in line with p, with its policy.changed
+// event.
+func (s *System) updatePolicy(ctx context.Context, k rekey.Key, p rekey.Policy) error {
+	// The active version's period is measured from when it became active:
+	// expiry moves with the period.
+	activated := k.ExpiresAt.Add(-k.Policy.RotationPeriod)
+	expires := activated.Add(p.RotationPeriod)
+	now := rekey.NormalizeTime(s.now())
+	ev := rekey.AuditEvent{Time: now, Type: rekey.AuditPolicyChanged, Key: k.Name, FromVersion: k.ActiveVersion, ToVersion: k.ActiveVersion,
+		Status: "success", Actor: "config", Reason: PolicyDiff(k.Policy, p)}
+	if err := s.Store.UpdateKeyPolicy(ctx, k.Name, p, expires, ev); err != nil {
+		return err
+	}
+	s.Logger.Info("declared key policy changed", "key_id", k.Name, "change", ev.Reason, "expires_at", expires)
+	return nil
 }
 
 // PolicyDiff describes what changed between two policies, for the audit

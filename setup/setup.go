@@ -224,6 +224,7 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 		Store:   s.Store, Backends: s.Backends, Logger: logger, Now: now,
 		Owner: getenv(EnvWorkerID), BatchSize: w.BatchSize, Concurrency: w.Concurrency,
 		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: s.Metrics,
+		DeclaredBackends: declaredBackends(s.Config),
 	}); err != nil {
 		return nil, err
 	}

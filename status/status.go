@@ -50,6 +50,11 @@ type VersionView struct {
 	// (grace over) or, compromised, been disabled, but DEKs still reference
 	// it and no rotation of the key is re-wrapping them.
 	RetirementBlocked bool `json:"retirement_blocked,omitempty"`
+	// Backend and BackendVersion say where the version lives (a key moved
+	// with rekey key move has versions on more than one backend) and its
+	// number there (rekey.PlacementOf).
+	Backend        string `json:"backend"`
+	BackendVersion int    `json:"backend_version"`
 }
 
 // KeyView is a key as `rekey key show --json` prints it (contract fields
@@ -126,7 +131,9 @@ func keyView(ctx context.Context, s rekey.Store, k rekey.Key, rotationOpen bool,
 		ExpiresIn: k.ExpiresAt.Sub(now).Seconds(),
 	}
 	for _, kv := range versions {
-		vv := VersionView{Version: kv.Version, State: kv.State, DEKs: counts[kv.Version], CreatedAt: kv.CreatedAt}
+		pl := rekey.PlacementOf(k, kv)
+		vv := VersionView{Version: kv.Version, State: kv.State, DEKs: counts[kv.Version], CreatedAt: kv.CreatedAt,
+			Backend: pl.Backend, BackendVersion: pl.Version}
 		if !kv.RetireAfter.IsZero() {
 			t := kv.RetireAfter
 			vv.RetireAfter = &t

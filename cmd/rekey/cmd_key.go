@@ -15,7 +15,7 @@ import (
 
 func (c *cli) keyCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "key", Short: "Create, list and show root keys"}
-	cmd.AddCommand(c.keyCreateCommand(), c.keyListCommand(), c.keyShowCommand())
+	cmd.AddCommand(c.keyCreateCommand(), c.keyListCommand(), c.keyShowCommand(), c.keyMoveCommand())
 	return cmd
 }
 

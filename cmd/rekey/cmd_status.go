@@ -167,14 +167,24 @@ func (c *cli) backendProblems(ctx context.Context, st status.Status) map[string]
 			problems[k.Name] = err.Error()
 			continue
 		}
+		// The active version's number at the backend: after a move
+		// (rekey key move) it is not rekey's number.
+		active := rekey.Placement{Version: key.ActiveVersion}
+		if vs, err := c.sys.Store.ListVersions(ctx, k.Name); err == nil {
+			for _, v := range vs {
+				if v.Version == key.ActiveVersion {
+					active = rekey.PlacementOf(key, v)
+				}
+			}
+		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		v, err := b.CurrentVersion(cctx, key.BackendRef)
 		cancel()
 		switch {
 		case err != nil:
 			problems[k.Name] = err.Error()
-		case v < k.ActiveVersion:
-			problems[k.Name] = fmt.Sprintf("the backend's current version is v%d, behind the store's active v%d: the backend (keyring) was rolled back, e.g. restored from an older backup, and DEKs under the newer versions will not open: restore its newest copy", v, k.ActiveVersion)
+		case v < active.Version:
+			problems[k.Name] = fmt.Sprintf("the backend's current version is v%d, behind the store's active v%d (v%d at the backend): the backend (keyring) was rolled back, e.g. restored from an older backup, and DEKs under the newer versions will not open: restore its newest copy", v, k.ActiveVersion, active.Version)
 		}
 	}
 	return problems

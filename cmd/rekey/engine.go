@@ -152,6 +152,9 @@ func (c *cli) printPlan(p rotation.Plan) {
 		}
 		fmt.Fprintf(c.stdout, "key %s (backend %s, v%d active, expires %s, %s)\n", k.Key, k.Backend, k.ActiveVersion, k.ExpiresAt.Format(time.RFC3339), state)
 		fmt.Fprintf(c.stdout, "  next cycle: %s\n", k.Action)
+		if k.MoveTo != "" {
+			fmt.Fprintf(c.stdout, "  move: backend %s → %s (new version on %s; every DEK unwrapped on %s, wrapped on %s)\n", k.Backend, k.MoveTo, k.MoveTo, k.Backend, k.MoveTo)
+		}
 		if k.Rotation != nil {
 			r := k.Rotation
 			fmt.Fprintf(c.stdout, "  open rotation: %s v%d→v%d, %s, %d/%d DEKs re-wrapped, started %s\n",
@@ -169,6 +172,9 @@ func (c *cli) printPlan(p rotation.Plan) {
 		c.printSourceCounts(k.Sources)
 		for _, v := range k.Versions {
 			line := fmt.Sprintf("  v%d %s, %d DEKs: %s", v.Version, v.State, v.DEKs, v.Action)
+			if v.Backend != "" && v.Backend != k.Backend {
+				line = fmt.Sprintf("  v%d (on %s) %s, %d DEKs: %s", v.Version, v.Backend, v.State, v.DEKs, v.Action)
+			}
 			if !v.RetireAfter.IsZero() {
 				line += " (retires after " + v.RetireAfter.Format(time.RFC3339) + ")"
 			}

@@ -465,3 +465,20 @@ func (k *KMS) MAC(ctx context.Context, purpose string, data []byte) ([]byte, err
 	}
 	return out, nil
 }
+
+// FindKey implements rekey.KeyFinder. It returns an error matching
+// rekey.ErrUnsupported when the inner backend does not offer it.
+func (k *KMS) FindKey(ctx context.Context, name string) (string, error) {
+	f, ok := k.inner.(rekey.KeyFinder)
+	if !ok || !k.caps.FindKey {
+		return "", k.unsupported(kmsmw.OpFindKey)
+	}
+	var ref string
+	if _, err := k.call(ctx, kmsmw.OpFindKey, func() (err error) {
+		ref, err = f.FindKey(ctx, name)
+		return err
+	}); err != nil {
+		return "", err
+	}
+	return ref, nil
+}

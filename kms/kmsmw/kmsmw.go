@@ -38,6 +38,7 @@ const (
 	OpDestroyVersion = "destroy_version"
 	OpPing           = "ping"
 	OpMAC            = "mac"
+	OpFindKey        = "find_key"
 )
 
 // Ops returns every op name, in a fixed order (a new slice each call), for
@@ -45,7 +46,7 @@ const (
 func Ops() []string {
 	return []string{
 		OpCreateKey, OpCurrentVersion, OpRotateKey, OpWrap, OpUnwrap,
-		OpRewrap, OpRewrapBatch, OpRetireVersion, OpDestroyVersion, OpPing, OpMAC,
+		OpRewrap, OpRewrapBatch, OpRetireVersion, OpDestroyVersion, OpPing, OpMAC, OpFindKey,
 	}
 }
 
@@ -364,6 +365,22 @@ func (k *KMS) MAC(ctx context.Context, purpose string, data []byte) ([]byte, err
 		return err
 	})
 	return out, err
+}
+
+// FindKey implements rekey.KeyFinder, retrying transient failures (it
+// only reads). It returns an error matching rekey.ErrUnsupported when the
+// inner backend is not a KeyFinder.
+func (k *KMS) FindKey(ctx context.Context, name string) (string, error) {
+	f, ok := k.inner.(rekey.KeyFinder)
+	if !ok || !k.caps.FindKey {
+		return "", k.unsupported(OpFindKey)
+	}
+	var ref string
+	err := k.retried(ctx, OpFindKey, func(ctx context.Context) (err error) {
+		ref, err = f.FindKey(ctx, name)
+		return err
+	})
+	return ref, err
 }
 
 func (k *KMS) unsupported(op string) error {

@@ -402,7 +402,7 @@ func TestCapabilities(t *testing.T) {
 	if got, want := kmsmw.Wrap(mem, kmsmw.Options{}).Capabilities(), rekey.CapabilitiesOf(mem); got != want {
 		t.Fatalf("Capabilities of wrapped memkms = %+v, want %+v", got, want)
 	}
-	if got := rekey.CapabilitiesOf(kmsmw.Wrap(mem, kmsmw.Options{})); got != (rekey.Capabilities{Rewrap: true, BatchRewrap: true, RetireVersion: true, Ping: true, MAC: true}) {
+	if got := rekey.CapabilitiesOf(kmsmw.Wrap(mem, kmsmw.Options{})); got != (rekey.Capabilities{Rewrap: true, BatchRewrap: true, RetireVersion: true, Ping: true, MAC: true, FindKey: true}) {
 		t.Fatalf("CapabilitiesOf(wrapped memkms) = %+v, want all", got)
 	}
 
@@ -560,7 +560,7 @@ func TestRewrapBatchWrongResultCount(t *testing.T) {
 func TestOps(t *testing.T) {
 	t.Parallel()
 	ops := kmsmw.Ops()
-	want := []string{"create_key", "current_version", "rotate_key", "wrap", "unwrap", "rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac"}
+	want := []string{"create_key", "current_version", "rotate_key", "wrap", "unwrap", "rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac", "find_key"}
 	if !slices.Equal(ops, want) {
 		t.Fatalf("Ops() = %v, want %v", ops, want)
 	}
@@ -604,6 +604,11 @@ func TestEveryOpIsObservedUnderItsName(t *testing.T) {
 	must(k.Ping(ctx))
 	_, err = k.MAC(ctx, "p", []byte("d"))
 	must(err)
+	found, err := k.FindKey(ctx, "k2")
+	must(err)
+	if found != ref {
+		t.Fatalf("FindKey = %q, want %q", found, ref)
+	}
 	var got []string
 	for _, c := range f.obs.get() {
 		if c.backend != "test" || c.result != kmsmw.ResultSuccess {
@@ -611,7 +616,7 @@ func TestEveryOpIsObservedUnderItsName(t *testing.T) {
 		}
 		got = append(got, c.op)
 	}
-	want := []string{"create_key", "wrap", "current_version", "rotate_key", "unwrap", "rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac"}
+	want := []string{"create_key", "wrap", "current_version", "rotate_key", "unwrap", "rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac", "find_key"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("observer saw ops %v, want %v", got, want)
 	}

@@ -143,6 +143,21 @@ func (k *KMS) CreateKey(ctx context.Context, name string) (string, error) {
 	return ref, nil
 }
 
+// FindKey implements rekey.KeyFinder: the reference of the key
+// CreateKey(name) made, or ErrKeyNotFound.
+func (k *KMS) FindKey(ctx context.Context, name string) (string, error) {
+	if err := k.fail(OpCurrent, name); err != nil {
+		return "", err
+	}
+	ref := RefPrefix + name
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, err := k.key(ref); err != nil {
+		return "", err
+	}
+	return ref, nil
+}
+
 // key returns the key for ref; the caller holds k.mu.
 func (k *KMS) key(ref string) (*memKey, error) {
 	key, ok := k.keys[ref]

@@ -739,6 +739,17 @@ func (s *Store) applyAdvanceLocked(p *advancePlan) {
 	}
 	if a := p.activate; a != nil {
 		target := kr.versions[a.Version]
+		if target.Backend != "" && (target.Backend != kr.key.Backend || target.BackendRef != kr.key.BackendRef) {
+			// A move: the key follows its active version to the new
+			// backend. Versions that name no backend were on the key's
+			// old one; they say so before the key's changes.
+			for _, v := range kr.versions {
+				if v.Backend == "" {
+					v.Backend, v.BackendRef = kr.key.Backend, kr.key.BackendRef
+				}
+			}
+			kr.key.Backend, kr.key.BackendRef = target.Backend, target.BackendRef
+		}
 		target.State = rekey.VersionActive
 		target.ActivatedAt = next.UpdatedAt
 		target.ExpiresAt = rekey.NormalizeTime(a.ExpiresAt)

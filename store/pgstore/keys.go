@@ -56,13 +56,15 @@ func scanKey(sc scanner) (rekey.Key, error) {
 	return k, nil
 }
 
-const versionColumns = `key, version, state, created_at, activated_at, expires_at, retire_after, retired_at, destroyed_at`
+const versionColumns = `key, version, state, created_at, activated_at, expires_at, retire_after, retired_at, destroyed_at,
+	backend, backend_ref, backend_version`
 
 func scanVersion(sc scanner) (rekey.KeyVersion, error) {
 	var v rekey.KeyVersion
 	var state string
 	var created, activated, expires, retireAfter, retired, destroyed *time.Time
-	if err := sc.Scan(&v.Key, &v.Version, &state, &created, &activated, &expires, &retireAfter, &retired, &destroyed); err != nil {
+	if err := sc.Scan(&v.Key, &v.Version, &state, &created, &activated, &expires, &retireAfter, &retired, &destroyed,
+		&v.Backend, &v.BackendRef, &v.BackendVersion); err != nil {
 		return rekey.KeyVersion{}, err
 	}
 	v.State = rekey.VersionState(state)
@@ -72,9 +74,9 @@ func scanVersion(sc scanner) (rekey.KeyVersion, error) {
 }
 
 func insertVersion(ctx context.Context, tx pgx.Tx, v rekey.KeyVersion) error {
-	_, err := tx.Exec(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+	_, err := tx.Exec(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
 		v.Key, v.Version, string(v.State), ts(v.CreatedAt), ts(v.ActivatedAt), ts(v.ExpiresAt),
-		ts(v.RetireAfter), ts(v.RetiredAt), ts(v.DestroyedAt))
+		ts(v.RetireAfter), ts(v.RetiredAt), ts(v.DestroyedAt), v.Backend, v.BackendRef, v.BackendVersion)
 	return err
 }
 

@@ -16,7 +16,7 @@ import (
 
 const rotationColumns = `id, key, from_version, to_version, state, reason, note, compromised,
 	deks_total, deks_done, deks_failed, cursor, failed_deks, started_at, updated_at, finished_at,
-	owner, epoch, last_error`
+	owner, epoch, last_error, to_backend`
 
 func scanRotation(sc scanner) (rekey.Rotation, error) {
 	var r rekey.Rotation
@@ -24,7 +24,7 @@ func scanRotation(sc scanner) (rekey.Rotation, error) {
 	var started, updated, finished *time.Time
 	err := sc.Scan(&r.ID, &r.Key, &r.FromVersion, &r.ToVersion, &state, &reason, &r.Note, &r.Compromised,
 		&r.Total, &r.Done, &r.Failed, &r.Cursor, &r.FailedDEKs, &started, &updated, &finished,
-		&r.Owner, &r.Epoch, &r.LastError)
+		&r.Owner, &r.Epoch, &r.LastError, &r.ToBackend)
 	if err != nil {
 		return rekey.Rotation{}, err
 	}
@@ -73,11 +73,11 @@ func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence reke
 		// ON CONFLICT DO NOTHING rather than a unique violation: an error
 		// would abort the transaction, and the conflict is an answer.
 		tag, err := tx.Exec(ctx, `INSERT INTO rotations (`+rotationColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
 			ON CONFLICT DO NOTHING`,
 			r.ID, r.Key, r.FromVersion, r.ToVersion, string(r.State), string(r.Reason), r.Note, r.Compromised,
 			r.Total, r.Done, r.Failed, r.Cursor, failedArg(r.FailedDEKs), ts(r.StartedAt), ts(r.UpdatedAt), ts(r.FinishedAt),
-			r.Owner, r.Epoch, r.LastError)
+			r.Owner, r.Epoch, r.LastError, r.ToBackend)
 		if err != nil {
 			return err
 		}
@@ -152,10 +152,10 @@ func applyAdvance(ctx context.Context, tx pgx.Tx, p advancePlan, evs []rekey.Aud
 		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		tag, err := tx.Exec(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 			ON CONFLICT (key, version) DO NOTHING`,
 			nv.Key, nv.Version, string(nv.State), ts(nv.CreatedAt), ts(nv.ActivatedAt), ts(nv.ExpiresAt),
-			ts(nv.RetireAfter), ts(nv.RetiredAt), ts(nv.DestroyedAt))
+			ts(nv.RetireAfter), ts(nv.RetiredAt), ts(nv.DestroyedAt), nv.Backend, nv.BackendRef, nv.BackendVersion)
 		if err != nil {
 			return err
 		}
@@ -186,11 +186,12 @@ func applyAdvance(ctx context.Context, tx pgx.Tx, p advancePlan, evs []rekey.Aud
 // row, FOR UPDATE (the order InsertDEKs takes them in).
 func activate(ctx context.Context, tx pgx.Tx, key string, a rekey.Activation, r rekey.Rotation) error {
 	var active int
-	if err := tx.QueryRow(ctx, `SELECT active_version FROM keys WHERE name = $1 FOR UPDATE`, key).Scan(&active); err != nil {
+	var kBackend, kRef string
+	if err := tx.QueryRow(ctx, `SELECT active_version, backend, backend_ref FROM keys WHERE name = $1 FOR UPDATE`, key).Scan(&active, &kBackend, &kRef); err != nil {
 		return err
 	}
-	var state string
-	err := tx.QueryRow(ctx, `SELECT state FROM key_versions WHERE key = $1 AND version = $2 FOR UPDATE`, key, a.Version).Scan(&state)
+	var state, vBackend, vRef string
+	err := tx.QueryRow(ctx, `SELECT state, backend, backend_ref FROM key_versions WHERE key = $1 AND version = $2 FOR UPDATE`, key, a.Version).Scan(&state, &vBackend, &vRef)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("activate key %q version %d: %w", key, a.Version, rekey.ErrVersionNotFound)
 	}
@@ -204,6 +205,18 @@ func activate(ctx context.Context, tx pgx.Tx, key string, a rekey.Activation, r 
 		return fmt.Errorf("activate key %q: active version is %d, not %d: %w", key, active, a.Previous, rekey.ErrStale)
 	}
 	at := ts(r.UpdatedAt)
+	if vBackend != "" && (vBackend != kBackend || vRef != kRef) {
+		// A move: the key follows its active version to the new backend.
+		// Versions that name no backend were on the key's old one; they
+		// say so before the key's changes.
+		if _, err := tx.Exec(ctx, `UPDATE key_versions SET backend = $1, backend_ref = $2 WHERE key = $3 AND backend = ''`,
+			kBackend, kRef, key); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE keys SET backend = $1, backend_ref = $2 WHERE name = $3`, vBackend, vRef, key); err != nil {
+			return err
+		}
+	}
 	if _, err := tx.Exec(ctx, `UPDATE keys SET active_version = $1, expires_at = $2, updated_at = $3 WHERE name = $4`,
 		a.Version, ts(a.ExpiresAt), at, key); err != nil {
 		return err

@@ -35,12 +35,14 @@ func scanKey(sc scanner) (rekey.Key, error) {
 	return k, nil
 }
 
-const versionColumns = `key, version, state, created_at, activated_at, expires_at, retire_after, retired_at, destroyed_at`
+const versionColumns = `key, version, state, created_at, activated_at, expires_at, retire_after, retired_at, destroyed_at,
+	backend, backend_ref, backend_version`
 
 func scanVersion(sc scanner) (rekey.KeyVersion, error) {
 	var v rekey.KeyVersion
 	var created, activated, expires, retireAfter, retired, destroyed sql.NullInt64
-	if err := sc.Scan(&v.Key, &v.Version, &v.State, &created, &activated, &expires, &retireAfter, &retired, &destroyed); err != nil {
+	if err := sc.Scan(&v.Key, &v.Version, &v.State, &created, &activated, &expires, &retireAfter, &retired, &destroyed,
+		&v.Backend, &v.BackendRef, &v.BackendVersion); err != nil {
 		return rekey.KeyVersion{}, err
 	}
 	v.CreatedAt, v.ActivatedAt, v.ExpiresAt = fromMicros(created), fromMicros(activated), fromMicros(expires)
@@ -49,9 +51,9 @@ func scanVersion(sc scanner) (rekey.KeyVersion, error) {
 }
 
 func insertVersion(ctx context.Context, tx *sql.Tx, v rekey.KeyVersion) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := tx.ExecContext(ctx, `INSERT INTO key_versions (`+versionColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.Key, v.Version, string(v.State), micros(v.CreatedAt), micros(v.ActivatedAt), micros(v.ExpiresAt),
-		micros(v.RetireAfter), micros(v.RetiredAt), micros(v.DestroyedAt))
+		micros(v.RetireAfter), micros(v.RetiredAt), micros(v.DestroyedAt), v.Backend, v.BackendRef, v.BackendVersion)
 	return err
 }
 

@@ -15,7 +15,7 @@ import (
 
 const rotationColumns = `id, key, from_version, to_version, state, reason, note, compromised,
 	deks_total, deks_done, deks_failed, cursor, failed_deks, started_at, updated_at, finished_at,
-	owner, epoch, last_error`
+	owner, epoch, last_error, to_backend`
 
 func scanRotation(sc scanner) (rekey.Rotation, error) {
 	var r rekey.Rotation
@@ -23,7 +23,7 @@ func scanRotation(sc scanner) (rekey.Rotation, error) {
 	var started, updated, finished sql.NullInt64
 	err := sc.Scan(&r.ID, &r.Key, &r.FromVersion, &r.ToVersion, &r.State, &r.Reason, &r.Note, &r.Compromised,
 		&r.Total, &r.Done, &r.Failed, &r.Cursor, &failed, &started, &updated, &finished,
-		&r.Owner, &r.Epoch, &r.LastError)
+		&r.Owner, &r.Epoch, &r.LastError, &r.ToBackend)
 	if err != nil {
 		return rekey.Rotation{}, err
 	}
@@ -82,10 +82,10 @@ func (s *Store) CreateRotation(ctx context.Context, r rekey.Rotation, fence reke
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `INSERT INTO rotations (`+rotationColumns+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			r.ID, r.Key, r.FromVersion, r.ToVersion, string(r.State), string(r.Reason), r.Note, r.Compromised,
 			r.Total, r.Done, r.Failed, r.Cursor, failed, micros(r.StartedAt), micros(r.UpdatedAt), micros(r.FinishedAt),
-			r.Owner, r.Epoch, r.LastError)
+			r.Owner, r.Epoch, r.LastError, r.ToBackend)
 		if err != nil {
 			if errors.Is(mapErr(err), rekey.ErrConflict) {
 				return fmt.Errorf("rotation %s of key %q: the key has an open rotation or the id is taken: %w", r.ID, r.Key, rekey.ErrConflict)
@@ -199,7 +199,8 @@ func applyAdvance(ctx context.Context, tx *sql.Tx, p advancePlan, evs []rekey.Au
 // either way it keeps its own expiry).
 func activate(ctx context.Context, tx *sql.Tx, key string, a rekey.Activation, r rekey.Rotation) error {
 	var state rekey.VersionState
-	err := tx.QueryRowContext(ctx, `SELECT state FROM key_versions WHERE key = ? AND version = ?`, key, a.Version).Scan(&state)
+	var vBackend, vRef string
+	err := tx.QueryRowContext(ctx, `SELECT state, backend, backend_ref FROM key_versions WHERE key = ? AND version = ?`, key, a.Version).Scan(&state, &vBackend, &vRef)
 	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("activate key %q version %d: %w", key, a.Version, rekey.ErrVersionNotFound)
 	}
@@ -210,13 +211,26 @@ func activate(ctx context.Context, tx *sql.Tx, key string, a rekey.Activation, r
 		return fmt.Errorf("activate key %q version %d: it is %s, not created: %w", key, a.Version, state, rekey.ErrStale)
 	}
 	var active int
-	if err := tx.QueryRowContext(ctx, `SELECT active_version FROM keys WHERE name = ?`, key).Scan(&active); err != nil {
+	var kBackend, kRef string
+	if err := tx.QueryRowContext(ctx, `SELECT active_version, backend, backend_ref FROM keys WHERE name = ?`, key).Scan(&active, &kBackend, &kRef); err != nil {
 		return err
 	}
 	if active != a.Previous {
 		return fmt.Errorf("activate key %q: active version is %d, not %d: %w", key, active, a.Previous, rekey.ErrStale)
 	}
 	at := micros(r.UpdatedAt)
+	if vBackend != "" && (vBackend != kBackend || vRef != kRef) {
+		// A move: the key follows its active version to the new backend.
+		// Versions that name no backend were on the key's old one; they
+		// say so before the key's changes.
+		if _, err := tx.ExecContext(ctx, `UPDATE key_versions SET backend = ?, backend_ref = ? WHERE key = ? AND backend = ''`,
+			kBackend, kRef, key); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE keys SET backend = ?, backend_ref = ? WHERE name = ?`, vBackend, vRef, key); err != nil {
+			return err
+		}
+	}
 	if _, err := tx.ExecContext(ctx, `UPDATE keys SET active_version = ?, expires_at = ?, updated_at = ? WHERE name = ?`,
 		a.Version, micros(a.ExpiresAt), at, key); err != nil {
 		return err

@@ -118,6 +118,10 @@ func PrepareNewVersion(v rekey.KeyVersion, key string, now time.Time) (rekey.Key
 		return v, fmt.Errorf("%w: a new version is created, not %q", rekey.ErrInvalidArgument, v.State)
 	case !v.ExpiresAt.IsZero():
 		return v, fmt.Errorf("%w: new version %d has an expiry: a version gets one when it becomes active", rekey.ErrInvalidArgument, v.Version)
+	case v.BackendVersion < 0:
+		return v, fmt.Errorf("%w: new version %d: backend version must not be negative, got %d", rekey.ErrInvalidArgument, v.Version, v.BackendVersion)
+	case v.Backend == "" && (v.BackendRef != "" || v.BackendVersion != 0):
+		return v, fmt.Errorf("%w: new version %d has a backend reference or version but no backend", rekey.ErrInvalidArgument, v.Version)
 	}
 	if v.CreatedAt.IsZero() {
 		v.CreatedAt = now
