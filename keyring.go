@@ -130,7 +130,8 @@ func (kr *Keyring) NewDEKs(ctx context.Context, key, label string, n int) (int, 
 // in one transaction. When a rotation commits in between, the store refuses
 // the insert (ErrVersionNotActive) and the batch is wrapped again under the
 // new active version, so no DEK is ever stored under a version on its way
-// out.
+// out. A wrap the backend refuses because the version was retired meanwhile
+// (a commit with no grace) is retried the same way.
 func (kr *Keyring) newDEKs(ctx context.Context, key, label string, n int, keep bool) ([]string, [][]byte, error) {
 	plains := make([][]byte, n)
 	for i := range plains {
@@ -148,6 +149,7 @@ func (kr *Keyring) newDEKs(ctx context.Context, key, label string, n int, keep b
 	for i := range ids {
 		ids[i] = NewID()
 	}
+attempts:
 	for attempt := 0; ; attempt++ {
 		k, err := kr.store.GetKey(ctx, key)
 		if err != nil {
@@ -166,6 +168,14 @@ func (kr *Keyring) newDEKs(ctx context.Context, key, label string, n int, keep b
 		deks := make([]DEK, n)
 		for i := range deks {
 			w, err := b.Wrap(ctx, p.Ref, p.Version, plains[i])
+			if err != nil && errors.Is(err, ErrVersionDisabled) && attempt < 5 {
+				// A rotation committed and retired this version at the
+				// backend (grace 0) between our read and the wrap: wrap
+				// again under the new active version.
+				if k2, gerr := kr.store.GetKey(ctx, key); gerr == nil && k2.ActiveVersion != k.ActiveVersion {
+					continue attempts
+				}
+			}
 			if err != nil {
 				clearAll()
 				return nil, nil, fmt.Errorf("wrap new dek under key %s version %d: %w", key, k.ActiveVersion, err)
