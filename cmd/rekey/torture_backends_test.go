@@ -31,7 +31,7 @@ import (
 
 const (
 	backendTortureMinHits     = 2
-	backendTortureOneHitAfter = 25
+	backendTortureOneHitAfter = 20
 	backendTortureMaxLives    = 40
 	backendTortureLongRun     = 400
 )
@@ -52,11 +52,19 @@ func runBackendTorture(t *testing.T, h *e2eHome, test, template, backend string,
 	t.Logf("torture seed %d (replay: -torture.seed=%d), iterations %d (0: until every failpoint was hit %d times, or once after %d lives; at most %d lives)",
 		seed, seed, iterations, backendTortureMinHits, backendTortureOneHitAfter, backendTortureMaxLives)
 	rep, err := torture.Run(context.Background(), torture.Config{
-		Seed:             seed,
-		Iterations:       iterations,
-		MinHits:          backendTortureMinHits,
-		MaxIterations:    backendTortureMaxLives,
-		OneHitAfter:      backendTortureOneHitAfter,
+		Seed:          seed,
+		Iterations:    iterations,
+		MinHits:       backendTortureMinHits,
+		MaxIterations: backendTortureMaxLives,
+		OneHitAfter:   backendTortureOneHitAfter,
+		// A third of the default DEKs, in batches of a third of the
+		// default: a rotation still takes about ten batches (the per-batch
+		// failpoints have hits to choose from), and every check, which
+		// unwraps every DEK at the backend, takes a third of the time.
+		InitialDEKs:      70,
+		BatchSize:        7,
+		MaxDEKs:          700,
+		FilesPerCheck:    40,
 		Home:             h.home,
 		Dir:              h.dir,
 		StoreAndBackends: template,
