@@ -165,6 +165,9 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		// torture, whose processes share a token): initialise the library
 		// again, when no other Client uses it, and look once more.
 		mod.release()
+		if beforeRescan != nil {
+			beforeRescan()
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -186,6 +189,10 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 // tokenRescans bounds the library re-initialisations New makes when the
 // token is not there.
 const tokenRescans = 2
+
+// beforeRescan, when set (by a test), runs before New initialises the
+// library again to look for a missing token.
+var beforeRescan func()
 
 // sole reports whether one Client alone holds m.
 func (m *module) sole() bool {
