@@ -349,7 +349,12 @@ func (c *Client) classify(what string, err error) error {
 	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_DEVICE_REMOVED,
 		p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR, p11.CKR_DEVICE_MEMORY,
 		p11.CKR_HOST_MEMORY, p11.CKR_SESSION_COUNT, p11.CKR_FUNCTION_FAILED,
-		p11.CKR_OPERATION_ACTIVE, p11.CKR_SLOT_ID_INVALID:
+		p11.CKR_OPERATION_ACTIVE, p11.CKR_SLOT_ID_INVALID,
+		// SoftHSM2 answers CKR_GENERAL_ERROR when its file store fails
+		// under concurrent writers (C_GenerateKey while other sessions
+		// and processes write the token; found by the fault torture): a
+		// retry succeeds.
+		p11.CKR_GENERAL_ERROR:
 		return &rekey.UnreachableError{Service: serviceName, Err: fmt.Errorf("%s: token %q: %w", what, c.token, err)}
 	}
 	return fmt.Errorf("pkcs11: %s: %w", what, err)

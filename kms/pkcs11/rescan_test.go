@@ -8,6 +8,10 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/rekeyhq/rekey"
 )
 
 // TestNewRescansForMissingToken: SoftHSM2 reads its tokens when the
@@ -56,5 +60,23 @@ func TestNewRescansForMissingToken(t *testing.T) {
 	}
 	if _, err := c.CreateKey(t.Context(), "rescan"); err != nil {
 		t.Errorf("CreateKey on the token found on the second look: %v", err)
+	}
+}
+
+// TestClassifyTransient: the PKCS#11 errors of a token that may answer on
+// the next try are transient (*rekey.UnreachableError, so kmsmw retries
+// them), CKR_GENERAL_ERROR among them (SoftHSM2's file store under
+// concurrent writers); a wrong mechanism or argument is not.
+func TestClassifyTransient(t *testing.T) {
+	c := &Client{token: "t"}
+	for _, code := range []uint{p11.CKR_GENERAL_ERROR, p11.CKR_FUNCTION_FAILED, p11.CKR_DEVICE_ERROR, p11.CKR_SESSION_HANDLE_INVALID} {
+		if err := c.classify("generate", p11.Error(code)); !rekey.IsTransient(err) {
+			t.Errorf("classify(%v) = %v: want a transient error", p11.Error(code), err)
+		}
+	}
+	for _, code := range []uint{p11.CKR_MECHANISM_INVALID, p11.CKR_ARGUMENTS_BAD, p11.CKR_KEY_HANDLE_INVALID} {
+		if err := c.classify("generate", p11.Error(code)); rekey.IsTransient(err) {
+			t.Errorf("classify(%v) = %v: want an error that is not transient", p11.Error(code), err)
+		}
 	}
 }
