@@ -32,7 +32,7 @@ import (
 const (
 	backendTortureMinHits     = 2
 	backendTortureOneHitAfter = 20
-	backendTortureMaxLives    = 40
+	backendTortureMaxLives    = 60
 	backendTortureLongRun     = 400
 )
 
