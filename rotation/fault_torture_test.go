@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"os"
@@ -63,11 +64,60 @@ var flavours = []flavour{
 	{"plain", rekey.Capabilities{RetireVersion: true, Ping: true}},
 }
 
-// capsKMS is a local keyring that reports fewer capabilities than it has;
+// fullKMS is a backend with every optional interface: a local keyring, or
+// another backend behind a fault-free faultkms (whose methods the backend
+// lacks fail with rekey.ErrUnsupported).
+type fullKMS interface {
+	rekey.KMS
+	rekey.Rewrapper
+	rekey.BatchRewrapper
+	rekey.VersionRetirer
+	rekey.Pinger
+	rekey.MACer
+}
+
+// capsKMS is a backend that reports fewer capabilities than it has;
 // kmsmw and faultkms honour what it reports.
 type capsKMS struct {
-	*localkms.Client
+	fullKMS
 	caps rekey.Capabilities
+}
+
+// backendSet is what the keys of a torture run live on: its flavours
+// (keys are made on each), how a flavour's backend is opened, and which
+// flavour MACs the audit checkpoints. The fault torture of
+// fault_backends_test.go runs the same scenarios on awskms, pkcs11 and
+// vault this way.
+type backendSet struct {
+	name     string
+	flavours []flavour
+	// open returns flavour f's backend without faults or middleware (its
+	// io.Closer, if any, is closed with the run), or fails the test.
+	open func(e *tortureEnv, f flavour) fullKMS
+	// mac is the flavour whose backend MACs the audit checkpoints; ""
+	// adds a local keyring (auditFlavour) for that, with the same faults,
+	// that holds no key of the run.
+	mac string
+	// uniqueNames makes key names unique per run (the backend outlives
+	// the run and is shared: a PKCS#11 token).
+	uniqueNames bool
+}
+
+// localBackends is the default set: local keyrings, one per flavour.
+var localBackends = &backendSet{name: "local", flavours: flavours, open: openLocal, mac: "batch"}
+
+// auditFlavour is the local keyring that MACs the audit checkpoints of a
+// set whose backends cannot.
+var auditFlavour = flavour{"audit", rekey.Capabilities{MAC: true, Ping: true}}
+
+// openLocal opens a local keyring of its own for flavour f.
+func openLocal(e *tortureEnv, f flavour) fullKMS {
+	e.t.Helper()
+	c, err := localkms.New(e.ctx, localkms.Config{Keyring: filepath.Join(e.dir, f.name+".keyring"), MasterKeyFile: e.master, Create: true, Now: e.clock.Now})
+	if err != nil {
+		e.t.Fatalf("open keyring %s: %v", f.name, err)
+	}
+	return c
 }
 
 func (c capsKMS) Capabilities() rekey.Capabilities { return c.caps }
@@ -81,8 +131,9 @@ type tortureScenario struct {
 	faults      faultkms.Config
 	op          string
 	concurrency int
-	batchSize   int // 0: 64
-	rangeSize   int // 0: the engine's default (no split at this size)
+	batchSize   int         // 0: 64
+	rangeSize   int         // 0: the engine's default (no split at this size)
+	backends    *backendSet // nil: localBackends
 }
 
 func tortureScenarios() []tortureScenario {
@@ -136,12 +187,17 @@ func tortureSizeFor() tortureSize {
 
 func TestFaultTorture(t *testing.T) {
 	t.Parallel()
-	size := tortureSizeFor()
+	runFaultScenarios(t, tortureScenarios(), tortureSizeFor())
+}
+
+// runFaultScenarios runs each scenario as a parallel subtest, size.runs
+// seeds each (one: -fault.seed's).
+func runFaultScenarios(t *testing.T, scenarios []tortureScenario, size tortureSize) {
 	base := time.Now().UnixNano() % 1_000_000_007
 	if *faultSeed != 0 {
 		size.runs = 1 // a replay: every scenario runs that very seed
 	}
-	for i, sc := range tortureScenarios() {
+	for i, sc := range scenarios {
 		t.Run(sc.name, func(t *testing.T) {
 			t.Parallel()
 			for run := range size.runs {
@@ -229,15 +285,20 @@ type tortureEnv struct {
 	ctx    context.Context
 	seed   int64
 	clock  *clock
-	store  rekey.Store                 // retrystore over SQLite
-	faults map[string]*faultkms.KMS    // by backend name
-	inner  map[string]*localkms.Client // by backend name: no faults, no middleware
-	kr     *rekey.Keyring              // through the faults
-	clean  *rekey.Keyring              // the same store and keyrings without faults
+	store  rekey.Store // retrystore over SQLite
+	dir    string
+	master string                   // the local keyrings' master key file
+	set    *backendSet              // what the keys live on
+	faults map[string]*faultkms.KMS // by backend name
+	inner  map[string]rekey.KMS     // by backend name: no faults, no middleware
+	closer []io.Closer              // backends to close with the run
+	kr     *rekey.Keyring           // through the faults
+	clean  *rekey.Keyring           // the same store and keyrings without faults
 	eng    *rotation.Engine
 	keeper *audit.Keeper
 	macer  rekey.MACer // the keeper's, without faults
 
+	runID      string              // suffix of key names (backendSet.uniqueNames)
 	keys       []string            // created keys
 	backend    map[string]string   // key -> backend name
 	prints     map[string][32]byte // dek id -> SHA-256 of its plaintext
@@ -259,8 +320,9 @@ func runFaultTorture(t *testing.T, sc tortureScenario, seed int64, size tortureS
 	t.Helper()
 	defer func() {
 		if t.Failed() {
-			t.Logf("fault torture %s failed: replay with -fault.seed=%d (go test -count=1 -run 'TestFaultTorture/%s' ./rotation -args -fault.seed=%d)",
-				sc.name, seed, sc.name, seed)
+			top, _, _ := strings.Cut(t.Name(), "/")
+			t.Logf("fault torture %s failed: replay with -fault.seed=%d (go test -count=1 -run '^%s$/^%s$' ./rotation -args -fault.seed=%d)",
+				sc.name, seed, top, sc.name, seed)
 		}
 	}()
 	e := newTortureEnv(t, sc, seed)
@@ -268,9 +330,9 @@ func runFaultTorture(t *testing.T, sc tortureScenario, seed int64, size tortureS
 
 	p := rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day,
 		Grace: rekey.Day, DestroyAfter: rekey.Day}
-	for _, f := range flavours {
+	for _, f := range e.set.flavours {
 		for i := range size.keysPerFlavour {
-			e.createKey(fmt.Sprintf("%s-%d", f.name, i), f.name, p)
+			e.createKey(e.keyName(f, i), f.name, p)
 		}
 	}
 	for _, k := range e.keys {
@@ -349,25 +411,36 @@ func newTortureEnv(t *testing.T, sc tortureScenario, seed int64) *tortureEnv {
 	e := &tortureEnv{
 		t: t, ctx: ctx, seed: seed, clock: clk,
 		store:   retrystore.Wrap(st, tortureRetry),
+		dir:     dir,
+		master:  filepath.Join(dir, "master.key"),
+		set:     cmp.Or(sc.backends, localBackends),
 		faults:  map[string]*faultkms.KMS{},
-		inner:   map[string]*localkms.Client{},
+		inner:   map[string]rekey.KMS{},
 		backend: map[string]string{},
 		prints:  map[string][32]byte{},
 		vstate:  map[string]int{},
 		rstate:  map[string]int{},
 	}
-	master := filepath.Join(dir, "master.key")
-	if err := localkms.CreateMasterKeyFile(master); err != nil {
+	if err := localkms.CreateMasterKeyFile(e.master); err != nil {
 		t.Fatal(err)
 	}
 	backends, clean := map[string]rekey.KMS{}, map[string]rekey.KMS{}
-	for i, f := range flavours {
-		c, err := localkms.New(ctx, localkms.Config{Keyring: filepath.Join(dir, f.name+".keyring"), MasterKeyFile: master, Create: true, Now: clk.Now})
-		if err != nil {
-			t.Fatalf("open keyring %s: %v", f.name, err)
+	flavs, mac := e.set.flavours, e.set.mac
+	if mac == "" {
+		flavs, mac = append(slices.Clone(flavs), auditFlavour), auditFlavour.name
+	}
+	for i, f := range flavs {
+		var c fullKMS
+		if f == auditFlavour && e.set.mac == "" {
+			c = openLocal(e, f)
+		} else {
+			c = e.set.open(e, f)
+		}
+		if cl, ok := c.(io.Closer); ok {
+			e.closer = append(e.closer, cl)
 		}
 		e.inner[f.name] = c
-		in := capsKMS{Client: c, caps: f.caps}
+		in := capsKMS{fullKMS: c, caps: f.caps}
 		fc := sc.faults
 		fc.Seed = seed*31 + int64(i)
 		e.faults[f.name] = faultkms.Wrap(in, fc)
@@ -386,10 +459,23 @@ func newTortureEnv(t *testing.T, sc tortureScenario, seed int64) *tortureEnv {
 		t.Fatal(err)
 	}
 	// The keeper MACs through the faults, as the worker's does.
-	e.keeper = &audit.Keeper{Store: e.store, MACer: backends["batch"].(rekey.MACer), KeyID: "batch/" + audit.Purpose,
+	e.keeper = &audit.Keeper{Store: e.store, MACer: backends[mac].(rekey.MACer), KeyID: mac + "/" + audit.Purpose,
 		AnchorPath: filepath.Join(dir, "audit.anchor"), StoreID: "torture", Now: clk.Now}
-	e.macer = clean["batch"].(rekey.MACer)
+	e.macer = clean[mac].(rekey.MACer)
 	return e
+}
+
+// keyName is the name of the i-th key on flavour f: unique per run when
+// the set says so (a random suffix; names stay within 63 characters).
+func (e *tortureEnv) keyName(f flavour, i int) string {
+	name := fmt.Sprintf("%s-%d", f.name, i)
+	if e.set.uniqueNames {
+		if e.runID == "" {
+			e.runID = strings.ToLower(rekey.NewID())
+		}
+		name += "-" + e.runID
+	}
+	return name
 }
 
 func (e *tortureEnv) close() {
@@ -398,6 +484,9 @@ func (e *tortureEnv) close() {
 	}
 	for _, f := range e.faults {
 		f.Close()
+	}
+	for _, c := range e.closer {
+		c.Close()
 	}
 	e.store.Close()
 }

@@ -29,7 +29,7 @@
 // The store and the backend are parameters: Config.StoreAndBackends is the
 // store: and backends: part of the configuration, a template, so that
 // another store or backend runs the same torture by passing its own
-// (SQLiteLocal, PostgresLocal). With Config.Replicas, about one life of
+// (SQLiteLocal, PostgresLocal, SQLiteAWSKMS, SQLitePKCS11, SQLiteVault). With Config.Replicas, about one life of
 // three runs several `rekey run` processes on the shared store instead
 // of one, each with the life's failpoints.
 package torture
@@ -88,6 +88,9 @@ type TemplateData struct {
 	// DSN is Config.DSN: the store's data source name, for templates whose
 	// store is not in the home.
 	DSN string
+	// Vars is Config.Vars: what else a template needs (an endpoint, a
+	// token label, a file holding a credential), by name.
+	Vars map[string]string
 }
 
 // Config says what to torture and how long.
@@ -100,10 +103,16 @@ type Config struct {
 	// MaxIterations lives (not reaching MinHits is then an error).
 	Iterations int
 	// MinHits is the number of hits per failpoint name a run with
-	// Iterations == 0 waits for (default 5).
+	// Iterations == 0 waits for (default 5; see also OneHitAfter).
 	MinHits int
 	// MaxIterations bounds a run with Iterations == 0 (default 400).
 	MaxIterations int
+	// OneHitAfter, when above 0 (with Iterations == 0), lowers the goal
+	// to one hit per failpoint name once that many lives were run: the run
+	// ends when every name was hit MinHits times, or after OneHitAfter
+	// lives when every name was hit at least once, and fails after
+	// MaxIterations lives otherwise. For short runs on slow peers.
+	OneHitAfter int
 
 	// Home is a prepared home directory: whatever the store and backends
 	// of StoreAndBackends need exists (for SQLiteLocal: `rekey init --dir
@@ -119,6 +128,10 @@ type Config struct {
 	// DSN is given to the template as TemplateData.DSN (PostgresLocal
 	// needs it; SQLiteLocal ignores it).
 	DSN string
+	// Vars is given to the template as TemplateData.Vars (SQLiteAWSKMS,
+	// SQLitePKCS11 and SQLiteVault say which they need). Never put a
+	// credential here: name a file that holds it.
+	Vars map[string]string
 	// Replicas, when above 1, runs that many `rekey run` processes (each
 	// its own owner, the same failpoints) instead of one in
 	// every third life, chosen from the seed; they must share the store
@@ -257,8 +270,8 @@ func (r *Report) String() string {
 	return b.String()
 }
 
-// minHits is the smallest hit count over all names.
-func (r *Report) minHits() int {
+// MinHits is the smallest hit count (Hits.Total) over all failpoint names.
+func (r *Report) MinHits() int {
 	m := -1
 	for _, n := range failpoint.Names() {
 		if t := r.Hits[n].Total(); m < 0 || t < m {
@@ -331,7 +344,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			break
 		}
 		if cfg.Iterations == 0 {
-			if h.rep.minHits() >= cfg.MinHits {
+			if h.rep.MinHits() >= cfg.MinHits {
+				break
+			}
+			if cfg.OneHitAfter > 0 && life > cfg.OneHitAfter && h.rep.MinHits() >= 1 {
+				cfg.Logf("torture: %d lives, every failpoint hit at least once (Config.OneHitAfter %d)", life-1, cfg.OneHitAfter)
 				break
 			}
 			if life > cfg.MaxIterations {
@@ -346,7 +363,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		h.rep.Lives = life
 		if life%25 == 0 {
-			cfg.Logf("torture: %d lives, %v, min hits %d", life, time.Since(start).Round(time.Second), h.rep.minHits())
+			cfg.Logf("torture: %d lives, %v, min hits %d", life, time.Since(start).Round(time.Second), h.rep.MinHits())
 		}
 	}
 	if err := h.drain(ctx); err != nil {
@@ -363,7 +380,7 @@ func (h *harness) writeConfig() error {
 		return fmt.Errorf("StoreAndBackends template: %w", err)
 	}
 	var sb bytes.Buffer
-	if err := t.Execute(&sb, TemplateData{Home: h.cfg.Home, DSN: h.cfg.DSN}); err != nil {
+	if err := t.Execute(&sb, TemplateData{Home: h.cfg.Home, DSN: h.cfg.DSN, Vars: h.cfg.Vars}); err != nil {
 		return fmt.Errorf("StoreAndBackends template: %w", err)
 	}
 	y := "version: 1\n" + sb.String() + fmt.Sprintf(`worker:

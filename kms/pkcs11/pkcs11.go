@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -44,6 +45,8 @@ type Client struct {
 	pin       string // kept to log in again after the token dropped the login
 	pinSource string
 	log       *slog.Logger
+	// tokenMissing: connect found no such token (New may look again).
+	tokenMissing bool
 
 	persistent p11.SessionHandle // holds the login for the whole application
 	idle       chan p11.SessionHandle
@@ -154,11 +157,48 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	if c.pinSource == "" {
 		c.pinSource = "the configured PIN"
 	}
-	if err := c.connect(cfg); err != nil {
+	err = c.connect(cfg)
+	for try := 1; err != nil && c.tokenMissing && try <= tokenRescans && mod.sole(); try++ {
+		// SoftHSM2's file store reads its tokens when the library is
+		// initialised, and can miss one that another process is writing
+		// at that moment (softhsm/SoftHSMv2#757; found by the crash
+		// torture, whose processes share a token): initialise the library
+		// again, when no other Client uses it, and look once more.
+		mod.release()
+		if beforeRescan != nil {
+			beforeRescan()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(try) * 50 * time.Millisecond):
+		}
+		if mod, err = openModule(cfg.Module); err != nil {
+			return nil, err
+		}
+		c.mod, c.tokenMissing = mod, false
+		err = c.connect(cfg)
+	}
+	if err != nil {
 		mod.release()
 		return nil, err
 	}
 	return c, nil
+}
+
+// tokenRescans bounds the library re-initialisations New makes when the
+// token is not there.
+const tokenRescans = 2
+
+// beforeRescan, when set (by a test), runs before New initialises the
+// library again to look for a missing token.
+var beforeRescan func()
+
+// sole reports whether one Client alone holds m.
+func (m *module) sole() bool {
+	modules.Lock()
+	defer modules.Unlock()
+	return m.refs == 1
 }
 
 // connect finds the token, checks it can do AES-GCM and logs in.
@@ -191,6 +231,7 @@ func (c *Client) connect(cfg Config) error {
 		if len(labels) > 0 {
 			have = strings.Join(labels, ", ")
 		}
+		c.tokenMissing = true
 		return fmt.Errorf("pkcs11: no token %s in %s (tokens present: %s): insert or initialise the token, or fix token_label/slot", want, c.mod.path, have)
 	}
 	mechs, err := p.GetMechanismList(c.slot)
@@ -308,7 +349,12 @@ func (c *Client) classify(what string, err error) error {
 	case p11.CKR_SESSION_HANDLE_INVALID, p11.CKR_SESSION_CLOSED, p11.CKR_DEVICE_REMOVED,
 		p11.CKR_TOKEN_NOT_PRESENT, p11.CKR_DEVICE_ERROR, p11.CKR_DEVICE_MEMORY,
 		p11.CKR_HOST_MEMORY, p11.CKR_SESSION_COUNT, p11.CKR_FUNCTION_FAILED,
-		p11.CKR_OPERATION_ACTIVE, p11.CKR_SLOT_ID_INVALID:
+		p11.CKR_OPERATION_ACTIVE, p11.CKR_SLOT_ID_INVALID,
+		// SoftHSM2 answers CKR_GENERAL_ERROR when its file store fails
+		// under concurrent writers (C_GenerateKey while other sessions
+		// and processes write the token; found by the fault torture): a
+		// retry succeeds.
+		p11.CKR_GENERAL_ERROR:
 		return &rekey.UnreachableError{Service: serviceName, Err: fmt.Errorf("%s: token %q: %w", what, c.token, err)}
 	}
 	return fmt.Errorf("pkcs11: %s: %w", what, err)
