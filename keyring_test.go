@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -183,5 +184,78 @@ func TestKeyringSealOpen(t *testing.T) {
 		if _, err := b.kr.Open(ctx, sealed, []byte("other")); !errors.Is(err, rekey.ErrInvalidCiphertext) {
 			t.Fatalf("wrong aad: %v", err)
 		}
+	}
+}
+
+// rotatingKMS commits a rotation of payments (v2 active, v1 retired at the
+// backend, as with grace 0) right before the first Wrap it is asked for.
+type rotatingKMS struct {
+	rekey.KMS
+	once   sync.Once
+	rotate func()
+}
+
+func (k *rotatingKMS) Wrap(ctx context.Context, ref string, version int, pt []byte) ([]byte, error) {
+	k.once.Do(k.rotate)
+	return k.KMS.Wrap(ctx, ref, version, pt)
+}
+
+// TestKeyringNewDEKAcrossRetirement: a rotation that commits and retires
+// the old version at the backend between NewDEK's read of the key and its
+// wrap (the awskms crash torture found it) makes NewDEK wrap again under
+// the new active version instead of failing.
+func TestKeyringNewDEKAcrossRetirement(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := context.Background()
+	rk := &rotatingKMS{KMS: b.kms}
+	rk.rotate = func() {
+		k, _ := b.store.GetKey(ctx, "payments")
+		lease, err := b.store.AcquireLease(ctx, "payments", "t", time.Minute, b.now)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		r := rekey.Rotation{ID: rekey.NewID(), Key: "payments", FromVersion: 1, State: rekey.RotationClaimed, Reason: rekey.ReasonManual, StartedAt: b.now, UpdatedAt: b.now}
+		if err := b.store.CreateRotation(ctx, r, lease, rekey.AuditEvent{Type: rekey.AuditRotationStarted, Key: "payments", Time: b.now}); err != nil {
+			t.Error(err)
+			return
+		}
+		if _, err := b.kms.RotateKey(ctx, k.BackendRef); err != nil {
+			t.Error(err)
+			return
+		}
+		r2 := r
+		r2.ToVersion, r2.State = 2, rekey.RotationVersionCreated
+		if err := b.store.AdvanceRotation(ctx, rekey.RotationUpdate{Rotation: r2, FromState: rekey.RotationClaimed,
+			NewVersion: &rekey.KeyVersion{Key: "payments", Version: 2, State: rekey.VersionCreated, CreatedAt: b.now},
+			Events:     []rekey.AuditEvent{{Type: rekey.AuditVersionCreated, Key: "payments", Time: b.now}}}, lease); err != nil {
+			t.Error(err)
+			return
+		}
+		r3 := r2
+		r3.State = rekey.RotationCommitted
+		if err := b.store.AdvanceRotation(ctx, rekey.RotationUpdate{Rotation: r3, FromState: rekey.RotationVersionCreated,
+			Activate: &rekey.Activation{Version: 2, Previous: 1, ExpiresAt: b.now.Add(rekey.Day), RetireAfter: b.now},
+			Events:   []rekey.AuditEvent{{Type: rekey.AuditRotationCommitted, Key: "payments", Time: b.now}}}, lease); err != nil {
+			t.Error(err)
+			return
+		}
+		if err := b.kms.RetireVersion(ctx, k.BackendRef, 1); err != nil {
+			t.Error(err)
+		}
+	}
+	kr := rekey.NewKeyring(b.store, map[string]rekey.KMS{"mem": rk}, rekey.WithClock(func() time.Time { return b.now }), rekey.WithActor("test"))
+	id, plain, err := kr.NewDEK(ctx, "payments", "")
+	if err != nil {
+		t.Fatalf("NewDEK across a retirement: %v", err)
+	}
+	d, err := b.store.GetDEK(ctx, id)
+	if err != nil || d.Version != 2 {
+		t.Fatalf("new DEK = %+v, %v: want it on version 2", d, err)
+	}
+	got, err := kr.OpenDEK(ctx, id)
+	if err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("OpenDEK = %v: want the DEK back", err)
 	}
 }
