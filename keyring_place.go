@@ -55,7 +55,7 @@ func (kr *Keyring) placement(ctx context.Context, k Key, version int) (KMS, Plac
 		}
 		kr.places.fill(k, vs)
 		if p, ok = kr.places.get(k.Name, version); !ok {
-			return nil, Placement{}, fmt.Errorf("key %s version %d: %w", k.Name, version, ErrVersionNotFound)
+			return nil, Placement{}, fmt.Errorf("key %s version %d: %w: the key never had that version; check the DEK's row (rekey dek show ID) and restore it from a backup", k.Name, version, ErrVersionNotFound)
 		}
 	}
 	b, err := kr.backend(p.Backend)

@@ -332,6 +332,8 @@ func (c *rangeCheckpoint) commitBatch(ctx context.Context, swaps []rekey.DEKSwap
 	if n := done + int64(len(swaps)-len(lost)); n > 0 {
 		c.e.obs.DEKsRewrapped(c.r.Key, int(n))
 	}
+	c.e.log.Debug("re-wrap batch committed", "key_id", c.r.Key, "rotation_id", c.r.ID, "to_version", c.r.ToVersion,
+		"range", c.index, "deks", len(swaps)-len(lost), "deks_failed", len(failed))
 	return lost, nil
 }
 
