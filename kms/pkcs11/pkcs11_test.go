@@ -63,9 +63,8 @@ func open(t testing.TB, cfg Config) *Client {
 // transient), and kmsmw retries it as it would in production.
 func TestConformance(t *testing.T) {
 	p := testPeer(t)
-	kmstest.Run(t, func(t *testing.T) rekey.KMS {
-		return kmsmw.Wrap(open(t, p.config()), kmsmw.Options{Name: "pkcs11", Retry: retry.Policy{Attempts: 6, Base: 20 * time.Millisecond, Max: 500 * time.Millisecond}})
-	})
+	shared := kmsmw.Wrap(open(t, p.config()), kmsmw.Options{Name: "pkcs11", Retry: retry.Policy{Attempts: 6, Base: 20 * time.Millisecond, Max: 500 * time.Millisecond}})
+	kmstest.Run(t, func(t *testing.T) rekey.KMS { return shared })
 }
 
 // TestOpenErrors: a wrong PIN, a missing token, a missing module and a
