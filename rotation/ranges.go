@@ -59,9 +59,6 @@ func (d *driver) shareRewrap(ctx context.Context) error {
 		return nil
 	}
 	ranges, err := rs.ListRewrapRanges(ctx, d.r.ID)
-	if errors.Is(err, rekey.ErrUnsupported) {
-		return nil // a store (behind a decorator) without ranges: a plain pass
-	}
 	if err != nil {
 		return fmt.Errorf("rotation %s of key %s: list re-wrap ranges: %w", d.r.ID, d.r.Key, err)
 	}
@@ -169,9 +166,6 @@ func (e *Engine) ShareRewrap(ctx context.Context, key string) (int64, error) {
 		return 0, err
 	}
 	ranges, err := rs.ListRewrapRanges(ctx, open.ID)
-	if errors.Is(err, rekey.ErrUnsupported) {
-		return 0, nil
-	}
 	if err != nil {
 		return 0, fmt.Errorf("rotation %s of key %s: list re-wrap ranges: %w", open.ID, key, err)
 	}

@@ -13,9 +13,6 @@ import (
 
 var _ rekey.RangeSharer = (*Store)(nil)
 
-// maxFailedDEKs is how many failed ids a rotation keeps (as the engine).
-const maxFailedDEKs = 100
-
 // DEKBounds implements rekey.RangeSharer.
 func (s *Store) DEKBounds(ctx context.Context, key string, notVersion, every int) ([]string, error) {
 	const op = "DEKBounds"
@@ -151,7 +148,7 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 	var lost []string
 	for _, sw := range swaps {
 		d, ok := s.deks[sw.ID]
-		if !ok || d.Key != r.Key || sw.ID <= rg.From || rg.To != "" && sw.ID > rg.To || !bytes.Equal(d.Wrapped, sw.OldWrapped) {
+		if !ok || d.Key != r.Key || !storecheck.InRange(sw.ID, rg.From, rg.To) || !bytes.Equal(d.Wrapped, sw.OldWrapped) {
 			lost = append(lost, sw.ID)
 			continue
 		}
@@ -167,13 +164,9 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 	rg.Finished = rg.Finished || cp.Finished
 	r.Done += done
 	r.Failed += failed
-	if room := maxFailedDEKs - len(r.FailedDEKs); room > 0 && len(cp.FailedIDs) > 0 {
-		r.FailedDEKs = append(slices.Clone(r.FailedDEKs), cp.FailedIDs[:min(room, len(cp.FailedIDs))]...)
-	}
+	r.FailedDEKs = storecheck.AppendFailed(r.FailedDEKs, cp.FailedIDs)
 	r.UpdatedAt = now
-	for i := range evs {
-		evs[i].DEKs += applied
-	}
+	evs = storecheck.AddEventDEKs(evs, int(applied))
 	s.appendLocked(evs)
 	return lost, nil
 }
