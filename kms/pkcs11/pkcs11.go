@@ -73,6 +73,18 @@ type module struct {
 	path string
 	ctx  *p11.Ctx
 	refs int
+	// objects orders the calls that create, change or destroy token
+	// objects (held for writing) against those that find or use them
+	// (held for reading). SoftHSM2 before 2.7 races a C_FindObjects
+	// against a C_GenerateKey of another thread of the process: the find
+	// indexes the half-written object file, and the token then answers
+	// CKR_GENERAL_ERROR or CKR_TEMPLATE_INCONSISTENT to the generate, or
+	// holds a second, empty copy of the new key (softhsm/SoftHSMv2#573,
+	// fixed by #576 after 2.6.1, the version Debian 12 ships). Creating
+	// keys is rare, so a process-wide lock costs nothing that matters;
+	// other processes on the same token are not covered (their failures
+	// are transient and retried).
+	objects sync.RWMutex
 }
 
 var modules = struct {
@@ -401,6 +413,8 @@ func findObjects(p *p11.Ctx, sh p11.SessionHandle, extra ...*p11.Attribute) ([]p
 func (c *Client) versions(ctx context.Context, name string) ([]int, error) {
 	var vs []int
 	err := c.withSession(ctx, func(p *p11.Ctx, sh p11.SessionHandle) error {
+		c.mod.objects.RLock()
+		defer c.mod.objects.RUnlock()
 		hs, err := findObjects(p, sh, p11.NewAttribute(p11.CKA_LABEL, name))
 		if err != nil {
 			return err
@@ -462,6 +476,8 @@ func (c *Client) object(ctx context.Context, name string, v int) (p11.ObjectHand
 	}
 	var hs []p11.ObjectHandle
 	err := c.withSession(ctx, func(p *p11.Ctx, sh p11.SessionHandle) (err error) {
+		c.mod.objects.RLock()
+		defer c.mod.objects.RUnlock()
 		hs, err = findObjects(p, sh, p11.NewAttribute(p11.CKA_ID, id), p11.NewAttribute(p11.CKA_LABEL, name))
 		return err
 	})
@@ -496,14 +512,24 @@ func (c *Client) forget(name string, v int) {
 
 // withObject runs fn on version v of name, finding the object again once
 // if the cached handle turned out stale (the object was destroyed, or the
-// token restarted).
-func (c *Client) withObject(ctx context.Context, name string, v int, fn func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error) error {
+// token restarted). fn changes the object when write is set (see
+// module.objects).
+func (c *Client) withObject(ctx context.Context, name string, v int, write bool, fn func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error) error {
 	for try := 0; ; try++ {
 		h, err := c.object(ctx, name, v)
 		if err != nil {
 			return err
 		}
-		err = c.withSession(ctx, func(p *p11.Ctx, sh p11.SessionHandle) error { return fn(p, sh, h) })
+		err = c.withSession(ctx, func(p *p11.Ctx, sh p11.SessionHandle) error {
+			if write {
+				c.mod.objects.Lock()
+				defer c.mod.objects.Unlock()
+			} else {
+				c.mod.objects.RLock()
+				defer c.mod.objects.RUnlock()
+			}
+			return fn(p, sh, h)
+		})
 		if try == 0 && (isCode(err, p11.CKR_OBJECT_HANDLE_INVALID) || isCode(err, p11.CKR_KEY_HANDLE_INVALID)) {
 			c.forget(name, v)
 			continue
@@ -541,6 +567,8 @@ func (c *Client) generate(ctx context.Context, name string, v int) error {
 		p11.NewAttribute(p11.CKA_ID, versionID(name, v)),
 	}
 	err := c.withSession(ctx, func(p *p11.Ctx, sh p11.SessionHandle) error {
+		c.mod.objects.Lock()
+		defer c.mod.objects.Unlock()
 		h, err := p.GenerateKey(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, tmpl)
 		if err == nil {
 			c.mu.Lock()
@@ -623,7 +651,7 @@ func (c *Client) Wrap(ctx context.Context, ref string, version int, plaintext []
 	}
 	aad := wrapAAD(ref, version)
 	var out []byte
-	err := c.withObject(ctx, ref, version, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
+	err := c.withObject(ctx, ref, version, false, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
 		iv := make([]byte, ivSize)
 		rand.Read(iv)
 		params := p11.NewGCMParams(iv, aad, tagSize*8)
@@ -680,7 +708,7 @@ func (c *Client) Unwrap(ctx context.Context, ref string, version int, wrapped []
 	aad := wrapAAD(ref, version)
 	var pt []byte
 	decrypting := false // DecryptInit accepted the key and parameters
-	err := c.withObject(ctx, ref, version, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
+	err := c.withObject(ctx, ref, version, false, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
 		params := p11.NewGCMParams(iv, aad, tagSize*8)
 		defer params.Free()
 		if err := p.DecryptInit(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}, h); err != nil {
@@ -721,7 +749,7 @@ func (c *Client) probe(ctx context.Context, name string, v int) error {
 	if err != nil {
 		return err
 	}
-	return c.withObject(ctx, name, v, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
+	return c.withObject(ctx, name, v, false, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
 		params := p11.NewGCMParams(w[wrapHeader:wrapHeader+ivSize], wrapAAD(name, v), tagSize*8)
 		defer params.Free()
 		if err := p.DecryptInit(sh, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}, h); err != nil {
@@ -740,7 +768,7 @@ func (c *Client) probe(ctx context.Context, name string, v int) error {
 // for wrap and unwrap in every process. A destroyed version is already
 // retired. A token that refuses the change gives an error saying so.
 func (c *Client) RetireVersion(ctx context.Context, ref string, version int) error {
-	err := c.withObject(ctx, ref, version, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
+	err := c.withObject(ctx, ref, version, true, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
 		return p.SetAttributeValue(sh, h, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_ENCRYPT, false),
 			p11.NewAttribute(p11.CKA_DECRYPT, false),
@@ -763,7 +791,7 @@ func (c *Client) RetireVersion(ctx context.Context, ref string, version int) err
 // DestroyVersion implements rekey.VersionRetirer: it deletes the version's
 // object from the token. It is idempotent.
 func (c *Client) DestroyVersion(ctx context.Context, ref string, version int) error {
-	err := c.withObject(ctx, ref, version, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
+	err := c.withObject(ctx, ref, version, true, func(p *p11.Ctx, sh p11.SessionHandle, h p11.ObjectHandle) error {
 		return p.DestroyObject(sh, h)
 	})
 	switch {
