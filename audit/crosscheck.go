@@ -61,50 +61,59 @@ type fact struct {
 // with the number of keys, versions and rotations, not with the trail.
 // Errors are the store's.
 func CrossCheck(ctx context.Context, s rekey.Store) (*Problem, error) {
-	head, err := HeadSeq(ctx, s)
-	if err != nil {
-		return nil, fmt.Errorf("audit: cross-check: %w", err)
+	p, _, err := crossCheckFrom(ctx, s, nil)
+	return p, err
+}
+
+// state is the store's keys, versions and rotations as CrossCheck reads
+// them, and the facts they need the trail to record.
+type state struct {
+	keys      map[string]bool
+	versions  map[fact]rekey.VersionState // key+version → state
+	rotations map[string]rekey.Rotation
+	need      map[fact]string // fact → the object that needs its event
+	order     []fact          // of need, for a deterministic first problem
+}
+
+func (st *state) want(f fact, what string) {
+	if _, ok := st.need[f]; !ok {
+		st.order = append(st.order, f)
 	}
+	st.need[f] = what
+}
+
+// readState reads every key, version and rotation of s.
+func readState(ctx context.Context, s rekey.Store) (*state, error) {
 	keys, err := s.ListKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("audit: cross-check: list keys: %w", err)
 	}
-	need := map[fact]string{} // fact → the object that lacks its event
-	var order []fact          // for a deterministic first problem
-	want := func(f fact, what string) {
-		if _, ok := need[f]; !ok {
-			order = append(order, f)
-		}
-		need[f] = what
-	}
-	keyExists := map[string]bool{}
-	versions := map[fact]rekey.VersionState{} // key+version → state
-	rotations := map[string]rekey.Rotation{}
+	st := &state{keys: map[string]bool{}, versions: map[fact]rekey.VersionState{}, rotations: map[string]rekey.Rotation{}, need: map[fact]string{}}
 	for _, k := range keys {
-		keyExists[k.Name] = true
-		want(fact{typ: rekey.AuditKeyCreated, key: k.Name}, fmt.Sprintf("key %q exists", k.Name))
+		st.keys[k.Name] = true
+		st.want(fact{typ: rekey.AuditKeyCreated, key: k.Name}, fmt.Sprintf("key %q exists", k.Name))
 		vs, err := s.ListVersions(ctx, k.Name)
 		if err != nil {
 			return nil, fmt.Errorf("audit: cross-check: list versions of key %s: %w", k.Name, err)
 		}
 		for _, v := range vs {
-			versions[fact{key: k.Name, version: v.Version}] = v.State
+			st.versions[fact{key: k.Name, version: v.Version}] = v.State
 			what := fmt.Sprintf("key %q version %d is %s", k.Name, v.Version, v.State)
 			if v.Version > 1 {
-				want(fact{typ: rekey.AuditVersionCreated, key: k.Name, version: v.Version}, what)
+				st.want(fact{typ: rekey.AuditVersionCreated, key: k.Name, version: v.Version}, what)
 				if !v.ActivatedAt.IsZero() {
-					want(fact{typ: rekey.AuditRotationCommitted, key: k.Name, version: v.Version}, what)
+					st.want(fact{typ: rekey.AuditRotationCommitted, key: k.Name, version: v.Version}, what)
 				}
 			}
 			switch v.State {
 			case rekey.VersionPendingRetirement:
-				want(fact{typ: rekey.AuditVersionPendingRetirement, key: k.Name, version: v.Version}, what)
+				st.want(fact{typ: rekey.AuditVersionPendingRetirement, key: k.Name, version: v.Version}, what)
 			case rekey.VersionRetired:
-				want(fact{typ: rekey.AuditVersionRetired, key: k.Name, version: v.Version}, what)
+				st.want(fact{typ: rekey.AuditVersionRetired, key: k.Name, version: v.Version}, what)
 			case rekey.VersionDestroyed:
-				want(fact{typ: rekey.AuditVersionDestroyed, key: k.Name, version: v.Version}, what)
+				st.want(fact{typ: rekey.AuditVersionDestroyed, key: k.Name, version: v.Version}, what)
 			case rekey.VersionCompromised:
-				want(fact{typ: rekey.AuditVersionCompromised, key: k.Name, version: v.Version}, what)
+				st.want(fact{typ: rekey.AuditVersionCompromised, key: k.Name, version: v.Version}, what)
 			}
 		}
 		rs, err := s.ListRotations(ctx, rekey.RotationQuery{Key: k.Name, Limit: maxRotations})
@@ -112,37 +121,22 @@ func CrossCheck(ctx context.Context, s rekey.Store) (*Problem, error) {
 			return nil, fmt.Errorf("audit: cross-check: list rotations of key %s: %w", k.Name, err)
 		}
 		for _, r := range rs {
-			rotations[r.ID] = r
+			st.rotations[r.ID] = r
 			what := fmt.Sprintf("rotation %s of key %q (v%d→v%d) is %s", r.ID, r.Key, r.FromVersion, r.ToVersion, r.State)
-			want(fact{typ: rekey.AuditRotationStarted, rotation: r.ID}, what)
+			st.want(fact{typ: rekey.AuditRotationStarted, rotation: r.ID}, what)
 			if r.State == rekey.RotationDone {
-				want(fact{typ: rekey.AuditRotationCompleted, rotation: r.ID}, what)
+				st.want(fact{typ: rekey.AuditRotationCompleted, rotation: r.ID}, what)
 			}
 		}
 	}
+	return st, nil
+}
 
-	var bad *Problem
-	err = eachEvent(ctx, s, rekey.AuditQuery{}, func(e rekey.AuditEvent) error {
-		for _, f := range eventFacts(e) {
-			delete(need, f)
-		}
-		if bad == nil && e.Seq <= head {
-			if msg := contradiction(e, keyExists, versions, rotations); msg != "" {
-				bad = &Problem{Seq: e.Seq, Kind: KindStateMismatch, Message: fmt.Sprintf(
-					"event %s says %s: a forged event", describe(e), msg)}
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("audit: cross-check: %w", err)
-	}
-	if bad != nil {
-		return bad, nil
-	}
-	for _, f := range order {
-		what, ok := need[f]
-		if !ok {
+// missing returns the first needed fact that recorded does not hold, as a
+// KindMissingEvent problem, or nil.
+func (st *state) missing(recorded func(fact) bool, head int64) *Problem {
+	for _, f := range st.order {
+		if recorded(f) {
 			continue
 		}
 		typ := string(f.typ)
@@ -150,9 +144,9 @@ func CrossCheck(ctx context.Context, s rekey.Store) (*Problem, error) {
 			typ = "version.created or version.adopted"
 		}
 		return &Problem{Seq: head + 1, Kind: KindMissingEvent, Message: fmt.Sprintf(
-			"%s, but the trail has no %s event for it: events were deleted (the trail cut short or re-hashed while the state moved on)", what, typ)}, nil
+			"%s, but the trail has no %s event for it: events were deleted (the trail cut short or re-hashed while the state moved on)", st.need[f], typ)}
 	}
-	return nil, nil
+	return nil
 }
 
 // eventFacts returns the facts e records.

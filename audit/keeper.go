@@ -60,8 +60,9 @@ type Keeper struct {
 	// discards.
 	Logger *slog.Logger
 
-	mu  sync.Mutex
-	bad error // why the last Verify did not pass; nil when it did (or none ran)
+	mu    sync.Mutex
+	bad   error     // why the last Verify did not pass; nil when it did (or none ran)
+	known *verified // the last check that passed, nil when none did (or one failed since)
 }
 
 func (k *Keeper) now() time.Time {
@@ -74,8 +75,10 @@ func (k *Keeper) now() time.Time {
 // Checkpoint MACs the head of the trail (a no-op when it is checkpointed
 // already) and moves the anchor forward, after checking what it vouches
 // for: the store's guards, the anchor file's MAC and that the trail still
-// holds the anchored checkpoint, the hash chain since the last checkpoint,
-// and the whole trail against the store's state (CrossCheck). It returns
+// holds the anchored checkpoint, the hash chain, and the trail against the
+// store's state (CrossCheck). The chain and the cross-check read the whole
+// trail the first time, and after that only what was appended since this
+// Keeper's last check that passed (see check). It returns
 // an error matching ErrInvalidChain, and writes nothing, when any of them
 // fails, when the last Verify of this Keeper did not pass, and for a trail
 // with events but neither checkpoint nor anchor that this process did not
@@ -93,7 +96,7 @@ func (k *Keeper) Checkpoint(ctx context.Context) error {
 	if bad != nil {
 		return fmt.Errorf("audit checkpoint refused: the last verification did not pass: %w", bad)
 	}
-	if _, err := k.check(ctx); err != nil {
+	if _, err := k.check(ctx, true); err != nil {
 		return fmt.Errorf("audit checkpoint: %w", err)
 	}
 	return k.checkpoint(ctx, false)
@@ -150,18 +153,46 @@ func wrapCheckpointErr(err error) error {
 	return fmt.Errorf("audit checkpoint: %w", err)
 }
 
-// check runs the checks of Verify: the whole chain (Verify), the
-// cross-check, the anchor and the store's guards. Checkpoint runs them
-// all too: a checkpoint vouches for the whole trail.
-// It returns the chain's Result and an
-// *InvalidChainError for the first problem.
-func (k *Keeper) check(ctx context.Context) (Result, error) {
+// check runs the checks of Verify: the chain, the cross-check, the anchor
+// and the store's guards. Checkpoint runs them all too: a checkpoint
+// vouches for the whole trail. With since, the chain and the cross-check
+// start where the last check of this Keeper that passed ended (when one
+// did): what came before was checked then, and a rewrite of it changes the
+// hash remembered (verifyFrom); the anchor and the guards are checked in
+// full every time. A long-running process (the worker checkpoints every
+// cycle) so reads each event once, not once per cycle; Verify (the
+// worker's periodic check, rekey audit verify) always reads everything.
+// It returns the chain's Result and an *InvalidChainError for the first
+// problem.
+func (k *Keeper) check(ctx context.Context, since bool) (res Result, err error) {
 	fail := func(res Result, p Problem) (Result, error) {
 		res.Valid = false
 		res.FirstBad = &p
 		return res, &InvalidChainError{Problem: p}
 	}
-	res, err := Verify(ctx, k.Store, k.MACer, Purpose)
+	var from *verified
+	if since {
+		k.mu.Lock()
+		from = k.known
+		k.mu.Unlock()
+	}
+	var facts crossFacts
+	defer func() {
+		// Remember what passed; forget after anything else, so that the
+		// next check reads the whole trail again.
+		k.mu.Lock()
+		if err == nil {
+			k.known = &verified{chain: res.point(), facts: facts}
+		} else {
+			k.known = nil
+		}
+		k.mu.Unlock()
+	}()
+	if from != nil {
+		res, err = verifyFrom(ctx, k.Store, k.MACer, Purpose, from.chain)
+	} else {
+		res, err = Verify(ctx, k.Store, k.MACer, Purpose)
+	}
 	if err != nil {
 		return res, err
 	}
@@ -170,7 +201,11 @@ func (k *Keeper) check(ctx context.Context) (Result, error) {
 	}
 	// What is missing or contradicted names the damage best; the anchor
 	// then says whether what is left is what this home wrote.
-	p, err := CrossCheck(ctx, k.Store)
+	var fromFacts *crossFacts
+	if from != nil {
+		fromFacts = &from.facts
+	}
+	p, facts, err := crossCheckFrom(ctx, k.Store, fromFacts)
 	if err != nil {
 		return res, err
 	}
@@ -226,7 +261,7 @@ func (k *Keeper) check(ctx context.Context) (Result, error) {
 // what could not be read or MACed (the trail is then not verified). With
 // no MACer the Result says so in Unverifiable.
 func (k *Keeper) Verify(ctx context.Context) (Result, error) {
-	res, err := k.check(ctx)
+	res, err := k.check(ctx, false)
 	var ice *InvalidChainError
 	if errors.As(err, &ice) {
 		err = nil
@@ -259,7 +294,7 @@ func (k *Keeper) Reanchor(ctx context.Context) (Result, error) {
 	}
 	saved := k.AnchorPath
 	k.AnchorPath = "" // everything but the anchor
-	res, err := k.check(ctx)
+	res, err := k.check(ctx, false)
 	k.AnchorPath = saved
 	if err != nil {
 		return res, err
