@@ -61,8 +61,7 @@ type fact struct {
 // with the number of keys, versions and rotations, not with the trail.
 // Errors are the store's.
 func CrossCheck(ctx context.Context, s rekey.Store) (*Problem, error) {
-	p, _, err := crossCheckFrom(ctx, s, nil)
-	return p, err
+	return crossCheckFrom(ctx, s, nil)
 }
 
 // state is the store's keys, versions and rotations as CrossCheck reads

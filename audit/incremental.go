@@ -36,10 +36,6 @@ type crossFacts struct {
 	seen map[fact]bool
 }
 
-func (r Result) point() chainPoint {
-	return chainPoint{seq: r.LastSeq, hash: r.HeadHash, lastCheckpoint: r.LastCheckpoint, checkpoints: r.Checkpoints, events: r.Events}
-}
-
 // verifyFrom verifies the trail after from, a position verified before by
 // the same process: the event at from.seq must still be there with the
 // hash it had (a rewrite of anything up to it changes that hash, or breaks
@@ -48,15 +44,16 @@ func (r Result) point() chainPoint {
 // to from.seq are checked against their events one by one. What is up to
 // from.seq is not read again: an edit there that does not recompute the
 // hashes is left to the next full Verify, which finds it.
-func verifyFrom(ctx context.Context, s rekey.Store, m rekey.MACer, purpose string, from chainPoint) (Result, error) {
+func verifyFrom(ctx context.Context, s rekey.Store, m rekey.MACer, purpose string, from chainPoint, each func(*verifier, rekey.AuditEvent)) (Result, error) {
 	if from.seq == 0 {
-		return Verify(ctx, s, m, purpose)
+		return verifyAll(ctx, s, m, purpose, each)
 	}
 	bound, err := lastCheckpointSeq(ctx, s)
 	if err != nil {
 		return Result{}, fmt.Errorf("audit: verify: %w", err)
 	}
 	v := newVerifier(ctx, m, purpose)
+	v.each = each
 	v.cps = &checkpointStream{ctx: ctx, s: s, after: from.lastCheckpoint, bound: bound}
 	v.events = newEventStream(ctx, s, from.seq-1)
 	v.lastGood, v.res.Checkpoints, v.res.Events = from.lastCheckpoint, from.checkpoints, from.events
@@ -116,58 +113,88 @@ func verifyFrom(ctx context.Context, s rekey.Store, m rekey.MACer, purpose strin
 	return v.res, nil
 }
 
-// crossCheckFrom is CrossCheck reading only the events after from.seq:
-// the facts of the earlier ones are from.seen, and they were checked
-// against the state then (states only move forward, so what agreed then
-// agrees now). It returns the facts up to the head it read, for the next
-// call. from may be nil (read the whole trail).
-func crossCheckFrom(ctx context.Context, s rekey.Store, from *crossFacts) (*Problem, crossFacts, error) {
+// crossPass is a cross-check made while the chain is read (Keeper.check
+// reads the trail once for both): the state is read first, then every
+// event that checks out is given to event, then finish compares.
+type crossPass struct {
+	head  int64  // the head when the state was read
+	st    *state // the state
+	out   crossFacts
+	point chainPoint // the chain at the last event up to head
+	later map[fact]bool
+	bad   *Problem
+}
+
+// newCrossPass reads the head and the state of s; from, when not nil, is
+// what an earlier pass read (its facts are copied, not changed).
+func newCrossPass(ctx context.Context, s rekey.Store, from *verified) (*crossPass, error) {
 	head, err := HeadSeq(ctx, s)
 	if err != nil {
-		return nil, crossFacts{}, fmt.Errorf("audit: cross-check: %w", err)
+		return nil, fmt.Errorf("audit: cross-check: %w", err)
 	}
 	st, err := readState(ctx, s)
 	if err != nil {
-		return nil, crossFacts{}, err
+		return nil, err
 	}
-	out := crossFacts{seen: map[fact]bool{}}
+	c := &crossPass{head: head, st: st, out: crossFacts{seen: map[fact]bool{}}, later: map[fact]bool{}}
 	if from != nil {
-		out.seq = from.seq
-		maps.Copy(out.seen, from.seen)
+		c.out.seq, c.point = from.facts.seq, from.chain
+		maps.Copy(c.out.seen, from.facts.seen)
 	}
-	// Events after head were written after the state was read: their
-	// facts count for this check (the state may hold what they record),
-	// but only those up to head are kept for the next, which checks the
-	// later ones against the state it reads.
-	later := map[fact]bool{}
-	var bad *Problem
-	err = eachEvent(ctx, s, rekey.AuditQuery{AfterSeq: out.seq}, func(e rekey.AuditEvent) error {
-		if e.Seq > head {
-			for _, f := range eventFacts(e) {
-				later[f] = true
-			}
-			return nil
-		}
+	return c, nil
+}
+
+// event takes in e, an event that checked out. Events after head were
+// written after the state was read: their facts count for this pass (the
+// state may hold what they record), but are not kept for the next, which
+// reads them again and checks them against the state it reads.
+func (c *crossPass) event(v *verifier, e rekey.AuditEvent) {
+	if e.Seq <= c.out.seq {
+		return // read by an earlier pass
+	}
+	if e.Seq > c.head {
 		for _, f := range eventFacts(e) {
-			out.seen[f] = true
+			c.later[f] = true
 		}
-		if bad == nil {
-			if msg := contradiction(e, st.keys, st.versions, st.rotations); msg != "" {
-				bad = &Problem{Seq: e.Seq, Kind: KindStateMismatch, Message: fmt.Sprintf(
-					"event %s says %s: a forged event", describe(e), msg)}
-			}
+		return
+	}
+	for _, f := range eventFacts(e) {
+		c.out.seen[f] = true
+	}
+	if c.bad == nil {
+		if msg := contradiction(e, c.st.keys, c.st.versions, c.st.rotations); msg != "" {
+			c.bad = &Problem{Seq: e.Seq, Kind: KindStateMismatch, Message: fmt.Sprintf(
+				"event %s says %s: a forged event", describe(e), msg)}
 		}
-		out.seq = e.Seq
+	}
+	c.out.seq = e.Seq
+	if v != nil {
+		c.point = chainPoint{seq: e.Seq, hash: e.Hash, lastCheckpoint: v.lastGood, checkpoints: v.res.Checkpoints, events: v.res.Events}
+	}
+}
+
+// finish returns the first problem: an event the state contradicts, or a
+// state with no event recording it.
+func (c *crossPass) finish() *Problem {
+	if c.bad != nil {
+		return c.bad
+	}
+	return c.st.missing(func(f fact) bool { return c.out.seen[f] || c.later[f] }, c.head)
+}
+
+// crossCheckFrom is CrossCheck reading the events after from.seq only
+// (nil: all of them).
+func crossCheckFrom(ctx context.Context, s rekey.Store, from *verified) (*Problem, error) {
+	c, err := newCrossPass(ctx, s, from)
+	if err != nil {
+		return nil, err
+	}
+	err = eachEvent(ctx, s, rekey.AuditQuery{AfterSeq: c.out.seq}, func(e rekey.AuditEvent) error {
+		c.event(nil, e)
 		return nil
 	})
 	if err != nil {
-		return nil, crossFacts{}, fmt.Errorf("audit: cross-check: %w", err)
+		return nil, fmt.Errorf("audit: cross-check: %w", err)
 	}
-	if bad != nil {
-		return bad, crossFacts{}, nil
-	}
-	if p := st.missing(func(f fact) bool { return out.seen[f] || later[f] }, head); p != nil {
-		return p, crossFacts{}, nil
-	}
-	return nil, out, nil
+	return c.finish(), nil
 }

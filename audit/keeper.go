@@ -176,22 +176,27 @@ func (k *Keeper) check(ctx context.Context, since bool) (res Result, err error) 
 		from = k.known
 		k.mu.Unlock()
 	}
-	var facts crossFacts
+	// The state first, then the trail, read once for the chain and the
+	// cross-check together.
+	cross, err := newCrossPass(ctx, k.Store, from)
+	if err != nil {
+		return res, err
+	}
 	defer func() {
 		// Remember what passed; forget after anything else, so that the
 		// next check reads the whole trail again.
 		k.mu.Lock()
 		if err == nil {
-			k.known = &verified{chain: res.point(), facts: facts}
+			k.known = &verified{chain: cross.point, facts: cross.out}
 		} else {
 			k.known = nil
 		}
 		k.mu.Unlock()
 	}()
 	if from != nil {
-		res, err = verifyFrom(ctx, k.Store, k.MACer, Purpose, from.chain)
+		res, err = verifyFrom(ctx, k.Store, k.MACer, Purpose, from.chain, cross.event)
 	} else {
-		res, err = Verify(ctx, k.Store, k.MACer, Purpose)
+		res, err = verifyAll(ctx, k.Store, k.MACer, Purpose, cross.event)
 	}
 	if err != nil {
 		return res, err
@@ -201,15 +206,7 @@ func (k *Keeper) check(ctx context.Context, since bool) (res Result, err error) 
 	}
 	// What is missing or contradicted names the damage best; the anchor
 	// then says whether what is left is what this home wrote.
-	var fromFacts *crossFacts
-	if from != nil {
-		fromFacts = &from.facts
-	}
-	p, facts, err := crossCheckFrom(ctx, k.Store, fromFacts)
-	if err != nil {
-		return res, err
-	}
-	if p != nil {
+	if p := cross.finish(); p != nil {
 		return fail(res, *p)
 	}
 	if k.AnchorPath != "" {

@@ -120,11 +120,18 @@ func Verify(ctx context.Context, s rekey.Store, m rekey.MACer, purpose string) (
 	if m != nil && purpose == "" {
 		return Result{}, rekey.Invalidf("audit: verify: no MAC purpose")
 	}
+	return verifyAll(ctx, s, m, purpose, nil)
+}
+
+// verifyAll is Verify, calling each (when not nil) with every event that
+// checked out.
+func verifyAll(ctx context.Context, s rekey.Store, m rekey.MACer, purpose string, each func(*verifier, rekey.AuditEvent)) (Result, error) {
 	bound, err := lastCheckpointSeq(ctx, s)
 	if err != nil {
 		return Result{}, fmt.Errorf("audit: verify: %w", err)
 	}
 	v := newVerifier(ctx, m, purpose)
+	v.each = each
 	v.cps = &checkpointStream{ctx: ctx, s: s, bound: bound}
 	v.events = newEventStream(ctx, s, 0)
 	if err := v.run(); err != nil {
@@ -160,6 +167,9 @@ type verifier struct {
 	afterGood rekey.AuditEvent // the first good event after lastGood (Seq 0 until there is one)
 	recent    *hashWindow      // hashes of recent good events
 	res       Result
+	// each, when set, is called with every event that checked out (its
+	// checkpoints included), in seq order.
+	each func(v *verifier, e rekey.AuditEvent)
 }
 
 func newVerifier(ctx context.Context, m rekey.MACer, purpose string) *verifier {
@@ -200,6 +210,9 @@ func (v *verifier) run() error {
 			return err
 		}
 		v.res.FirstBad = p
+		if p == nil && v.each != nil {
+			v.each(v, e)
+		}
 	}
 	if v.res.FirstBad == nil {
 		p, err := v.checkCheckpointsBeyondEnd()
