@@ -60,7 +60,10 @@ const (
 const (
 	resultSuccess = "success" // rotation.ResultSuccess
 	resultFailure = "failure" // rotation.ResultFailure
-	stateUnknown  = "unknown" // the state label of DEKs on a version the store does not list
+	// resultThrottled is kmsmw.ResultThrottled: a backend request refused
+	// for its rate.
+	resultThrottled = "throttled"
+	stateUnknown    = "unknown" // the state label of DEKs on a version the store does not list
 )
 
 // scrapeTimeout bounds the store reads of one scrape: a store that hangs
@@ -142,7 +145,7 @@ var _ prometheus.Collector = (*Metrics)(nil)
 // New creates rekey's metrics and registers them on reg as one collector.
 // A nil reg means a private registry nobody scrapes (the metrics are kept,
 // not exported). It creates rekey_kms_requests_total{backend,op,result} at
-// 0 (and an empty rekey_kms_request_duration_seconds{backend,op}) for each
+// 0 for each result (success, failure, throttled) (and an empty rekey_kms_request_duration_seconds{backend,op}) for each
 // of o.Backends × o.KMSOps. It returns an error, and leaves reg as it was,
 // when the collector cannot be registered — for instance because New was
 // already called with reg (prometheus.AlreadyRegisteredError is in the
@@ -221,7 +224,7 @@ func New(reg prometheus.Registerer, o Options) (*Metrics, error) {
 	}
 	for _, name := range o.Backends {
 		for _, op := range ops {
-			for _, result := range []string{resultSuccess, resultFailure} {
+			for _, result := range []string{resultSuccess, resultFailure, resultThrottled} {
 				_, _ = m.kmsRequests.GetMetricWithLabelValues(name, op, result)
 			}
 			_, _ = m.kmsDuration.GetMetricWithLabelValues(name, op)

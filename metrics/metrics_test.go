@@ -371,12 +371,12 @@ func TestCountersAtZeroFromTheFirstScrape(t *testing.T) {
 	ops := metrics.DefaultKMSOps()
 	for _, backend := range backends {
 		for _, op := range ops {
-			for _, result := range []string{"success", "failure"} {
+			for _, result := range []string{"success", "failure", "throttled"} {
 				b.wantValue(t, "rekey_kms_requests_total", L{"backend": backend, "op": op, "result": result}, 0)
 			}
 		}
 	}
-	if got, want := len(b.seriesOf(t, "rekey_kms_requests_total")), len(backends)*len(ops)*2; got != want {
+	if got, want := len(b.seriesOf(t, "rekey_kms_requests_total")), len(backends)*len(ops)*3; got != want {
 		t.Errorf("rekey_kms_requests_total has %d series, want %d", got, want)
 	}
 	if got, want := len(b.seriesOf(t, "rekey_kms_request_duration_seconds")), len(backends)*len(ops); got != want {
@@ -393,7 +393,7 @@ func TestCountersAtZeroFromTheFirstScrape(t *testing.T) {
 	// Explicit ops replace the defaults.
 	b2 := setup(t, metrics.Options{Backends: []string{"local"}, KMSOps: []string{"wrap"}})
 	if got, want := b2.seriesOf(t, "rekey_kms_requests_total"), []string{
-		`{backend="local",op="wrap",result="failure"}`, `{backend="local",op="wrap",result="success"}`,
+		`{backend="local",op="wrap",result="failure"}`, `{backend="local",op="wrap",result="success"}`, `{backend="local",op="wrap",result="throttled"}`,
 	}; !slices.Equal(got, want) {
 		t.Errorf("with KMSOps [wrap]: %v, want %v", got, want)
 	}
@@ -841,7 +841,7 @@ func TestNoKeyMaterialInLabels(t *testing.T) {
 	createKey(t, st, "payments", now.Add(rekey.Day))
 	insertDEKs(t, st, "payments", 1, 3)
 	b := setup(t, metrics.Options{Store: st, Backends: []string{"local"}})
-	allowed := map[string]bool{"payments": true, "local": true, "success": true, "failure": true, "1": true, "active": true}
+	allowed := map[string]bool{"payments": true, "local": true, "success": true, "failure": true, "throttled": true, "1": true, "active": true}
 	for _, op := range metrics.DefaultKMSOps() {
 		allowed[op] = true
 	}
