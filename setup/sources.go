@@ -41,7 +41,7 @@ func openSources(cfg *config.Config) ([]*source.Source, error) {
 func engineSources(srcs []*source.Source) []rotation.Source {
 	out := make([]rotation.Source, len(srcs))
 	for i, s := range srcs {
-		out[i] = rotation.Source{Name: s.Name(), DEKs: s}
+		out[i] = rotation.Source{Name: s.Name(), DEKs: s, PerRowKey: s.Config().KeyColumn != ""}
 	}
 	return out
 }

@@ -477,3 +477,40 @@ func (s *Source) wrap(op string, err error) error {
 	}
 	return fmt.Errorf("source %s (table %s): %s: %s", s.cfg.Name, s.cfg.Table, op, redact.Text(err.Error()))
 }
+
+// KeysNamed returns how many rows (matching the filter) name each key:
+// grouped by the key column, a NULL key counted under "", or, with one key
+// for all rows, that key and the table's row count.
+func (s *Source) KeysNamed(ctx context.Context) (map[string]int64, error) {
+	out := map[string]int64{}
+	sel, group := "NULL", ""
+	if s.cfg.KeyColumn != "" {
+		sel, group = quoteIdent(s.cfg.KeyColumn), " GROUP BY "+quoteIdent(s.cfg.KeyColumn)
+	}
+	query := "SELECT " + sel + ", COUNT(*) FROM " + s.table()
+	if s.cfg.Where != "" {
+		query += " WHERE (" + s.cfg.Where + ")"
+	}
+	rows, err := s.db.QueryContext(ctx, query+group)
+	if err != nil {
+		return nil, s.wrap("count rows per key", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k sql.NullString
+		var n int64
+		if err := rows.Scan(&k, &n); err != nil {
+			return nil, s.wrap("count rows per key", err)
+		}
+		if s.cfg.KeyColumn == "" {
+			k.String = s.cfg.Key
+		}
+		if n > 0 {
+			out[k.String] += n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("count rows per key", err)
+	}
+	return out, nil
+}
