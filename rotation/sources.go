@@ -10,6 +10,7 @@ import (
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/status"
 )
 
 // DEK sources (issue 11): a key's DEKs live in rekey's store AND in every
@@ -92,11 +93,7 @@ func (e *Engine) skipBroken(ctx context.Context, key string, s Source, err error
 }
 
 // SourceCount is how many rows of one key a source holds per version.
-type SourceCount struct {
-	Source   string        `json:"source"`
-	Versions map[int]int64 `json:"deks_by_version"`
-	Error    string        `json:"error,omitempty"`
-}
+type SourceCount = status.SourceCount
 
 // sourceHolder is the optional key filter of a source.
 type sourceHolder interface{ Holds(key string) bool }

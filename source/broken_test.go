@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -84,6 +85,20 @@ func TestBrokenSourceFailsOnlyItsKeys(t *testing.T) {
 		case "ledger":
 			t.Errorf("ledger (key billing) listed under payments")
 		}
+	}
+
+	// /readyz names both broken sources and what waits for them; the
+	// status API carries the counts and errors per key.
+	rec := httptest.NewRecorder()
+	r.sys.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if body := rec.Body.String(); rec.Code != 503 || !strings.Contains(body, "FAIL source:ledger: ") || !strings.Contains(body, "key billing") ||
+		!strings.Contains(body, "FAIL source:tenants: ") || strings.Contains(body, "FAIL source:orders") {
+		t.Errorf("/readyz = %d:\n%s\nwant 503 naming ledger (key billing) and tenants only", rec.Code, body)
+	}
+	rec = httptest.NewRecorder()
+	r.sys.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/api/v1/status", nil))
+	if body := rec.Body.String(); !strings.Contains(body, `"source": "orders"`) || !strings.Contains(body, `"2": 270`) || !strings.Contains(body, "no such table: tenant_keys") {
+		t.Errorf("/api/v1/status lacks the source counts and errors:\n%s", body)
 	}
 
 	// Past the grace: version 1 has no row rekey can count, but tenants

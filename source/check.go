@@ -116,18 +116,8 @@ func (s *Source) Check(ctx context.Context) error {
 	// SELECT the columns rekey reads, through the filter: the database
 	// checks the filter's SQL and every SELECT privilege it needs. LIMIT 0
 	// reads no row.
-	read := []string{quoteIdent(s.cfg.IDColumn), quoteIdent(s.cfg.WrappedColumn), quoteIdent(s.cfg.VersionColumn)}
-	if s.cfg.KeyColumn != "" {
-		read = append(read, quoteIdent(s.cfg.KeyColumn))
-	}
-	q := "SELECT " + strings.Join(read, ", ") + " FROM " + s.table()
-	if s.cfg.Where != "" {
-		q += " WHERE (" + s.cfg.Where + ")"
-	}
-	if rows, err := s.db.QueryContext(ctx, q+" LIMIT 0"); err != nil {
-		probs = append(probs, fmt.Sprintf("cannot read the columns through the filter (%s): GRANT SELECT on them and on the filter's columns, and check where", s.wrap("select", err).Error()))
-	} else {
-		rows.Close()
+	if err := s.readNothing(ctx); err != nil {
+		probs = append(probs, fmt.Sprintf("cannot read the columns through the filter (%s): GRANT SELECT on them and on the filter's columns, and check where", err.Error()))
 	}
 	if s.pg {
 		for _, c := range []struct{ col, priv string }{
@@ -173,3 +163,33 @@ func (s *Source) probeWrite(ctx context.Context) error {
 }
 
 func isPGInt(t string) bool { return t == "smallint" || t == "integer" || t == "bigint" }
+
+// readNothing SELECTs the columns rekey reads, through the filter, with
+// LIMIT 0: the database checks the table, the columns, the filter's SQL
+// and the SELECT privileges, and reads no row.
+func (s *Source) readNothing(ctx context.Context) error {
+	read := []string{quoteIdent(s.cfg.IDColumn), quoteIdent(s.cfg.WrappedColumn), quoteIdent(s.cfg.VersionColumn)}
+	if s.cfg.KeyColumn != "" {
+		read = append(read, quoteIdent(s.cfg.KeyColumn))
+	}
+	q := "SELECT " + strings.Join(read, ", ") + " FROM " + s.table()
+	if s.cfg.Where != "" {
+		q += " WHERE (" + s.cfg.Where + ")"
+	}
+	rows, err := s.db.QueryContext(ctx, q+" LIMIT 0")
+	if err != nil {
+		return s.wrap("select", err)
+	}
+	return rows.Close()
+}
+
+// Probe returns nil when the source's database answers and rekey can read
+// its table (the columns it reads, through the filter), reading no row:
+// the readiness check of `rekey run`. Unlike Check it does not look at
+// types or UPDATE privileges.
+func (s *Source) Probe(ctx context.Context) error {
+	if err := s.readNothing(ctx); err != nil {
+		return err
+	}
+	return nil
+}
