@@ -12,9 +12,10 @@ import (
 const (
 	SourceSQLite   = "sqlite"
 	SourcePostgres = "postgres"
+	SourceMySQL    = "mysql" // MySQL or MariaDB
 )
 
-var sourceDrivers = []string{SourceSQLite, SourcePostgres}
+var sourceDrivers = []string{SourceSQLite, SourcePostgres, SourceMySQL}
 
 // SourceConfig declares a DEK source (YAML: dek_sources[i]): a table of the
 // application's own database that holds wrapped DEKs, which rekey counts,
@@ -23,7 +24,7 @@ var sourceDrivers = []string{SourceSQLite, SourcePostgres}
 type SourceConfig struct {
 	// Name identifies the source in logs, status and the CLI.
 	Name string
-	// Driver is SourceSQLite or SourcePostgres.
+	// Driver is SourceSQLite, SourcePostgres or SourceMySQL.
 	Driver string
 	// DSN is the application database's connection string (a file path for
 	// sqlite, resolved against the configuration's directory). It may hold
@@ -146,6 +147,10 @@ func (c *Config) checkSources(ch *checker) {
 		case SourcePostgres:
 			if dsn != "" && !isPostgresURL(dsn) && !strings.Contains(dsn, "=") {
 				ch.add(p+".dsn", "not a PostgreSQL connection string: use postgres://USER:${PASSWORD_VAR}@HOST:5432/DB or the key=value form")
+			}
+		case SourceMySQL:
+			if isPostgresURL(dsn) || strings.Contains(dsn, "://") {
+				ch.add(p+".dsn", "not a MySQL DSN: use USER:${PASSWORD_VAR}@tcp(HOST:3306)/DB (the go-sql-driver/mysql form, no scheme)")
 			}
 		default:
 			ch.add(p+".driver", "%s", enumMessage("source driver", s.Driver, sourceDrivers))

@@ -6,6 +6,7 @@ import (
 	"embed"
 	"fmt"
 	"html/template"
+	"maps"
 	"math"
 	"net/http"
 	"slices"
@@ -99,6 +100,19 @@ type keyCard struct {
 	Open          *rotationRow
 	Recent        []rotationRow
 	Failed        []failedDEKs
+	Sources       []sourceRow
+}
+
+// sourceRow is one DEK source's rows of a key, per version (newest first).
+type sourceRow struct {
+	Name     string
+	Versions []sourceVersion
+	Error    string
+}
+
+type sourceVersion struct {
+	Version int
+	DEKs    string
 }
 
 type timeline struct {
@@ -223,7 +237,8 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 		HasMetrics: hasMetrics,
 	}
 	var deks int64
-	var overdue, due, soon, blocked int
+	var overdue, due, soon, blocked, badSources int
+	badSource := map[string]bool{}
 	for _, k := range st.Keys {
 		deks += k.DEKs
 		c := keyCard{
@@ -273,8 +288,27 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 			}
 			c.Versions = append(c.Versions, row)
 		}
+		for _, sc := range k.Sources {
+			row := sourceRow{Name: sc.Source}
+			if sc.Error != "" {
+				row.Error = cleanText(sc.Error)
+				if !badSource[sc.Source] {
+					badSource[sc.Source] = true
+					badSources++
+				}
+			}
+			for _, v := range slices.Backward(slices.Sorted(maps.Keys(sc.Versions))) {
+				row.Versions = append(row.Versions, sourceVersion{Version: v, DEKs: formatCount(sc.Versions[v])})
+			}
+			c.Sources = append(c.Sources, row)
+		}
 		blocked += c.Blocked
 		c.Level = c.State.Level
+		for _, r := range c.Sources {
+			if r.Error != "" {
+				c.Level = worse(c.Level, levelWarn)
+			}
+		}
 		if c.Blocked > 0 {
 			c.Level = worse(c.Level, levelWarn)
 		}
@@ -318,6 +352,7 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 	add(failing, levelCrit, "1 rotation failing", "%d rotations failing")
 	add(blocked, levelWarn, "1 retirement blocked", "%d retirements blocked")
 	add(stuck, levelWarn, "1 rotation with unreadable DEKs", "%d rotations with unreadable DEKs")
+	add(badSources, levelWarn, "1 DEK source unreadable", "%d DEK sources unreadable")
 	add(due, levelWarn, "1 key due for rotation", "%d keys due for rotation")
 	add(soon, levelInfo, "1 key due soon", "%d keys due soon")
 	add(running, levelInfo, "1 rotation in progress", "%d rotations in progress")

@@ -15,10 +15,12 @@ import (
 	"github.com/rekeyhq/rekey"
 )
 
-// readyCheck is one component /readyz asks: the store or a backend.
+// readyCheck is one component /readyz asks: the store, a backend or a
+// DEK source.
 type readyCheck struct {
-	component string // "store" or "backend:NAME"
+	component string // "store", "backend:NAME" or "source:NAME"
 	ping      func(context.Context) error
+	sourceKey string // a source's one key ("" with a key column)
 }
 
 // newReadyChecks returns the store's check and one per backend that
@@ -73,7 +75,26 @@ func (s *Server) checkReady(ctx context.Context) readyReport {
 		rep.Ready = rep.Ready && r.OK
 	}
 	s.nameKeys(ctx, rep.Checks)
+	s.nameSourceKeys(rep.Checks)
 	return rep
+}
+
+// nameSourceKeys adds to each failing source's error the keys it concerns
+// and what waits for it: a source with one key fails that key's rotations;
+// a source whose rows name their keys may hold rows of any key, so no old
+// version of any key retires while it is down (rotations go on).
+func (s *Server) nameSourceKeys(results []checkResult) {
+	for i, r := range results {
+		if r.OK || !strings.HasPrefix(r.Component, "source:") {
+			continue
+		}
+		if key := s.checks[i].sourceKey; key != "" {
+			results[i].Keys = []string{key}
+			results[i].Error += " (key " + key + ": its rotations fail until the source answers)"
+		} else {
+			results[i].Error += " (its rows name their keys: no old version of any key retires until the source answers)"
+		}
+	}
 }
 
 // nameKeys adds to each failing backend's error the keys that live on it
@@ -193,7 +214,7 @@ func (l *readinessLog) record(log *slog.Logger, rep readyReport) {
 		return
 	}
 	if rep.Ready {
-		log.Info("ready: the store and every pingable backend answer")
+		log.Info("ready: the store, every pingable backend and every DEK source answer")
 		return
 	}
 	var failing []string

@@ -3,8 +3,9 @@
 //
 //	GET /metrics        Prometheus text format, from Config.Gatherer
 //	GET /healthz        200 "ok" while the process runs
-//	GET /readyz         200 when the store and every pingable backend answer,
-//	                    else 503 naming each failing component
+//	GET /readyz         200 when the store, every pingable backend and every
+//	                    DEK source answer, else 503 naming each failing
+//	                    component and the keys it concerns
 //	                    (?format=json for a JSON body)
 //	GET /api/v1/status  the status.Status that `rekey status --json` prints,
 //	                    byte for byte
@@ -90,6 +91,25 @@ type Config struct {
 	// ReadyTimeout bounds each readiness check. Zero means
 	// DefaultReadyTimeout.
 	ReadyTimeout time.Duration
+	// Sources are the DEK sources (the application's own tables):
+	// /readyz probes each.
+	Sources []Source
+	// SourceCounts, when set, counts a key's rows per version in the DEK
+	// sources, for /api/v1/status and the status page
+	// (rotation.Engine.SourceCounts).
+	SourceCounts func(ctx context.Context, key string) []status.SourceCount
+}
+
+// Source is a DEK source as /readyz sees it.
+type Source struct {
+	// Name is the source's name (dek_sources[].name).
+	Name string
+	// Key is the key of every row of the source, or "" when a column
+	// names each row's key (it may then hold rows of any key).
+	Key string
+	// Probe returns nil when the source's database answers and its table
+	// can be read (source.Source.Probe).
+	Probe func(context.Context) error
 }
 
 // Server serves the endpoints of the package doc. It is safe for
@@ -103,6 +123,7 @@ type Server struct {
 	hasMetrics   bool
 	handler      http.Handler
 	readiness    readinessLog
+	sourceCounts func(ctx context.Context, key string) []status.SourceCount
 
 	// shutdownTimeout is shutdownTimeout, shortened by tests.
 	shutdownTimeout time.Duration
@@ -125,6 +146,12 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	for i, src := range cfg.Sources {
+		if src.Name == "" || src.Probe == nil {
+			return nil, rekey.Invalidf("httpapi: Config.Sources[%d] needs a Name and a Probe", i)
+		}
+		checks = append(checks, readyCheck{component: "source:" + src.Name, ping: src.Probe, sourceKey: src.Key})
+	}
 	s := &Server{
 		store:           cfg.Store,
 		checks:          checks,
@@ -132,6 +159,7 @@ func New(cfg Config) (*Server, error) {
 		now:             cfg.Now,
 		readyTimeout:    cfg.ReadyTimeout,
 		shutdownTimeout: shutdownTimeout,
+		sourceCounts:    cfg.SourceCounts,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -294,7 +322,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 func (s *Server) buildStatus(ctx context.Context) (status.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	st, err := status.Build(ctx, s.store, s.now())
+	st, err := status.BuildWith(ctx, s.store, s.now(), status.Options{SourceCounts: s.sourceCounts})
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("store gave no answer within %s: %w", buildTimeout, err)
 	}

@@ -290,7 +290,9 @@ func (d *driver) recordVersion(ctx context.Context) error {
 
 // startRewrap counts the DEKs to re-wrap and moves to rewrapping.
 func (d *driver) startRewrap(ctx context.Context) error {
-	counts, err := d.e.countDEKs(ctx, d.key.Name)
+	// A per-row-key source that cannot be read is left out of the total
+	// (its pass is skipped too, logged there).
+	counts, _, err := d.e.countDEKsAvail(ctx, d.key.Name, true)
 	if err != nil {
 		return err
 	}
@@ -616,14 +618,23 @@ func (e *Engine) listVersions(ctx context.Context, key string) ([]rekey.KeyVersi
 }
 
 func (e *Engine) countDEKs(ctx context.Context, key string) (map[int]int64, error) {
+	c, _, err := e.countDEKsAvail(ctx, key, false)
+	return c, err
+}
+
+// countDEKsAvail is countDEKs that, when lenient, leaves out a per-row-key
+// source that cannot be counted and returns it in down (Source.PerRowKey):
+// the counts are then a lower bound.
+func (e *Engine) countDEKsAvail(ctx context.Context, key string, lenient bool) (map[int]int64, []*SourceError, error) {
 	c, err := e.deks.CountDEKs(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("count DEKs of key %s: %w", key, err)
+		return nil, nil, fmt.Errorf("count DEKs of key %s: %w", key, err)
 	}
-	if err := e.addSourceCounts(ctx, key, c); err != nil {
-		return nil, err
+	down, err := e.addSourceCounts(ctx, key, c, lenient)
+	if err != nil {
+		return nil, down, err
 	}
-	return c, nil
+	return c, down, nil
 }
 
 func (e *Engine) listDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {

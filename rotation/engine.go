@@ -154,6 +154,8 @@ type Engine struct {
 	// per version, so that a still-blocked version is audited when its
 	// count changes rather than every cycle.
 	blocked map[versionRef]int64
+	// unknownSeen is the last logged UnknownKeys, to log changes only.
+	unknownSeen string
 	// disabled remembers compromised versions this process already
 	// disabled at the backend (RetireVersion is idempotent; this only
 	// saves calls).

@@ -57,6 +57,9 @@ type KeyReport struct {
 type BlockedVersion struct {
 	Version int   `json:"version"`
 	DEKs    int64 `json:"deks"`
+	// Reason is set when the count itself is incomplete: a DEK source
+	// that may hold rows on the version cannot be counted.
+	Reason string `json:"reason,omitempty"`
 }
 
 // RunCycle runs one cycle over every key (ListKeys): it resumes the key's
@@ -79,6 +82,7 @@ func (e *Engine) RunCycle(ctx context.Context) CycleReport {
 		e.obs.CycleDone(rep.FinishedAt, false)
 		return rep
 	}
+	e.warnUnknownKeys(ctx, keys)
 	for _, k := range keys {
 		if ctx.Err() != nil {
 			rep.Interrupted = true

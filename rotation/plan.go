@@ -140,7 +140,9 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 	if err != nil {
 		return kp, err
 	}
-	counts, err := e.countDEKs(ctx, k.Name)
+	// A per-row-key source that cannot be counted is left out here and
+	// shows its error in Sources.
+	counts, _, err := e.countDEKsAvail(ctx, k.Name, true)
 	if err != nil {
 		return kp, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
@@ -24,7 +25,7 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 	if err != nil {
 		return err
 	}
-	counts, err := e.countDEKs(ctx, k.Name)
+	counts, down, err := e.countDEKsAvail(ctx, k.Name, true)
 	if err != nil {
 		return err
 	}
@@ -32,6 +33,24 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 	for _, v := range vs {
 		facts := rekey.VersionFacts{Key: k, Version: v, DEKs: counts[v.Version]}
 		dec := rekey.DecideVersion(facts, now)
+		if len(down) > 0 && needsZeroCount(dec) {
+			// A per-row-key source cannot be counted: it may hold rows on
+			// this version. Re-wrap what can be reached, decide nothing.
+			if dec.RetirementBlocked() {
+				moved, err := e.sweepVersion(ctx, kl, k, b, v.Version)
+				rep.Rewrapped += moved
+				if err != nil {
+					return err
+				}
+				moved, err = e.sweepSourcesVersion(ctx, kl, k, b, v.Version)
+				rep.Rewrapped += moved
+				if err != nil {
+					return err
+				}
+			}
+			e.reportSourceWait(k.Name, v.Version, counts[v.Version], down, rep)
+			continue
+		}
 		if dec.RetirementBlocked() {
 			n, err := e.clearVersion(ctx, kl, k, b, v.Version, facts.DEKs, rep)
 			if err != nil {
@@ -281,6 +300,26 @@ func (e *Engine) reportBlocked(ctx context.Context, key string, version int, n i
 	if err := e.store.AppendAudit(wctx, ev); err != nil {
 		e.log.Error("writing retirement.blocked audit event failed", "key_id", key, "error", err)
 	}
+}
+
+// needsZeroCount reports whether acting on dec needs a count of zero DEKs
+// on the version (retire, disable, or a blocked one re-decided).
+func needsZeroCount(dec rekey.VersionDecision) bool {
+	return dec.Action == rekey.VersionRetire || dec.Action == rekey.VersionDisable || dec.RetirementBlocked()
+}
+
+// reportSourceWait reports a version whose retirement (or disabling) waits
+// because DEK sources cannot be counted: n DEKs were counted without them.
+func (e *Engine) reportSourceWait(key string, version int, n int64, down []*SourceError, rep *KeyReport) {
+	names := make([]string, len(down))
+	for i, d := range down {
+		names[i] = d.Source
+	}
+	why := fmt.Sprintf("DEK source %s cannot be counted (%v): it may hold rows on this version; run rekey source check %s",
+		strings.Join(names, ", "), down[0], names[0])
+	rep.Blocked = append(rep.Blocked, BlockedVersion{Version: version, DEKs: n, Reason: why})
+	e.log.Warn("retirement waits: a DEK source cannot be counted", "key_id", key, "version", version, "deks", n,
+		"source", strings.Join(names, ","), "error", down[0], "status", "retirement_blocked")
 }
 
 func (e *Engine) unblock(key string, version int) {

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/status"
 )
 
 // DEK sources (issue 11): a key's DEKs live in rekey's store AND in every
@@ -44,14 +47,53 @@ type Source struct {
 	// keys it holds; with a GetDEK(ctx, id) method a lost swap is re-read
 	// at once, else left to the next pass.
 	DEKs rekey.DEKSource
+	// PerRowKey is set when a column names each row's key (key_column):
+	// the source may hold rows of any key. When such a source cannot be
+	// read, rekey cannot tell which keys it concerns, and failing every
+	// key's cycle would stop all rotation for one broken table. So it
+	// fails none: each key's pass over it is skipped (logged per key),
+	// its rows stay on the versions they reference, and no key's old
+	// version retires or is disabled while it cannot be counted (the
+	// retirement waits, logged and reported as blocked). A source with
+	// one key (key:) concerns that key alone and fails its cycles.
+	PerRowKey bool
+}
+
+// SourceError is a DEK source that could not be read or written (its
+// database is down, its table or a column is missing, a privilege is
+// lacking). Err names the source and the operation.
+type SourceError struct {
+	Source string
+	Err    error
+}
+
+func (e *SourceError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e *SourceError) Unwrap() error { return e.Err }
+
+func sourceErr(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &SourceError{Source: name, Err: err}
+}
+
+// skipBroken reports whether err, from key's work on source s, is a
+// per-row-key source that cannot be read (see Source.PerRowKey): then it
+// is logged and the key's work goes on without the source.
+func (e *Engine) skipBroken(ctx context.Context, key string, s Source, err error) bool {
+	var se *SourceError
+	if !s.PerRowKey || ctx.Err() != nil || !errors.As(err, &se) {
+		return false
+	}
+	e.log.Warn("DEK source cannot be read; its rows of this key (if any) stay on their versions, and no old version retires until it answers: run rekey source check "+s.Name,
+		"key_id", key, "source", s.Name, "error", err)
+	return true
 }
 
 // SourceCount is how many rows of one key a source holds per version.
-type SourceCount struct {
-	Source   string        `json:"source"`
-	Versions map[int]int64 `json:"deks_by_version"`
-	Error    string        `json:"error,omitempty"`
-}
+type SourceCount = status.SourceCount
 
 // sourceHolder is the optional key filter of a source.
 type sourceHolder interface{ Holds(key string) bool }
@@ -68,18 +110,25 @@ func (e *Engine) sourcesFor(key string) []Source {
 	return out
 }
 
-// addSourceCounts adds every source's rows of key per version to c.
-func (e *Engine) addSourceCounts(ctx context.Context, key string, c map[int]int64) error {
+// addSourceCounts adds every source's rows of key per version to c. A
+// source that cannot be counted is an error, unless lenient and the source
+// is per-row-key: then it is left out and returned in down.
+func (e *Engine) addSourceCounts(ctx context.Context, key string, c map[int]int64, lenient bool) (down []*SourceError, err error) {
 	for _, s := range e.sourcesFor(key) {
 		sc, err := s.DEKs.CountDEKs(ctx, key)
 		if err != nil {
-			return fmt.Errorf("count DEKs of key %s in source %s: %w", key, s.Name, err)
+			err = sourceErr(s.Name, fmt.Errorf("count DEKs of key %s in source %s: %w", key, s.Name, err))
+			if lenient && s.PerRowKey && ctx.Err() == nil {
+				down = append(down, err.(*SourceError))
+				continue
+			}
+			return down, err
 		}
 		for v, n := range sc {
 			c[v] += n
 		}
 	}
-	return nil
+	return down, nil
 }
 
 // SourceCounts returns, for each source that may hold rows of key, its
@@ -100,10 +149,70 @@ func (e *Engine) SourceCounts(ctx context.Context, key string) []SourceCount {
 	return out
 }
 
+// keyNamer is the optional method of a source that says how many of its
+// rows name each key (source.Source.KeysNamed).
+type keyNamer interface {
+	KeysNamed(ctx context.Context) (map[string]int64, error)
+}
+
+// UnknownKeys returns, per source, the keys its rows name that are not in
+// known, with their row counts: such rows are never counted, re-wrapped
+// or gating any retirement (a typo in a key column, a key deleted from
+// rekey). A source that cannot be asked is left out.
+func (e *Engine) UnknownKeys(ctx context.Context, known []string) map[string]map[string]int64 {
+	out := map[string]map[string]int64{}
+	for _, s := range e.cfg.Sources {
+		kn, ok := s.DEKs.(keyNamer)
+		if !ok {
+			continue
+		}
+		named, err := kn.KeysNamed(ctx)
+		if err != nil {
+			continue
+		}
+		for k, n := range named {
+			if !slices.Contains(known, k) {
+				if out[s.Name] == nil {
+					out[s.Name] = map[string]int64{}
+				}
+				out[s.Name][k] = n
+			}
+		}
+	}
+	return out
+}
+
+// warnUnknownKeys logs the rows of sources that name keys rekey does not
+// have, when that changed since the last cycle.
+func (e *Engine) warnUnknownKeys(ctx context.Context, keys []rekey.Key) {
+	if len(e.cfg.Sources) == 0 {
+		return
+	}
+	known := make([]string, len(keys))
+	for i, k := range keys {
+		known[i] = k.Name
+	}
+	unknown := e.UnknownKeys(ctx, known)
+	seen := fmt.Sprint(unknown)
+	e.mu.Lock()
+	same := seen == e.unknownSeen
+	e.unknownSeen = seen
+	e.mu.Unlock()
+	if same {
+		return
+	}
+	for _, name := range slices.Sorted(maps.Keys(unknown)) {
+		for _, k := range slices.Sorted(maps.Keys(unknown[name])) {
+			e.log.Warn("rows of a DEK source name a key rekey does not have; they are not rotated: create the key or correct the rows",
+				"source", name, "key_id", k, "deks", unknown[name][k])
+		}
+	}
+}
+
 // sourceRowsOn counts the rows of key on version in every source.
 func (e *Engine) sourceRowsOn(ctx context.Context, key string, version int) (int64, error) {
 	c := map[int]int64{}
-	if err := e.addSourceCounts(ctx, key, c); err != nil {
+	if _, err := e.addSourceCounts(ctx, key, c, false); err != nil {
 		return 0, err
 	}
 	return c[version], nil
@@ -149,10 +258,11 @@ func (d *driver) sourcePasses(ctx context.Context, state rekey.RotationState) er
 		}
 	}
 	for _, s := range srcs[start:] {
-		if err := d.sourcePass(ctx, state, s, cursor); err != nil {
+		err := d.sourcePass(ctx, state, s, cursor)
+		cursor = ""
+		if err != nil && !d.e.skipBroken(ctx, d.key.Name, s, err) {
 			return err
 		}
-		cursor = ""
 	}
 	return nil
 }
@@ -166,7 +276,7 @@ func (d *driver) sourcePass(ctx context.Context, state rekey.RotationState, s So
 		}
 		deks, err := s.DEKs.ListDEKs(ctx, rekey.DEKQuery{Key: d.key.Name, NotVersion: d.r.ToVersion, After: cursor, Limit: e.cfg.BatchSize})
 		if err != nil {
-			return fmt.Errorf("list DEKs of key %s in source %s: %w", d.key.Name, s.Name, err)
+			return sourceErr(s.Name, fmt.Errorf("list DEKs of key %s in source %s: %w", d.key.Name, s.Name, err))
 		}
 		if len(deks) == 0 {
 			e.log.Info("source re-wrap pass done", "key_id", d.key.Name, "rotation_id", d.r.ID, "source", s.Name, "state", state,
@@ -195,33 +305,43 @@ func (d *driver) sourcePass(ctx context.Context, state rekey.RotationState, s So
 func (e *Engine) sweepSourcesVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) (int64, error) {
 	var moved int64
 	for _, s := range e.sourcesFor(k.Name) {
-		cursor := ""
-		for {
-			if err := ctx.Err(); err != nil {
-				return moved, err
-			}
-			deks, err := s.DEKs.ListDEKs(ctx, rekey.DEKQuery{Key: k.Name, Version: version, After: cursor, Limit: e.cfg.BatchSize})
-			if err != nil {
-				return moved, fmt.Errorf("list DEKs of key %s in source %s: %w", k.Name, s.Name, err)
-			}
-			if len(deks) == 0 {
-				break
-			}
-			res, err := e.rewrapSourceBatch(ctx, kl, b, s, deks, k.ActiveVersion)
-			moved += res.done
-			if res.done > 0 {
-				e.obs.DEKsRewrapped(k.Name, int(res.done))
-			}
-			if err != nil {
-				return moved, err
-			}
-			cursor = deks[len(deks)-1].ID
+		n, err := e.sweepSourceVersion(ctx, kl, k, b, s, version)
+		moved += n
+		if err != nil && !e.skipBroken(ctx, k.Name, s, err) {
+			return moved, err
 		}
 	}
 	if moved > 0 {
 		e.log.Info("re-wrapped source rows left on an old version", "key_id", k.Name, "from_version", version, "to_version", k.ActiveVersion, "deks_rotated", moved)
 	}
 	return moved, nil
+}
+
+// sweepSourceVersion is sweepSourcesVersion over one source.
+func (e *Engine) sweepSourceVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, s Source, version int) (int64, error) {
+	var moved int64
+	cursor := ""
+	for {
+		if err := ctx.Err(); err != nil {
+			return moved, err
+		}
+		deks, err := s.DEKs.ListDEKs(ctx, rekey.DEKQuery{Key: k.Name, Version: version, After: cursor, Limit: e.cfg.BatchSize})
+		if err != nil {
+			return moved, sourceErr(s.Name, fmt.Errorf("list DEKs of key %s in source %s: %w", k.Name, s.Name, err))
+		}
+		if len(deks) == 0 {
+			return moved, nil
+		}
+		res, err := e.rewrapSourceBatch(ctx, kl, b, s, deks, k.ActiveVersion)
+		moved += res.done
+		if res.done > 0 {
+			e.obs.DEKsRewrapped(k.Name, int(res.done))
+		}
+		if err != nil {
+			return moved, err
+		}
+		cursor = deks[len(deks)-1].ID
+	}
 }
 
 // rewrapSourceBatch re-wraps deks of source s under version to and swaps
@@ -266,7 +386,7 @@ func (e *Engine) rewrapSourceBatch(ctx context.Context, kl *keyLease, b *backend
 	for round := 0; len(swaps) > 0; round++ {
 		lost, err := s.DEKs.SwapDEKs(wctx, swaps, kl.fence())
 		if err != nil {
-			return res, fmt.Errorf("swap %d DEKs in source %s: %w", len(swaps), s.Name, err)
+			return res, sourceErr(s.Name, fmt.Errorf("swap %d DEKs in source %s: %w", len(swaps), s.Name, err))
 		}
 		res.done += int64(len(swaps) - len(lost))
 		swaps = swaps[:0]
@@ -286,7 +406,7 @@ func (e *Engine) rewrapSourceBatch(ctx context.Context, kl *keyLease, b *backend
 			case errors.Is(err, rekey.ErrDEKNotFound):
 				continue // deleted, or left the filter: nothing to re-wrap
 			case err != nil:
-				return res, fmt.Errorf("re-read row %s of source %s: %w", id, s.Name, err)
+				return res, sourceErr(s.Name, fmt.Errorf("re-read row %s of source %s: %w", id, s.Name, err))
 			case fresh.Key != key:
 				continue
 			case fresh.Version == to:

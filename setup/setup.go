@@ -518,7 +518,9 @@ func (s *System) Handler() http.Handler {
 }
 
 func (s *System) server() (*httpapi.Server, error) {
-	return httpapi.New(httpapi.Config{Store: s.Store, Backends: s.Backends, Gatherer: s.gatherer, Logger: s.Logger, Now: s.now})
+	cfg := httpapi.Config{Store: s.Store, Backends: s.Backends, Gatherer: s.gatherer, Logger: s.Logger, Now: s.now}
+	addHTTPSources(&cfg, s)
+	return httpapi.New(cfg)
 }
 
 // Listen binds addr for the HTTP endpoints and serves them until ctx ends,

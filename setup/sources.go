@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/config"
+	"github.com/rekeyhq/rekey/httpapi"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/source"
+	"github.com/rekeyhq/rekey/status"
 )
 
 // openSources prepares every configured DEK source. It does not connect:
@@ -41,7 +44,7 @@ func openSources(cfg *config.Config) ([]*source.Source, error) {
 func engineSources(srcs []*source.Source) []rotation.Source {
 	out := make([]rotation.Source, len(srcs))
 	for i, s := range srcs {
-		out[i] = rotation.Source{Name: s.Name(), DEKs: s}
+		out[i] = rotation.Source{Name: s.Name(), DEKs: s, PerRowKey: s.Config().KeyColumn != ""}
 	}
 	return out
 }
@@ -90,4 +93,22 @@ func registerSourceMetrics(reg prometheus.Registerer, st rekey.Store, srcs []*so
 		return fmt.Errorf("register DEK source metrics: %w", err)
 	}
 	return nil
+}
+
+// addHTTPSources gives the HTTP server the DEK sources: /readyz probes
+// each, the status views count each key's rows in them.
+func addHTTPSources(cfg *httpapi.Config, s *System) {
+	if len(s.Sources) == 0 {
+		return
+	}
+	for _, src := range s.Sources {
+		cfg.Sources = append(cfg.Sources, httpapi.Source{Name: src.Name(), Key: src.Config().Key, Probe: src.Probe})
+	}
+	eng := s.Engine
+	cfg.SourceCounts = func(ctx context.Context, key string) []status.SourceCount {
+		// A hung database must not hang the status page: bounded.
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return eng.SourceCounts(ctx, key)
+	}
 }

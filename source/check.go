@@ -41,6 +41,11 @@ FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON
 WHERE c.relname = $1 AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f')
   AND (($2 = '' AND pg_table_is_visible(c.oid)) OR n.nspname = $2)`
 		rows, err = s.db.QueryContext(ctx, q, table, schema)
+	} else if s.my {
+		// information_schema shows only what rekey's user has a privilege
+		// on: a table it may not read looks missing.
+		q := "SELECT column_name, column_type FROM information_schema.columns WHERE table_schema = COALESCE(NULLIF(?, ''), DATABASE()) AND table_name = ?"
+		rows, err = s.db.QueryContext(ctx, q, schema, table)
 	} else {
 		q := "SELECT name, type FROM pragma_table_info(?)"
 		args := []any{table}
@@ -104,6 +109,21 @@ func (s *Source) Check(ctx context.Context) error {
 		need("wrapped_column", s.cfg.WrappedColumn, func(t string) bool { return t == "bytea" }, "bytea")
 		need("version_column", s.cfg.VersionColumn, isPGInt, "an integer (smallint, integer or bigint)")
 		need("key_column", s.cfg.KeyColumn, func(t string) bool { return strings.HasPrefix(t, "text") || strings.HasPrefix(t, "character varying") }, "text or varchar")
+	} else if s.my {
+		has := func(subs ...string) func(string) bool {
+			return func(t string) bool {
+				for _, sub := range subs {
+					if strings.Contains(t, sub) {
+						return true
+					}
+				}
+				return false
+			}
+		}
+		need("id_column", s.cfg.IDColumn, has("int", "char"), "an integer, char or varchar")
+		need("wrapped_column", s.cfg.WrappedColumn, has("blob", "binary"), "a BLOB or VARBINARY")
+		need("version_column", s.cfg.VersionColumn, has("int"), "an integer (INT, BIGINT, …)")
+		need("key_column", s.cfg.KeyColumn, has("char", "text"), "VARCHAR, CHAR or TEXT")
 	} else {
 		need("id_column", s.cfg.IDColumn, func(string) bool { return true }, "")
 		need("wrapped_column", s.cfg.WrappedColumn, func(t string) bool { return t == "" || strings.Contains(t, "blob") }, "BLOB")
@@ -116,18 +136,8 @@ func (s *Source) Check(ctx context.Context) error {
 	// SELECT the columns rekey reads, through the filter: the database
 	// checks the filter's SQL and every SELECT privilege it needs. LIMIT 0
 	// reads no row.
-	read := []string{quoteIdent(s.cfg.IDColumn), quoteIdent(s.cfg.WrappedColumn), quoteIdent(s.cfg.VersionColumn)}
-	if s.cfg.KeyColumn != "" {
-		read = append(read, quoteIdent(s.cfg.KeyColumn))
-	}
-	q := "SELECT " + strings.Join(read, ", ") + " FROM " + s.table()
-	if s.cfg.Where != "" {
-		q += " WHERE (" + s.cfg.Where + ")"
-	}
-	if rows, err := s.db.QueryContext(ctx, q+" LIMIT 0"); err != nil {
-		probs = append(probs, fmt.Sprintf("cannot read the columns through the filter (%s): GRANT SELECT on them and on the filter's columns, and check where", s.wrap("select", err).Error()))
-	} else {
-		rows.Close()
+	if err := s.readNothing(ctx); err != nil {
+		probs = append(probs, fmt.Sprintf("cannot read the columns through the filter (%s): GRANT SELECT on them and on the filter's columns, and check where", err.Error()))
 	}
 	if s.pg {
 		for _, c := range []struct{ col, priv string }{
@@ -142,6 +152,14 @@ func (s *Source) Check(ctx context.Context) error {
 				probs = append(probs, fmt.Sprintf("rekey's database user may not %s column %s of %s: GRANT %s (%s, %s) ON %s TO <rekey user>",
 					c.priv, c.col, s.cfg.Table, c.priv, s.cfg.WrappedColumn, s.cfg.VersionColumn, s.cfg.Table))
 			}
+		}
+	} else if s.my {
+		// MySQL checks column privileges when it resolves a statement: an
+		// UPDATE of both columns that matches no row, rolled back, proves
+		// them (or names the one denied).
+		if err := s.probeWrite(ctx); err != nil {
+			probs = append(probs, fmt.Sprintf("rekey's database user may not update the wrapped and version columns (%s): GRANT UPDATE (%s, %s) ON %s TO <rekey user>",
+				err.Error(), s.cfg.WrappedColumn, s.cfg.VersionColumn, s.cfg.Table))
 		}
 	} else {
 		// SQLite has no grants: the file must be writable. An UPDATE that
@@ -165,7 +183,8 @@ func (s *Source) probeWrite(ctx context.Context) error {
 	// BEGIN IMMEDIATE is not available through database/sql here; a write
 	// statement takes the write lock (and fails on a read-only file) even
 	// when no row matches, since SQLite must open the table for writing.
-	_, err = tx.ExecContext(ctx, "UPDATE "+s.table()+" SET "+quoteIdent(s.cfg.WrappedColumn)+" = "+quoteIdent(s.cfg.WrappedColumn)+" WHERE 0")
+	w, v := s.quoteIdent(s.cfg.WrappedColumn), s.quoteIdent(s.cfg.VersionColumn)
+	_, err = tx.ExecContext(ctx, "UPDATE "+s.table()+" SET "+w+" = "+w+", "+v+" = "+v+" WHERE 1 = 0")
 	if err != nil {
 		return s.wrap("update", err)
 	}
@@ -173,3 +192,33 @@ func (s *Source) probeWrite(ctx context.Context) error {
 }
 
 func isPGInt(t string) bool { return t == "smallint" || t == "integer" || t == "bigint" }
+
+// readNothing SELECTs the columns rekey reads, through the filter, with
+// LIMIT 0: the database checks the table, the columns, the filter's SQL
+// and the SELECT privileges, and reads no row.
+func (s *Source) readNothing(ctx context.Context) error {
+	read := []string{s.quoteIdent(s.cfg.IDColumn), s.quoteIdent(s.cfg.WrappedColumn), s.quoteIdent(s.cfg.VersionColumn)}
+	if s.cfg.KeyColumn != "" {
+		read = append(read, s.quoteIdent(s.cfg.KeyColumn))
+	}
+	q := "SELECT " + strings.Join(read, ", ") + " FROM " + s.table()
+	if s.cfg.Where != "" {
+		q += " WHERE (" + s.cfg.Where + ")"
+	}
+	rows, err := s.db.QueryContext(ctx, q+" LIMIT 0")
+	if err != nil {
+		return s.wrap("select", err)
+	}
+	return rows.Close()
+}
+
+// Probe returns nil when the source's database answers and rekey can read
+// its table (the columns it reads, through the filter), reading no row:
+// the readiness check of `rekey run`. Unlike Check it does not look at
+// types or UPDATE privileges.
+func (s *Source) Probe(ctx context.Context) error {
+	if err := s.readNothing(ctx); err != nil {
+		return err
+	}
+	return nil
+}

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http/httptest"
 	"os"
@@ -34,6 +35,26 @@ type rig struct {
 	// application last wrote it.
 	mu    sync.Mutex
 	plain map[int][32]byte
+	// logs holds everything rekey logged (JSON lines).
+	logs *syncBuffer
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func newRig(t *testing.T, a *appDB, batch int) *rig { return newRigFailing(t, a, batch, "") }
@@ -41,9 +62,16 @@ func newRig(t *testing.T, a *appDB, batch int) *rig { return newRigFailing(t, a,
 // newRigFailing is newRig with REKEY_FAILPOINTS set to failpoints.
 func newRigFailing(t *testing.T, a *appDB, batch int, failpoints string) *rig {
 	t.Helper()
+	return newRigWith(t, a, batch, failpoints, "")
+}
+
+// newRigWith is newRigFailing with more dek_sources entries (YAML list
+// items) after "orders".
+func newRigWith(t *testing.T, a *appDB, batch int, failpoints, moreSources string) *rig {
+	t.Helper()
 	ctx := context.Background()
 	home := t.TempDir()
-	r := &rig{a: a, plain: map[int][32]byte{}}
+	r := &rig{a: a, plain: map[int][32]byte{}, logs: &syncBuffer{}}
 	now := func() time.Time { return time.Now().Add(time.Duration(r.offset.Load())) }
 	getenv := func(k string) string {
 		if k == setup.EnvFailpoints {
@@ -75,12 +103,12 @@ dek_sources:
     version_column: key_version
     key: payments
     where: %q
-`, a.driver, strings.ReplaceAll(a.dsn, "$", "$$"), a.table, a.where)
+%s`, a.driver, strings.ReplaceAll(a.dsn, "$", "$$"), a.table, a.where, moreSources)
 	y = bytes.Replace(y, []byte("batch_size: 1000"), []byte("batch_size: "+strconv.Itoa(batch)), 1)
 	if err := os.WriteFile(cfgPath, y, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	r.sys, err = setup.Open(ctx, setup.Options{ConfigPath: cfgPath, Now: now, Getenv: func(k string) string {
+	r.sys, err = setup.Open(ctx, setup.Options{ConfigPath: cfgPath, Now: now, Logger: slog.New(slog.NewJSONHandler(r.logs, nil)), Getenv: func(k string) string {
 		if k == setup.EnvFailpoints {
 			return failpoints
 		}
@@ -90,8 +118,8 @@ dek_sources:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.sys.Close() })
-	if len(r.sys.Sources) != 1 {
-		t.Fatalf("want 1 source opened, got %d", len(r.sys.Sources))
+	if want := 1 + strings.Count(moreSources, "- name:"); len(r.sys.Sources) != want {
+		t.Fatalf("want %d sources opened, got %d", want, len(r.sys.Sources))
 	}
 	k, err := r.sys.Keyring.CreateKey(ctx, "payments", "local", rekey.DefaultPolicy())
 	if err != nil {

@@ -18,13 +18,15 @@
 // query as it is: it is trusted configuration, like the DSN. Identifiers
 // (table, columns) are quoted.
 //
-// Drivers: "sqlite" (github.com/mattn/go-sqlite3) and "postgres" (pgx
-// through database/sql).
+// Drivers: "sqlite" (github.com/mattn/go-sqlite3), "postgres" (pgx
+// through database/sql) and "mysql" (MySQL or MariaDB, through
+// github.com/go-sql-driver/mysql; the table's SCHEMA is its database).
 package source
 
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"strconv"
@@ -34,6 +36,7 @@ import (
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/internal/redact"
 
+	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // database/sql driver "pgx"
 	_ "github.com/mattn/go-sqlite3"    // database/sql driver "sqlite3"
 )
@@ -42,12 +45,13 @@ import (
 const (
 	DriverSQLite   = "sqlite"
 	DriverPostgres = "postgres"
+	DriverMySQL    = "mysql"
 )
 
 // Config declares one source. Its fields mirror config.SourceConfig.
 type Config struct {
 	Name          string
-	Driver        string // DriverSQLite or DriverPostgres
+	Driver        string // DriverSQLite, DriverPostgres or DriverMySQL
 	DSN           string // never printed
 	Table         string // NAME or SCHEMA.NAME
 	IDColumn      string
@@ -64,6 +68,7 @@ type Source struct {
 	cfg Config
 	db  *sql.DB
 	pg  bool
+	my  bool // MySQL / MariaDB
 
 	mu     sync.Mutex
 	idType string // the id column's SQL type (pg: format_type), read once
@@ -108,8 +113,23 @@ func Open(cfg Config) (*Source, error) {
 		if err == nil {
 			s.db.SetMaxOpenConns(4)
 		}
+	case DriverMySQL:
+		s.my = true
+		var mc *mysql.Config
+		mc, err = mysql.ParseDSN(cfg.DSN)
+		if err != nil {
+			return nil, fmt.Errorf("%w: source %s: dsn is not a MySQL DSN (USER:PASSWORD@tcp(HOST:3306)/DB): %s", rekey.ErrInvalidArgument, cfg.Name, redact.Text(err.Error()))
+		}
+		// Rows "affected" must be the rows matched: the compare-and-swap
+		// counts on it.
+		mc.ClientFoundRows = true
+		var conn driver.Connector
+		if conn, err = mysql.NewConnector(mc); err == nil {
+			s.db = sql.OpenDB(conn)
+			s.db.SetMaxOpenConns(4)
+		}
 	default:
-		return nil, fmt.Errorf("%w: source %s: unknown driver %q: use sqlite or postgres", rekey.ErrInvalidArgument, cfg.Name, cfg.Driver)
+		return nil, fmt.Errorf("%w: source %s: unknown driver %q: use sqlite, postgres or mysql", rekey.ErrInvalidArgument, cfg.Name, cfg.Driver)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("source %s: open %s database: %s", cfg.Name, cfg.Driver, redact.Text(err.Error()))
@@ -131,14 +151,20 @@ func (s *Source) Holds(key string) bool { return s.cfg.KeyColumn != "" || s.cfg.
 // Close closes the database handle.
 func (s *Source) Close() error { return s.db.Close() }
 
-// quoteIdent quotes one identifier for both SQLite and PostgreSQL.
-func quoteIdent(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
+// quoteIdent quotes one identifier: double quotes (SQLite, PostgreSQL),
+// or backticks (MySQL, whose double quotes are strings by default).
+func (s *Source) quoteIdent(name string) string {
+	if s.my {
+		return "`" + strings.ReplaceAll(name, "`", "``") + "`"
+	}
+	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
+}
 
 // table is the quoted table name (schema.table quoted part by part).
 func (s *Source) table() string {
 	parts := strings.Split(s.cfg.Table, ".")
 	for i, p := range parts {
-		parts[i] = quoteIdent(p)
+		parts[i] = s.quoteIdent(p)
 	}
 	return strings.Join(parts, ".")
 }
@@ -193,7 +219,7 @@ func (s *Source) filter(key string, next int) ([]string, []any) {
 		conds = append(conds, "("+s.cfg.Where+")")
 	}
 	if s.cfg.KeyColumn != "" {
-		conds = append(conds, quoteIdent(s.cfg.KeyColumn)+" = "+s.ph(next))
+		conds = append(conds, s.quoteIdent(s.cfg.KeyColumn)+" = "+s.ph(next))
 		args = append(args, key)
 	}
 	return conds, args
@@ -203,9 +229,9 @@ func (s *Source) idSelect() string {
 	if s.pg {
 		// Aliased: an output column named like the id column would make
 		// ORDER BY sort by the text (PostgreSQL prefers output names).
-		return "CAST(" + quoteIdent(s.cfg.IDColumn) + " AS text) AS rekey_id_text"
+		return "CAST(" + s.quoteIdent(s.cfg.IDColumn) + " AS text) AS rekey_id_text"
 	}
-	return quoteIdent(s.cfg.IDColumn)
+	return s.quoteIdent(s.cfg.IDColumn)
 }
 
 // ListDEKs returns up to q.Limit rows of q.Key matching q (and the filter),
@@ -224,13 +250,13 @@ func (s *Source) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, e
 	conds, args := s.filter(q.Key, 1)
 	if q.Version > 0 {
 		args = append(args, q.Version)
-		conds = append(conds, quoteIdent(s.cfg.VersionColumn)+" = "+s.ph(len(args)))
+		conds = append(conds, s.quoteIdent(s.cfg.VersionColumn)+" = "+s.ph(len(args)))
 	}
 	if q.NotVersion > 0 {
 		// A NULL version is "not on" any version: list it, so that it is
 		// met (and reported) rather than silently skipped.
 		args = append(args, q.NotVersion)
-		conds = append(conds, "("+quoteIdent(s.cfg.VersionColumn)+" IS NULL OR "+quoteIdent(s.cfg.VersionColumn)+" <> "+s.ph(len(args))+")")
+		conds = append(conds, "("+s.quoteIdent(s.cfg.VersionColumn)+" IS NULL OR "+s.quoteIdent(s.cfg.VersionColumn)+" <> "+s.ph(len(args))+")")
 	}
 	if q.After != "" {
 		args = append(args, q.After)
@@ -238,13 +264,13 @@ func (s *Source) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, e
 		if err != nil {
 			return nil, err
 		}
-		conds = append(conds, quoteIdent(s.cfg.IDColumn)+" > "+p)
+		conds = append(conds, s.quoteIdent(s.cfg.IDColumn)+" > "+p)
 	}
-	query := "SELECT " + s.idSelect() + ", " + quoteIdent(s.cfg.WrappedColumn) + ", " + quoteIdent(s.cfg.VersionColumn) + " FROM " + s.table()
+	query := "SELECT " + s.idSelect() + ", " + s.quoteIdent(s.cfg.WrappedColumn) + ", " + s.quoteIdent(s.cfg.VersionColumn) + " FROM " + s.table()
 	if len(conds) > 0 {
 		query += " WHERE " + strings.Join(conds, " AND ")
 	}
-	query += " ORDER BY " + quoteIdent(s.cfg.IDColumn) + " LIMIT " + strconv.Itoa(limit)
+	query += " ORDER BY " + s.quoteIdent(s.cfg.IDColumn) + " LIMIT " + strconv.Itoa(limit)
 	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, s.wrap("list DEKs", err)
@@ -295,7 +321,7 @@ func idString(v any) string {
 func (s *Source) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
 	keySel := "NULL"
 	if s.cfg.KeyColumn != "" {
-		keySel = quoteIdent(s.cfg.KeyColumn)
+		keySel = s.quoteIdent(s.cfg.KeyColumn)
 	}
 	var conds []string
 	if s.cfg.Where != "" {
@@ -305,8 +331,8 @@ func (s *Source) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
 	if err != nil {
 		return rekey.DEK{}, err
 	}
-	conds = append(conds, quoteIdent(s.cfg.IDColumn)+" = "+p)
-	query := "SELECT " + s.idSelect() + ", " + quoteIdent(s.cfg.WrappedColumn) + ", " + quoteIdent(s.cfg.VersionColumn) + ", " + keySel +
+	conds = append(conds, s.quoteIdent(s.cfg.IDColumn)+" = "+p)
+	query := "SELECT " + s.idSelect() + ", " + s.quoteIdent(s.cfg.WrappedColumn) + ", " + s.quoteIdent(s.cfg.VersionColumn) + ", " + keySel +
 		" FROM " + s.table() + " WHERE " + strings.Join(conds, " AND ")
 	var (
 		rid     any
@@ -346,8 +372,8 @@ func (s *Source) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, _ rekey.Le
 	if err != nil {
 		return nil, err
 	}
-	query := "UPDATE " + s.table() + " SET " + quoteIdent(s.cfg.WrappedColumn) + " = " + s.ph(1) + ", " + quoteIdent(s.cfg.VersionColumn) + " = " + s.ph(2) +
-		" WHERE " + quoteIdent(s.cfg.IDColumn) + " = " + p + " AND " + quoteIdent(s.cfg.WrappedColumn) + " = " + s.ph(4)
+	query := "UPDATE " + s.table() + " SET " + s.quoteIdent(s.cfg.WrappedColumn) + " = " + s.ph(1) + ", " + s.quoteIdent(s.cfg.VersionColumn) + " = " + s.ph(2) +
+		" WHERE " + s.quoteIdent(s.cfg.IDColumn) + " = " + p + " AND " + s.quoteIdent(s.cfg.WrappedColumn) + " = " + s.ph(4)
 	if s.cfg.Where != "" {
 		query += " AND (" + s.cfg.Where + ")"
 	}
@@ -395,8 +421,8 @@ func (s *Source) swapPG(ctx context.Context, swaps []rekey.DEKSwap) ([]string, e
 	for i, sw := range swaps {
 		ids[i], olds[i], news[i], vers[i] = sw.ID, sw.OldWrapped, sw.NewWrapped, int64(sw.NewVersion)
 	}
-	tbl, id, w := s.table(), quoteIdent(s.cfg.IDColumn), quoteIdent(s.cfg.WrappedColumn)
-	query := "UPDATE " + tbl + " SET " + w + " = v.rekey_new, " + quoteIdent(s.cfg.VersionColumn) + " = v.rekey_ver" +
+	tbl, id, w := s.table(), s.quoteIdent(s.cfg.IDColumn), s.quoteIdent(s.cfg.WrappedColumn)
+	query := "UPDATE " + tbl + " SET " + w + " = v.rekey_new, " + s.quoteIdent(s.cfg.VersionColumn) + " = v.rekey_ver" +
 		" FROM unnest(CAST($1 AS text[]), CAST($2 AS bytea[]), CAST($3 AS bytea[]), CAST($4 AS bigint[])) AS v(rekey_id, rekey_old, rekey_new, rekey_ver)" +
 		" WHERE " + tbl + "." + id + " = CAST(v.rekey_id AS " + t + ") AND " + tbl + "." + w + " = v.rekey_old"
 	if s.cfg.Where != "" {
@@ -436,11 +462,11 @@ func (s *Source) CountDEKs(ctx context.Context, key string) (map[int]int64, erro
 		return out, nil
 	}
 	conds, args := s.filter(key, 1)
-	query := "SELECT " + quoteIdent(s.cfg.VersionColumn) + ", COUNT(*) FROM " + s.table()
+	query := "SELECT " + s.quoteIdent(s.cfg.VersionColumn) + ", COUNT(*) FROM " + s.table()
 	if len(conds) > 0 {
 		query += " WHERE " + strings.Join(conds, " AND ")
 	}
-	query += " GROUP BY " + quoteIdent(s.cfg.VersionColumn)
+	query += " GROUP BY " + s.quoteIdent(s.cfg.VersionColumn)
 	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, s.wrap("count DEKs", err)
@@ -476,4 +502,41 @@ func (s *Source) wrap(op string, err error) error {
 		return fmt.Errorf("source %s: %s: %w", s.cfg.Name, op, err)
 	}
 	return fmt.Errorf("source %s (table %s): %s: %s", s.cfg.Name, s.cfg.Table, op, redact.Text(err.Error()))
+}
+
+// KeysNamed returns how many rows (matching the filter) name each key:
+// grouped by the key column, a NULL key counted under "", or, with one key
+// for all rows, that key and the table's row count.
+func (s *Source) KeysNamed(ctx context.Context) (map[string]int64, error) {
+	out := map[string]int64{}
+	sel, group := "NULL", ""
+	if s.cfg.KeyColumn != "" {
+		sel, group = s.quoteIdent(s.cfg.KeyColumn), " GROUP BY "+s.quoteIdent(s.cfg.KeyColumn)
+	}
+	query := "SELECT " + sel + ", COUNT(*) FROM " + s.table()
+	if s.cfg.Where != "" {
+		query += " WHERE (" + s.cfg.Where + ")"
+	}
+	rows, err := s.db.QueryContext(ctx, query+group)
+	if err != nil {
+		return nil, s.wrap("count rows per key", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k sql.NullString
+		var n int64
+		if err := rows.Scan(&k, &n); err != nil {
+			return nil, s.wrap("count rows per key", err)
+		}
+		if s.cfg.KeyColumn == "" {
+			k.String = s.cfg.Key
+		}
+		if n > 0 {
+			out[k.String] += n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.wrap("count rows per key", err)
+	}
+	return out, nil
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/go-sql-driver/mysql"
+
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/source"
 )
@@ -89,6 +91,8 @@ func (a *appDB) snapshot(t testing.TB) string {
 			isDeleted = d
 		case int64:
 			isDeleted = d != 0
+		case []byte: // MySQL's text protocol
+			isDeleted = string(d) != "0"
 		}
 		fmt.Fprintf(&b, "%d|%s|%s|%v", id, tenant, note.String, isDeleted)
 		if isDeleted {
@@ -179,9 +183,60 @@ func withUser(t testing.TB, dsn, user, pw string) string {
 	return u.String()
 }
 
+const mysqlEnv = "REKEY_TEST_MYSQL_DSN"
+
+// mysqlDSN returns the test MariaDB's DSN (go-sql-driver form): a missing
+// server fails the test under CI and skips it otherwise, naming the
+// command that starts one.
+func mysqlDSN(t testing.TB) string {
+	t.Helper()
+	dsn := os.Getenv(mysqlEnv)
+	if dsn == "" {
+		const how = mysqlEnv + " is not set: start a throwaway MariaDB with `eval \"$(scripts/mariadb start)\"` (stop it with `scripts/mariadb stop`), or run scripts/test, which does both"
+		if os.Getenv("CI") != "" {
+			t.Fatal(how)
+		}
+		t.Skip(how)
+	}
+	return dsn
+}
+
+// newMySQL returns an application table in a database of its own in the
+// test MariaDB, named database.order_keys.
+func newMySQL(t testing.TB) *appDB {
+	t.Helper()
+	dsn := mysqlDSN(t)
+	db, err := sql.Open("mysql", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	schema := "app_" + hex.EncodeToString(b[:])
+	a := &appDB{driver: source.DriverMySQL, dsn: dsn, db: db, table: schema + ".order_keys", where: "deleted = 0"}
+	a.exec(t, "CREATE DATABASE "+schema)
+	t.Cleanup(func() { _, _ = db.Exec("DROP DATABASE " + schema) })
+	a.exec(t, `CREATE TABLE `+a.table+` (id BIGINT PRIMARY KEY, tenant VARCHAR(64) NOT NULL, wrapped_dek BLOB, key_version INT, note TEXT, deleted BOOLEAN NOT NULL DEFAULT 0)`)
+	return a
+}
+
+// withMySQLUser returns the go-sql-driver dsn logging in as user with
+// password pw.
+func withMySQLUser(t testing.TB, dsn, user, pw string) string {
+	t.Helper()
+	c, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.User, c.Passwd = user, pw
+	return c.FormatDSN()
+}
+
 func eachDB(t *testing.T, f func(t *testing.T, a *appDB)) {
 	t.Run("sqlite", func(t *testing.T) { t.Parallel(); f(t, newSQLite(t)) })
 	t.Run("postgres", func(t *testing.T) { t.Parallel(); f(t, newPG(t)) })
+	t.Run("mysql", func(t *testing.T) { t.Parallel(); f(t, newMySQL(t)) })
 }
 
 func wrappedOf(id, v int) []byte { return []byte(fmt.Sprintf("w%d-v%d", id, v)) }
@@ -312,6 +367,8 @@ func TestCheck(t *testing.T) {
 			{"bad dsn", func(c *source.Config) {
 				if a.pg {
 					c.DSN = withUser(t, c.DSN, "nobody", "hunter2")
+				} else if a.driver == source.DriverMySQL {
+					c.DSN = withMySQLUser(t, c.DSN, "nobody", "hunter2")
 				} else {
 					c.DSN = filepath.Join(t.TempDir(), "missing", "app.db")
 				}
@@ -369,6 +426,54 @@ func TestLeastPrivilege(t *testing.T) {
 		t.Errorf("count with the README's grants: %v, %v", c, err)
 	}
 	a.exec(t, "REVOKE SELECT (deleted) ON "+a.table+" FROM "+role)
+	if err := s.Check(ctx); err == nil || !strings.Contains(err.Error(), "GRANT SELECT") {
+		t.Errorf("Check without SELECT on the filter's column = %v; want it named", err)
+	}
+}
+
+// TestLeastPrivilegeMySQL is TestLeastPrivilege on MariaDB, with the
+// README's GRANT statements for MySQL/MariaDB.
+func TestLeastPrivilegeMySQL(t *testing.T) {
+	t.Parallel()
+	a := newMySQL(t)
+	ctx := context.Background()
+	a.insert(t, 1, wrappedOf(1, 1), 1, false)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	user := "rekey_" + hex.EncodeToString(b[:])
+	a.exec(t, "CREATE USER '"+user+"'@'%' IDENTIFIED BY 'pw'")
+	t.Cleanup(func() { _, _ = a.db.Exec("DROP USER '" + user + "'@'%'") })
+	to := " ON " + a.table + " TO '" + user + "'@'%'"
+	// The README's statements: SELECT on id, version, wrapped and the
+	// filter's column; UPDATE on wrapped and version only.
+	a.exec(t, "GRANT SELECT (id, key_version, wrapped_dek, deleted)"+to)
+	a.exec(t, "GRANT UPDATE (wrapped_dek)"+to)
+	schema, table, _ := strings.Cut(a.table, ".")
+	s := a.source(t, func(c *source.Config) {
+		// The application's database, as an operator would write it.
+		mc, err := mysql.ParseDSN(withMySQLUser(t, c.DSN, user, "pw"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		mc.DBName = schema
+		c.DSN, c.Table = mc.FormatDSN(), table
+	})
+	err := s.Check(ctx)
+	if err == nil || !strings.Contains(err.Error(), "key_version") || !strings.Contains(err.Error(), "GRANT UPDATE") {
+		t.Errorf("Check without UPDATE on the version column = %v; want it named", err)
+	}
+	a.exec(t, "GRANT UPDATE (key_version)"+to)
+	if err := s.Check(ctx); err != nil {
+		t.Fatalf("Check with the README's grants: %v", err)
+	}
+	lost, err := s.SwapDEKs(ctx, []rekey.DEKSwap{{ID: "1", OldWrapped: wrappedOf(1, 1), NewWrapped: wrappedOf(1, 2), NewVersion: 2}}, rekey.Lease{})
+	if err != nil || len(lost) != 0 {
+		t.Fatalf("swap with the README's grants: lost %v, %v", lost, err)
+	}
+	if c, err := s.CountDEKs(ctx, "payments"); err != nil || !mapsEqual(c, map[int]int64{2: 1}) {
+		t.Errorf("count with the README's grants: %v, %v", c, err)
+	}
+	a.exec(t, "REVOKE SELECT (deleted)"+strings.Replace(to, " TO ", " FROM ", 1))
 	if err := s.Check(ctx); err == nil || !strings.Contains(err.Error(), "GRANT SELECT") {
 		t.Errorf("Check without SELECT on the filter's column = %v; want it named", err)
 	}

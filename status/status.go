@@ -73,6 +73,25 @@ type KeyView struct {
 	Overdue       bool          `json:"overdue"`
 	// ExpiresIn is expires_at - now in seconds (negative when overdue).
 	ExpiresIn float64 `json:"expires_in_seconds"`
+	// Sources counts the key's rows per version in each DEK source (the
+	// application's own tables) that may hold rows of it; the DEKs and
+	// version counts above are rekey's own store only.
+	Sources []SourceCount `json:"sources,omitempty"`
+}
+
+// SourceCount is how many rows of one key a DEK source holds per version,
+// or why they could not be counted.
+type SourceCount struct {
+	Source   string        `json:"source"`
+	Versions map[int]int64 `json:"deks_by_version"`
+	Error    string        `json:"error,omitempty"`
+}
+
+// Options adds to a status view what rekey's store alone cannot say.
+type Options struct {
+	// SourceCounts, when set, counts each key's rows in the DEK sources
+	// (rotation.Engine.SourceCounts); it fills KeyView.Sources.
+	SourceCounts func(ctx context.Context, key string) []SourceCount
 }
 
 // RotationView is a rotation with its progress.
@@ -152,6 +171,11 @@ func keyView(ctx context.Context, s rekey.Store, k rekey.Key, rotationOpen bool,
 // Build builds the status of every key, the open rotations and the ten most
 // recent ones. It returns the store's error when a read fails.
 func Build(ctx context.Context, s rekey.Store, now time.Time) (Status, error) {
+	return BuildWith(ctx, s, now, Options{})
+}
+
+// BuildWith is Build with the additions of opt (the DEK sources' counts).
+func BuildWith(ctx context.Context, s rekey.Store, now time.Time, opt Options) (Status, error) {
 	keys, err := s.ListKeys(ctx)
 	if err != nil {
 		return Status{}, fmt.Errorf("list keys: %w", err)
@@ -170,6 +194,9 @@ func Build(ctx context.Context, s rekey.Store, now time.Time) (Status, error) {
 		v, err := keyView(ctx, s, k, rotating[k.Name], now)
 		if err != nil {
 			return Status{}, err
+		}
+		if opt.SourceCounts != nil {
+			v.Sources = opt.SourceCounts(ctx, k.Name)
 		}
 		st.Keys = append(st.Keys, v)
 	}
