@@ -225,7 +225,7 @@ func (k *Client) Mode() string { return k.mode }
 // Capabilities implements rekey.CapabilityReporter: server-side re-wrap,
 // ping and MAC always; per-version retirement only in new-key mode.
 func (k *Client) Capabilities() rekey.Capabilities {
-	return rekey.Capabilities{Rewrap: true, RetireVersion: k.mode == ModeNewKey, Ping: true, MAC: true, FindKey: true}
+	return rekey.Capabilities{Rewrap: true, RetireVersion: k.mode == ModeNewKey, Ping: true, MAC: true, FindKey: true, NativeRewrap: true}
 }
 
 // ref returns the alias of key name (the reference CreateKey returns).
