@@ -20,6 +20,11 @@
 //
 // Drivers: "sqlite" (github.com/mattn/go-sqlite3) and "postgres" (pgx
 // through database/sql).
+//
+// Formats (Config.Format): "rekey", the bytes rekey's GenerateDataKey
+// returns, and "aws-native", CiphertextBlobs the application made with the
+// AWS SDK; the SQL is the same, the engine re-wraps the latter natively
+// (rotation.Source.Native) and trusts no version column of theirs.
 package source
 
 import (

@@ -21,9 +21,12 @@
 //     not check the version number.
 //
 // The wrapped bytes are KMS's own CiphertextBlob, encrypted with the
-// encryption context {"rekey:key": NAME}; a data key an application made
-// itself with GenerateDataKey under that context can be rotated too.
-// Re-wrap is ReEncrypt: the plaintext DEK never leaves KMS.
+// encryption context {"rekey:key": NAME}. Re-wrap is ReEncrypt: the
+// plaintext DEK never leaves KMS. Data keys an application made itself
+// with the AWS SDK (any encryption context, no version known) are
+// re-wrapped by RewrapNative (rekey.NativeRewrapper), which finds their
+// version from the KMS key ReEncrypt reports (DEK sources with format
+// aws-native).
 //
 // Credentials come from the SDK's default chain only (environment, shared
 // files, web identity, IMDS), optionally exchanged for a role
