@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -333,6 +334,17 @@ func TestRotateAWSNative(t *testing.T) {
 	if c, err := r.sys.Store.CountDEKs(ctx, "payments"); err != nil || len(c) != 0 {
 		t.Errorf("rekey's store holds DEKs of the source: %v, %v", c, err)
 	}
+	// One KMS call per row and pass: a ReEncrypt for each row re-wrapped,
+	// and for each of the two refused rows in the re-wrap pass and again
+	// in the final sweep after commit (kmsmw counts them under op rewrap).
+	rec := httptest.NewRecorder()
+	r.sys.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for result, want := range map[string]int64{"success": rot.Done, "failure": 4} {
+		line := fmt.Sprintf(`rekey_kms_requests_total{backend="aws",op="rewrap",result=%q} %d`, result, want)
+		if !strings.Contains(rec.Body.String(), line+"\n") {
+			t.Errorf("/metrics lacks %s:\n%s", line, grepLines(rec.Body.String(), "rekey_kms_requests_total"))
+		}
+	}
 
 	// Late writes of an application that cached version 1's alias: a new
 	// row, and an update of a row rekey re-wrapped, version set to NULL
@@ -408,4 +420,14 @@ func TestAWSNativeFailpoints(t *testing.T) {
 			r.verify(t, 2)
 		})
 	}
+}
+
+func grepLines(text, sub string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
