@@ -47,6 +47,13 @@ type SourceConfig struct {
 	// Where is an optional SQL boolean expression restricting the rows;
 	// it is trusted configuration, inserted into rekey's queries as it is.
 	Where string
+	// Format is what the wrapped column holds: SourceFormatRekey (empty
+	// too: what rekey's GenerateDataKey returns) or SourceFormatAWSNative
+	// (a CiphertextBlob the application made with the AWS SDK).
+	Format string
+	// EncryptionContext is the encryption context of an aws-native
+	// source's ciphertexts (nil: none); only with SourceFormatAWSNative.
+	EncryptionContext map[string]string
 }
 
 // RedactedDSN returns the DSN with any password replaced, fit to print.
@@ -54,7 +61,7 @@ func (s SourceConfig) RedactedDSN() string {
 	return StoreConfig{Driver: s.Driver, DSN: s.DSN}.RedactedDSN()
 }
 
-var sourceFields = []string{"name", "driver", "dsn", "table", "id_column", "wrapped_column", "version_column", "key", "key_column", "where"}
+var sourceFields = []string{"name", "driver", "dsn", "table", "id_column", "wrapped_column", "version_column", "key", "key_column", "where", "format", "encryption_context"}
 
 // sourceNameRE is the shape of a source name (it appears in metric labels
 // and in the ids of failed rows: source/id).
@@ -106,6 +113,10 @@ func (d *decoder) sources(n *yaml.Node, path string, c *Config) {
 					d.str(v, p, &s.KeyColumn)
 				case "where":
 					d.str(v, p, &s.Where)
+				case "format":
+					d.str(v, p, &s.Format)
+				case "encryption_context":
+					s.EncryptionContext = d.stringMap(v, p)
 				}
 			})
 		}
@@ -194,6 +205,7 @@ func (c *Config) checkSources(ch *checker) {
 		if strings.Contains(s.Where, ";") {
 			ch.add(p+".where", "must be one SQL condition, without ';' (e.g. deleted_at IS NULL)")
 		}
+		c.checkSourceFormat(ch, p, s)
 	}
 }
 

@@ -264,6 +264,7 @@ type backend struct {
 	batch     rekey.BatchRewrapper
 	retirer   rekey.VersionRetirer
 	finder    rekey.KeyFinder
+	native    rekey.NativeRewrapper // for native DEK sources (Source.Native)
 	// rt resolves every version of the key to the backend holding it: a
 	// key moved to another backend has versions on both (see move.go).
 	rt *router

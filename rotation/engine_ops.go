@@ -380,11 +380,11 @@ func (e *Engine) settleCompromised(ctx context.Context, key string, b *backend, 
 		if v.Version != version {
 			continue
 		}
-		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: counts[version]}, e.now())
+		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: dependents(counts, version)}, e.now())
 		switch {
 		case dec.RetirementBlocked():
 			var rep KeyReport
-			e.reportBlocked(ctx, key, version, counts[version], &rep)
+			e.reportBlocked(ctx, key, version, dependents(counts, version), &rep)
 		case dec.Action == rekey.VersionDisable:
 			return e.disableCompromised(ctx, k, b, version)
 		}
@@ -440,7 +440,7 @@ func (e *Engine) Retire(ctx context.Context, key string, version int) error {
 		if err != nil {
 			return err
 		}
-		if n := counts[version]; n > 0 {
+		if n := dependents(counts, version); n > 0 {
 			return &rekey.VersionInUseError{Key: key, Version: version, DEKs: n}
 		}
 		if state == rekey.VersionCompromised {

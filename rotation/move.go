@@ -137,6 +137,9 @@ func (e *Engine) backendNamed(key, name, ref string) (*backend, error) {
 	if caps.FindKey {
 		b.finder, _ = kms.(rekey.KeyFinder)
 	}
+	if caps.NativeRewrap {
+		b.native, _ = kms.(rekey.NativeRewrapper)
+	}
 	return b, nil
 }
 

@@ -223,7 +223,7 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 	// blocked are re-wrapped by the retirement sweep.
 	rotating := kp.Action != ActionNone
 	for _, v := range vs {
-		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: counts[v.Version], RotationOpen: rotating}, now)
+		dec := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: dependents(counts, v.Version), RotationOpen: rotating}, now)
 		vp := VersionPlan{Version: v.Version, State: v.State, Backend: rekey.PlacementOf(k, v).Backend, DEKs: counts[v.Version], RetireAfter: v.RetireAfter, Action: dec.Action, Why: dec.Why}
 		switch dec.Action {
 		case rekey.VersionBlocked:

@@ -31,7 +31,7 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 	}
 	now := e.now()
 	for _, v := range vs {
-		facts := rekey.VersionFacts{Key: k, Version: v, DEKs: counts[v.Version]}
+		facts := rekey.VersionFacts{Key: k, Version: v, DEKs: dependents(counts, v.Version)}
 		dec := rekey.DecideVersion(facts, now)
 		if len(down) > 0 && needsZeroCount(dec) {
 			// A per-row-key source cannot be counted: it may hold rows on
@@ -109,7 +109,7 @@ func (e *Engine) clearVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 	if err != nil {
 		return 0, err
 	}
-	return counts[version], nil
+	return dependents(counts, version), nil
 }
 
 // sweepVersion re-wraps every DEK of k on version under k's active version

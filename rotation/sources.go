@@ -57,6 +57,15 @@ type Source struct {
 	// retirement waits, logged and reported as blocked). A source with
 	// one key (key:) concerns that key alone and fails its cycles.
 	PerRowKey bool
+	// Native says the wrapped column holds the backend's own ciphertexts
+	// made outside rekey (see native.go): re-wrapped through
+	// rekey.NativeRewrapper, whatever the version column says.
+	Native bool
+	// Format names the source's format in messages (e.g. "aws-native").
+	Format string
+	// EncryptionContext is the encryption context of a native source's
+	// ciphertexts (nil: none); the re-wrap keeps it.
+	EncryptionContext map[string]string
 }
 
 // SourceError is a DEK source that could not be read or written (its
@@ -209,13 +218,14 @@ func (e *Engine) warnUnknownKeys(ctx context.Context, keys []rekey.Key) {
 	}
 }
 
-// sourceRowsOn counts the rows of key on version in every source.
+// sourceRowsOn counts the rows of key in every source that keep version
+// from retiring: those on it and those whose version is unknown.
 func (e *Engine) sourceRowsOn(ctx context.Context, key string, version int) (int64, error) {
 	c := map[int]int64{}
 	if _, err := e.addSourceCounts(ctx, key, c, false); err != nil {
 		return 0, err
 	}
-	return c[version], nil
+	return dependents(c, version), nil
 }
 
 // A source cursor in Rotation.Cursor: a separator byte no DEK id of
@@ -325,7 +335,13 @@ func (e *Engine) sweepSourceVersion(ctx context.Context, kl *keyLease, k rekey.K
 		if err := ctx.Err(); err != nil {
 			return moved, err
 		}
-		deks, err := s.DEKs.ListDEKs(ctx, rekey.DEKQuery{Key: k.Name, Version: version, After: cursor, Limit: e.cfg.BatchSize})
+		q := rekey.DEKQuery{Key: k.Name, Version: version, After: cursor, Limit: e.cfg.BatchSize}
+		if s.Native {
+			// A native row's version column may be NULL or stale: every
+			// row off the active version may be on version.
+			q.Version, q.NotVersion = 0, k.ActiveVersion
+		}
+		deks, err := s.DEKs.ListDEKs(ctx, q)
 		if err != nil {
 			return moved, sourceErr(s.Name, fmt.Errorf("list DEKs of key %s in source %s: %w", k.Name, s.Name, err))
 		}
@@ -354,7 +370,7 @@ func (e *Engine) sweepSourceVersion(ctx context.Context, kl *keyLease, k rekey.K
 func (e *Engine) rewrapSourceBatch(ctx context.Context, kl *keyLease, b *backend, s Source, deks []rekey.DEK, to int) (batchResult, error) {
 	var res batchResult
 	key := deks[0].Key
-	outs, err := e.rewrapAtBackend(ctx, b, deks, to)
+	outs, err := e.rewrapSourceRows(ctx, b, s, deks, to)
 	if err != nil {
 		return res, fmt.Errorf("source %s: %w", s.Name, err)
 	}
@@ -418,7 +434,7 @@ func (e *Engine) rewrapSourceBatch(ctx context.Context, kl *keyLease, b *backend
 		if len(again) == 0 {
 			break
 		}
-		outs, err := e.rewrapAtBackend(ctx, b, again, to)
+		outs, err := e.rewrapSourceRows(ctx, b, s, again, to)
 		if err != nil {
 			res.left += len(again)
 			e.log.Warn("re-wrapping changed source rows failed; left for the next sweep", "key_id", key, "source", s.Name, "deks", len(again), "error", err)

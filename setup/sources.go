@@ -28,6 +28,7 @@ func openSources(cfg *config.Config) ([]*source.Source, error) {
 			Name: sc.Name, Driver: sc.Driver, DSN: sc.DSN.Value(), Table: sc.Table,
 			IDColumn: sc.IDColumn, WrappedColumn: sc.WrappedColumn, VersionColumn: sc.VersionColumn,
 			Key: sc.Key, KeyColumn: sc.KeyColumn, Where: sc.Where,
+			Format: sc.Format, EncryptionContext: sc.EncryptionContext,
 		})
 		if err != nil {
 			for _, o := range out {
@@ -44,7 +45,8 @@ func openSources(cfg *config.Config) ([]*source.Source, error) {
 func engineSources(srcs []*source.Source) []rotation.Source {
 	out := make([]rotation.Source, len(srcs))
 	for i, s := range srcs {
-		out[i] = rotation.Source{Name: s.Name(), DEKs: s, PerRowKey: s.Config().KeyColumn != ""}
+		c := s.Config()
+		out[i] = rotation.Source{Name: s.Name(), DEKs: s, PerRowKey: c.KeyColumn != "", Native: c.Native(), Format: c.Format, EncryptionContext: c.EncryptionContext}
 	}
 	return out
 }

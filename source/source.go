@@ -21,6 +21,11 @@
 // Drivers: "sqlite" (github.com/mattn/go-sqlite3), "postgres" (pgx
 // through database/sql) and "mysql" (MySQL or MariaDB, through
 // github.com/go-sql-driver/mysql; the table's SCHEMA is its database).
+//
+// Formats (Config.Format): "rekey", the bytes rekey's GenerateDataKey
+// returns, and "aws-native", CiphertextBlobs the application made with the
+// AWS SDK; the SQL is the same, the engine re-wraps the latter natively
+// (rotation.Source.Native) and trusts no version column of theirs.
 package source
 
 import (
@@ -60,7 +65,24 @@ type Config struct {
 	Key           string // every row's key, or
 	KeyColumn     string // a column naming each row's key
 	Where         string // optional SQL condition (trusted)
+	// Format is what the wrapped column holds: FormatRekey (also when
+	// empty) or FormatAWSNative. The SQL is the same for both; the engine
+	// re-wraps an aws-native row natively (see rotation.Source.Native).
+	Format string
+	// EncryptionContext is the encryption context of aws-native
+	// ciphertexts (nil: none).
+	EncryptionContext map[string]string
 }
+
+// Formats of the wrapped column (Config.Format).
+const (
+	FormatRekey     = "rekey"      // what rekey's GenerateDataKey returns
+	FormatAWSNative = "aws-native" // an AWS SDK CiphertextBlob, made without rekey
+)
+
+// Native reports whether the source holds the backend's own ciphertexts
+// made outside rekey (FormatAWSNative).
+func (c Config) Native() bool { return c.Format == FormatAWSNative }
 
 // Source is a rekey.DEKSource over one table. It is safe for concurrent
 // use.
@@ -91,6 +113,14 @@ func Open(cfg Config) (*Source, error) {
 	}
 	if len(missing) > 0 {
 		return nil, fmt.Errorf("%w: source %s: set %s", rekey.ErrInvalidArgument, cfg.Name, strings.Join(missing, ", "))
+	}
+	switch cfg.Format {
+	case "", FormatRekey, FormatAWSNative:
+	default:
+		return nil, fmt.Errorf("%w: source %s: unknown format %q: use %s or %s", rekey.ErrInvalidArgument, cfg.Name, cfg.Format, FormatRekey, FormatAWSNative)
+	}
+	if len(cfg.EncryptionContext) > 0 && !cfg.Native() {
+		return nil, fmt.Errorf("%w: source %s: an encryption context is only for format %s", rekey.ErrInvalidArgument, cfg.Name, FormatAWSNative)
 	}
 	s := &Source{cfg: cfg}
 	var err error

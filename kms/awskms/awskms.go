@@ -21,9 +21,12 @@
 //     not check the version number.
 //
 // The wrapped bytes are KMS's own CiphertextBlob, encrypted with the
-// encryption context {"rekey:key": NAME}; a data key an application made
-// itself with GenerateDataKey under that context can be rotated too.
-// Re-wrap is ReEncrypt: the plaintext DEK never leaves KMS.
+// encryption context {"rekey:key": NAME}. Re-wrap is ReEncrypt: the
+// plaintext DEK never leaves KMS. Data keys an application made itself
+// with the AWS SDK (any encryption context, no version known) are
+// re-wrapped by RewrapNative (rekey.NativeRewrapper), which finds their
+// version from the KMS key ReEncrypt reports (DEK sources with format
+// aws-native).
 //
 // Credentials come from the SDK's default chain only (environment, shared
 // files, web identity, IMDS), optionally exchanged for a role
@@ -225,7 +228,7 @@ func (k *Client) Mode() string { return k.mode }
 // Capabilities implements rekey.CapabilityReporter: server-side re-wrap,
 // ping and MAC always; per-version retirement only in new-key mode.
 func (k *Client) Capabilities() rekey.Capabilities {
-	return rekey.Capabilities{Rewrap: true, RetireVersion: k.mode == ModeNewKey, Ping: true, MAC: true, FindKey: true}
+	return rekey.Capabilities{Rewrap: true, RetireVersion: k.mode == ModeNewKey, Ping: true, MAC: true, FindKey: true, NativeRewrap: true}
 }
 
 // ref returns the alias of key name (the reference CreateKey returns).

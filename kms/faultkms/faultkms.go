@@ -175,6 +175,9 @@ func Wrap(inner rekey.KMS, cfg Config) *KMS {
 		rng:   rand.New(rand.NewPCG(uint64(cfg.Seed), 0x5eed_fa17)),
 		stats: make(map[string]*OpStats),
 	}
+	// Native re-wraps (rekey.NativeRewrapper) are not passed through:
+	// say so rather than offer what a call could not reach.
+	k.caps.NativeRewrap = false
 	if k.now == nil {
 		k.now = time.Now
 	}
