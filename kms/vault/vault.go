@@ -708,7 +708,8 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 // can still decrypt: versions retire oldest first. A version already below
 // the floor is retired (nil: idempotent). The newest version cannot be
 // retired (Transit keeps the floor at or below latest_version): rotate
-// first. It returns ErrKeyNotFound or ErrVersionNotFound.
+// first (ErrInvalidArgument). It returns ErrKeyNotFound or
+// ErrVersionNotFound.
 func (c *Client) RetireVersion(ctx context.Context, ref string, version int) error {
 	k, err := c.readKey(ctx, kmsOpRetire, ref)
 	if err != nil {
@@ -722,7 +723,7 @@ func (c *Client) RetireVersion(ctx context.Context, ref string, version int) err
 	case version < floor:
 		return nil
 	case version == k.LatestVersion:
-		return fmt.Errorf("vault backend %s: cannot retire key %s version %d: it is the newest Transit version, and Transit keeps min_decryption_version at or below the newest: rotate the key first", c.name, ref, version)
+		return fmt.Errorf("vault backend %s: cannot retire key %s version %d: %w: it is the newest Transit version, and Transit keeps min_decryption_version at or below the newest: rotate the key first", c.name, ref, version, rekey.ErrInvalidArgument)
 	case version > floor:
 		return fmt.Errorf("vault backend %s: cannot retire key %s version %d while version %d can still decrypt: Transit retires by raising min_decryption_version, which would disable versions %d to %d too; retire version %d first (rekey does once no DEK references it)",
 			c.name, ref, version, floor, floor, version, floor)
