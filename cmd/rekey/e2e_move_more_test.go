@@ -54,7 +54,9 @@ func vaultTarget(t *testing.T) moveTarget {
 
 // localTarget is the home's own keyring (backend "local", configured by
 // rekey init): current is read through h.backendVersion.
-func localTarget() moveTarget { return moveTarget{name: "local", config: func(*e2eHome) string { return "" }} }
+func localTarget() moveTarget {
+	return moveTarget{name: "local", config: func(*e2eHome) string { return "" }}
+}
 
 // currentOn is the backend's current version of key on side.
 func currentOn(t *testing.T, h *e2eHome, side moveTarget, key string) (int, error) {
