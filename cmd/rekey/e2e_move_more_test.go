@@ -19,6 +19,9 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/failpoint"
+	"github.com/rekeyhq/rekey/kms/keyprotect"
+	"github.com/rekeyhq/rekey/kms/keyprotect/kpserver"
 	"github.com/rekeyhq/rekey/kms/vault/transitserver"
 )
 
@@ -50,6 +53,31 @@ func vaultTarget(t *testing.T) moveTarget {
 		},
 		unique: "mv-" + strings.ToLower(rekey.NewID())[:12],
 	}
+}
+
+// kpTarget is a Key Protect stand-in (kpserver, not the real service) as
+// a move's target, backend "kp"; the API key reaches rekey through the
+// environment only.
+func kpTarget(t *testing.T) (moveTarget, *kpserver.Server) {
+	t.Helper()
+	const instance, apiKey = "3f2a1b0c-9d8e-4f7a-8b6c-5d4e3f2a1b0c", "e2e-move-kp-API-KEY-never-printed"
+	srv := kpserver.New(kpserver.Options{InstanceID: instance, APIKeys: []string{apiKey}, TokenTTL: time.Hour})
+	url := srv.Start()
+	t.Cleanup(srv.Close)
+	return moveTarget{
+		name: "kp",
+		config: func(*e2eHome) string {
+			return fmt.Sprintf("  kp:\n    type: keyprotect\n    instance_id: %s\n    endpoint: %s\n    iam_endpoint: %s\n    rate_limit: 2000\n", instance, url, url)
+		},
+		env: []string{"IBMCLOUD_API_KEY=" + apiKey},
+		current: func(t *testing.T, key string) (int, error) {
+			if n := srv.Versions(keyprotect.AliasFor(key)); n > 0 {
+				return n, nil
+			}
+			return 0, fmt.Errorf("kpserver has no key %s: %w", key, rekey.ErrKeyNotFound)
+		},
+		unique: "mv",
+	}, srv
 }
 
 // localTarget is the home's own keyring (backend "local", configured by
@@ -90,6 +118,19 @@ func TestE2E_MovePKCS11ToVault(t *testing.T) {
 // key version (testMoveCrash).
 func TestE2E_MoveCrashLocalToVault(t *testing.T) {
 	testMoveCrash(t, vaultTarget(t))
+}
+
+// TestE2E_MoveCrashLocalToKeyProtect: Key Protect finds keys by name
+// (its alias), so a move to it that crashed after creating the key there
+// adopts that key: a crash at each failpoint of a move from local to
+// Key Protect is finished with exactly one key on Key Protect per moved
+// key, at its version 1 (testMoveCrash).
+func TestE2E_MoveCrashLocalToKeyProtect(t *testing.T) {
+	tg, srv := kpTarget(t)
+	testMoveCrash(t, tg)
+	if n, want := srv.Keys(), len(failpoint.Names()); n != want {
+		t.Errorf("Key Protect holds %d keys after %d moves, want %d (one each)", n, want, want)
+	}
 }
 
 // testMoveBetween (issue 13): a key with 500 DEKs and 3 sealed files on
