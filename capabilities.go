@@ -12,6 +12,7 @@ type Capabilities struct {
 	Ping          bool // Pinger
 	MAC           bool // MACer
 	FindKey       bool // KeyFinder: find a key by name
+	DeleteKey     bool // KeyDeleter: delete a whole key
 }
 
 // CapabilityReporter is a KMS (typically a decorator) that says itself
@@ -36,5 +37,6 @@ func CapabilitiesOf(k KMS) Capabilities {
 	_, c.Ping = k.(Pinger)
 	_, c.MAC = k.(MACer)
 	_, c.FindKey = k.(KeyFinder)
+	_, c.DeleteKey = k.(KeyDeleter)
 	return c
 }

@@ -137,6 +137,9 @@ func (e *Engine) backendNamed(key, name, ref string) (*backend, error) {
 	if caps.FindKey {
 		b.finder, _ = kms.(rekey.KeyFinder)
 	}
+	if caps.DeleteKey {
+		b.deleter, _ = kms.(rekey.KeyDeleter)
+	}
 	return b, nil
 }
 
