@@ -240,13 +240,22 @@ type reply struct {
 // with the new token: that is a fresh login, not a retry of a transient
 // failure. body is zeroed after the request (it may hold a plaintext DEK).
 func (c *Client) call(ctx context.Context, op, ref string, get bool, path string, body []byte) (*reply, error) {
+	method := http.MethodPut
+	if get {
+		method = http.MethodGet
+	}
+	return c.callMethod(ctx, op, ref, method, path, body)
+}
+
+// callMethod is call with the HTTP method given: GET, PUT or DELETE.
+func (c *Client) callMethod(ctx context.Context, op, ref, method, path string, body []byte) (*reply, error) {
 	defer clear(body)
 	for attempt := 0; ; attempt++ {
 		token, err := c.auth.token(ctx)
 		if err != nil {
 			return nil, err
 		}
-		rep, status, err := c.send(ctx, get, path, body)
+		rep, status, err := c.send(ctx, method, path, body)
 		if err != nil {
 			return nil, c.transportErr(ctx, op, err)
 		}
@@ -263,14 +272,17 @@ func (c *Client) call(ctx context.Context, op, ref string, get bool, path string
 
 // send makes one HTTP request and decodes the reply. err is a transport
 // failure (no HTTP answer, or one that could not be read).
-func (c *Client) send(ctx context.Context, get bool, path string, body []byte) (*reply, int, error) {
+func (c *Client) send(ctx context.Context, method, path string, body []byte) (*reply, int, error) {
 	var (
 		resp *api.Response
 		err  error
 	)
-	if get {
+	switch method {
+	case http.MethodGet:
 		resp, err = c.api.Logical().ReadRawWithContext(ctx, path)
-	} else {
+	case http.MethodDelete:
+		resp, err = c.api.Logical().DeleteRawWithContext(ctx, path)
+	default:
 		resp, err = c.api.Logical().WriteRawWithContext(ctx, path, body)
 	}
 	if resp == nil {
@@ -383,6 +395,7 @@ type keyInfo struct {
 	MinDecryptionVersion int    `json:"min_decryption_version"`
 	MinEncryptionVersion int    `json:"min_encryption_version"`
 	MinAvailableVersion  int    `json:"min_available_version"`
+	DeletionAllowed      bool   `json:"deletion_allowed"`
 }
 
 // floor is the oldest version that can still decrypt.
@@ -441,6 +454,7 @@ const (
 	kmsOpRewrap  = "rewrap"
 	kmsOpRetire  = "retire version"
 	kmsOpDestroy = "destroy version"
+	kmsOpDelete  = "delete key"
 )
 
 // CurrentVersion implements rekey.KMS: the Transit key's latest_version.
