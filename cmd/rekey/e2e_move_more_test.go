@@ -11,6 +11,7 @@ package main
 // rest.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 	"github.com/rekeyhq/rekey/failpoint"
 	"github.com/rekeyhq/rekey/kms/keyprotect"
 	"github.com/rekeyhq/rekey/kms/keyprotect/kpserver"
+	"github.com/rekeyhq/rekey/kms/localkms"
 	"github.com/rekeyhq/rekey/kms/vault/transitserver"
 )
 
@@ -206,5 +208,60 @@ func testMoveBetween(t *testing.T, from, to moveTarget) {
 	if st := h.run("status"); st.code != 0 || strings.Contains(st.stdout, "BACKEND ERROR") {
 		t.Errorf("status after the move: %v", st)
 	}
+	h.must("audit", "verify")
+}
+
+// TestE2E_MoveDestroyAfterDeletesOldKey (issue 13): a key with
+// destroy_after moved from local to AWS KMS. Its v1, the newest version
+// in the local keyring, stays enabled there after the move (the keyring
+// keeps a key's newest version usable) and is retired in the store only;
+// when destroy_after has passed, `rekey run --once` deletes the key from
+// the local keyring, records v1 destroyed with an audit event saying so,
+// and every file still decrypts (from AWS KMS).
+func TestE2E_MoveDestroyAfterDeletesOldKey(t *testing.T) {
+	tg := awsTarget(t)
+	for _, kv := range tg.env {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	key := tg.unique + "-destroy"
+	h := newE2EHome(t, e2eOpts{batchSize: 200})
+	h.editConfig([2]string{"backends:\n", "backends:\n" + tg.config(h)})
+	h.must("key", "create", key, "--backend", "local", "--grace", "1h", "--destroy-after", "24h")
+	h.createDEKs(key, 300)
+	sealed := h.sealFiles(key, key, fileSizes(2))
+	h.must("key", "move", key, "--to", tg.name)
+	h.mustAt(2*time.Hour, "run", "--once")
+	if rows := h.versionRows(key); len(rows) != 2 || rows[0].state != string(rekey.VersionRetired) {
+		t.Fatalf("versions after the grace: %+v, want v1 retired", rows)
+	}
+	if v := h.backendVersion(key); v != 1 {
+		t.Fatalf("local keyring before destroy_after: %s at version %d, want still there at 1", key, v)
+	}
+
+	h.mustAt(27*time.Hour, "run", "--once")
+	rows := h.versionRows(key)
+	want := []versionRow{{1, 1, string(rekey.VersionDestroyed), "local"}, {2, 1, string(rekey.VersionActive), tg.name}}
+	if fmt.Sprint(rows) != fmt.Sprint(want) {
+		t.Errorf("versions after destroy_after: %+v, want %+v", rows, want)
+	}
+	c, err := localkms.New(t.Context(), localkms.Config{Keyring: filepath.Join(h.home, "keyring"), MasterKeyFile: filepath.Join(h.home, "master.key")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CurrentVersion(t.Context(), key); !errors.Is(err, rekey.ErrKeyNotFound) {
+		t.Errorf("local keyring after destroy_after: %v, want the key deleted (ErrKeyNotFound)", err)
+	}
+	var deleted bool
+	for _, ev := range h.auditOf(key) {
+		deleted = deleted || (ev.Type == rekey.AuditVersionDestroyed && ev.FromVersion == 1 &&
+			strings.HasPrefix(ev.Reason, "on backend local; the key is deleted there"))
+	}
+	if !deleted {
+		t.Errorf("no version.destroyed event of v1 says the key was deleted on local: %+v", h.auditOf(key))
+	}
+	h.assertAllOn(key, 2, 302)
+	h.checkFiles(sealed)
 	h.must("audit", "verify")
 }
