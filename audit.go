@@ -26,6 +26,10 @@ const (
 	AuditVersionDestroyed         AuditType = "version.destroyed"
 	AuditRetirementBlocked        AuditType = "retirement.blocked"
 	AuditVersionCompromised       AuditType = "version.compromised"
+	// AuditDestroyBlocked: a version due for destruction could not be
+	// destroyed for a reason only the operator can fix (the event's error
+	// says what to do); rekey tries again every cycle.
+	AuditDestroyBlocked AuditType = "destroy.blocked"
 )
 
 // AuditEvent is one entry of the append-only, hash-chained audit trail.

@@ -13,6 +13,7 @@ type Capabilities struct {
 	MAC           bool // MACer
 	FindKey       bool // KeyFinder: find a key by name
 	NativeRewrap  bool // NativeRewrapper: re-wrap the provider's own ciphertexts made outside rekey
+	DeleteKey     bool // KeyDeleter: delete a whole key
 }
 
 // CapabilityReporter is a KMS (typically a decorator) that says itself
@@ -38,5 +39,6 @@ func CapabilitiesOf(k KMS) Capabilities {
 	_, c.MAC = k.(MACer)
 	_, c.FindKey = k.(KeyFinder)
 	_, c.NativeRewrap = k.(NativeRewrapper)
+	_, c.DeleteKey = k.(KeyDeleter)
 	return c
 }

@@ -101,3 +101,20 @@ type KeyFinder interface {
 	// returns ErrKeyNotFound when the backend has no key by that name.
 	FindKey(ctx context.Context, name string) (ref string, err error)
 }
+
+// KeyDeleter is a KMS that can delete a whole root key, every version of
+// it, or schedule that. A key moved to another backend (rekey key move)
+// leaves its newest version on the old backend, enabled: no backend lets a
+// key's newest version be disabled on its own, and nothing rotates the key
+// there again. When the key's policy sets destroy_after, rekey deletes the
+// key there once that version is due for destruction and every older
+// version there is destroyed.
+type KeyDeleter interface {
+	// DeleteKey deletes ref and the key material of all its versions, or
+	// schedules their deletion where the backend deletes after a waiting
+	// period. It is idempotent: a key already deleted, pending deletion or
+	// unknown to the backend is nil. A backend whose own settings forbid
+	// the deletion returns an error matching ErrUnsupported that says which
+	// setting to change.
+	DeleteKey(ctx context.Context, ref string) error
+}

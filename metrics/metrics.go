@@ -77,7 +77,7 @@ const scrapeTimeout = 10 * time.Second
 func DefaultKMSOps() []string {
 	return []string{
 		"create_key", "current_version", "rotate_key", "wrap", "unwrap",
-		"rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac", "find_key",
+		"rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac", "find_key", "delete_key",
 	}
 }
 

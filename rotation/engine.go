@@ -160,6 +160,9 @@ type Engine struct {
 	// disabled at the backend (RetireVersion is idempotent; this only
 	// saves calls).
 	disabled map[versionRef]bool
+	// destroyBlocked: the last refusal to delete a moved key on its old
+	// backend this process audited, by version (see leftbehind.go).
+	destroyBlocked map[versionRef]string
 }
 
 type versionRef struct {
@@ -201,14 +204,15 @@ func New(cfg Config) (*Engine, error) {
 		cfg.Observer = NopObserver{}
 	}
 	return &Engine{
-		cfg:      cfg,
-		store:    cfg.Store,
-		deks:     cfg.DEKs,
-		log:      cfg.Logger,
-		obs:      cfg.Observer,
-		owner:    cfg.Owner,
-		blocked:  make(map[versionRef]int64),
-		disabled: make(map[versionRef]bool),
+		cfg:            cfg,
+		store:          cfg.Store,
+		deks:           cfg.DEKs,
+		log:            cfg.Logger,
+		obs:            cfg.Observer,
+		owner:          cfg.Owner,
+		blocked:        make(map[versionRef]int64),
+		disabled:       make(map[versionRef]bool),
+		destroyBlocked: make(map[versionRef]string),
 	}, nil
 }
 
@@ -265,6 +269,7 @@ type backend struct {
 	retirer   rekey.VersionRetirer
 	finder    rekey.KeyFinder
 	native    rekey.NativeRewrapper // for native DEK sources (Source.Native)
+	deleter   rekey.KeyDeleter
 	// rt resolves every version of the key to the backend holding it: a
 	// key moved to another backend has versions on both (see move.go).
 	rt *router

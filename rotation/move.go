@@ -140,6 +140,9 @@ func (e *Engine) backendNamed(key, name, ref string) (*backend, error) {
 	if caps.NativeRewrap {
 		b.native, _ = kms.(rekey.NativeRewrapper)
 	}
+	if caps.DeleteKey {
+		b.deleter, _ = kms.(rekey.KeyDeleter)
+	}
 	return b, nil
 }
 

@@ -80,7 +80,11 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 				return err
 			}
 		case rekey.VersionDestroy:
-			if err := e.destroyVersion(ctx, kl, k, b, v.Version); err != nil {
+			err := e.destroyVersion(ctx, kl, k, b, v.Version)
+			if errors.Is(err, errDestroyDeferred) {
+				continue
+			}
+			if err != nil {
 				return err
 			}
 			rep.Destroyed = append(rep.Destroyed, v.Version)
@@ -222,14 +226,41 @@ func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, 
 	if err != nil {
 		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
 	}
-	if p.b.retirer != nil {
-		if err := p.b.retirer.DestroyVersion(ctx, p.b.ref, p.version); err != nil {
+	deleteKey, err := e.deleteOldKey(ctx, k, p, version)
+	if err != nil {
+		return err
+	}
+	gone := false
+	switch {
+	case deleteKey:
+		if err := e.deleteOldBackendKey(ctx, k, p, version); err != nil {
+			return err
+		}
+	case p.b.retirer != nil:
+		err := p.b.retirer.DestroyVersion(ctx, p.b.ref, p.version)
+		if err != nil && movedAway(k, p) && errors.Is(err, rekey.ErrKeyNotFound) {
+			// The key is gone from the backend it moved away from (deleted
+			// there by the operator, as the version.retired event advised,
+			// or by rekey before a crash): so is the version's material.
+			e.log.Info("the old backend no longer has the moved key: version destroyed", "key_id", k.Name, "version", version, "backend", p.b.name)
+			gone, err = true, nil
+		}
+		if err != nil {
 			return fmt.Errorf("destroy key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
 		}
 	}
 	ev := e.event(rekey.AuditVersionDestroyed, k.Name)
 	ev.FromVersion = version
 	ev.Status = string(rekey.VersionDestroyed)
+	if movedAway(k, p) {
+		ev.Reason = "on backend " + p.b.name // the key has moved away from it
+	}
+	if gone {
+		ev.Reason += fmt.Sprintf("; the key (%s) is no longer there", p.b.ref)
+	}
+	if deleteKey {
+		ev.Reason += fmt.Sprintf("; the key is deleted there (%s %s, every version: it was rekey's last version there)", k.Name, p.b.ref)
+	}
 	err = e.store.ChangeVersionState(ctx, rekey.VersionChange{
 		Key: k.Name, Version: version,
 		From: []rekey.VersionState{rekey.VersionRetired},

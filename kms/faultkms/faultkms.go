@@ -469,6 +469,17 @@ func (k *KMS) MAC(ctx context.Context, purpose string, data []byte) ([]byte, err
 	return out, nil
 }
 
+// DeleteKey implements rekey.KeyDeleter. It returns an error matching
+// rekey.ErrUnsupported when the inner backend does not offer it.
+func (k *KMS) DeleteKey(ctx context.Context, ref string) error {
+	d, ok := k.inner.(rekey.KeyDeleter)
+	if !ok || !k.caps.DeleteKey {
+		return k.unsupported(kmsmw.OpDeleteKey)
+	}
+	_, err := k.call(ctx, kmsmw.OpDeleteKey, func() error { return d.DeleteKey(ctx, ref) })
+	return err
+}
+
 // FindKey implements rekey.KeyFinder. It returns an error matching
 // rekey.ErrUnsupported when the inner backend does not offer it.
 func (k *KMS) FindKey(ctx context.Context, name string) (string, error) {

@@ -72,14 +72,14 @@ func TestConformance(t *testing.T) {
 }
 
 // The conformance suite wrapped in the middleware every backend gets, as
-// setup opens it: capabilities pass through (Rewrap and Ping, no
+// setup opens it: capabilities pass through (Rewrap, Ping and FindKey, no
 // RetireVersion).
 func TestConformanceThroughMiddleware(t *testing.T) {
 	e := newEnv(t, kpserver.Options{})
 	k := kmsmw.Wrap(e.client(t), kmsmw.Options{Name: "kp"})
 	caps := rekey.CapabilitiesOf(k)
-	if !caps.Rewrap || !caps.Ping || caps.RetireVersion || caps.BatchRewrap || caps.MAC {
-		t.Fatalf("capabilities through kmsmw = %+v, want Rewrap and Ping only", caps)
+	if !caps.Rewrap || !caps.Ping || !caps.FindKey || caps.RetireVersion || caps.BatchRewrap || caps.MAC {
+		t.Fatalf("capabilities through kmsmw = %+v, want Rewrap, Ping and FindKey only", caps)
 	}
 	kmstest.RunWith(t, func(t *testing.T) rekey.KMS { return k }, kpOptions)
 }

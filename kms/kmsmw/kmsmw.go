@@ -39,6 +39,7 @@ const (
 	OpPing           = "ping"
 	OpMAC            = "mac"
 	OpFindKey        = "find_key"
+	OpDeleteKey      = "delete_key"
 )
 
 // Ops returns every op name, in a fixed order (a new slice each call), for
@@ -46,7 +47,7 @@ const (
 func Ops() []string {
 	return []string{
 		OpCreateKey, OpCurrentVersion, OpRotateKey, OpWrap, OpUnwrap,
-		OpRewrap, OpRewrapBatch, OpRetireVersion, OpDestroyVersion, OpPing, OpMAC, OpFindKey,
+		OpRewrap, OpRewrapBatch, OpRetireVersion, OpDestroyVersion, OpPing, OpMAC, OpFindKey, OpDeleteKey,
 	}
 }
 
@@ -381,6 +382,19 @@ func (k *KMS) FindKey(ctx context.Context, name string) (string, error) {
 		return err
 	})
 	return ref, err
+}
+
+// DeleteKey implements rekey.KeyDeleter, retrying transient failures
+// (DeleteKey is idempotent). It returns an error matching
+// rekey.ErrUnsupported when the inner backend is not a KeyDeleter.
+func (k *KMS) DeleteKey(ctx context.Context, ref string) error {
+	d, ok := k.inner.(rekey.KeyDeleter)
+	if !ok || !k.caps.DeleteKey {
+		return k.unsupported(OpDeleteKey)
+	}
+	return k.retried(ctx, OpDeleteKey, func(ctx context.Context) error {
+		return d.DeleteKey(ctx, ref)
+	})
 }
 
 func (k *KMS) unsupported(op string) error {

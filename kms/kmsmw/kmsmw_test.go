@@ -402,7 +402,7 @@ func TestCapabilities(t *testing.T) {
 	if got, want := kmsmw.Wrap(mem, kmsmw.Options{}).Capabilities(), rekey.CapabilitiesOf(mem); got != want {
 		t.Fatalf("Capabilities of wrapped memkms = %+v, want %+v", got, want)
 	}
-	if got := rekey.CapabilitiesOf(kmsmw.Wrap(mem, kmsmw.Options{})); got != (rekey.Capabilities{Rewrap: true, BatchRewrap: true, RetireVersion: true, Ping: true, MAC: true, FindKey: true}) {
+	if got := rekey.CapabilitiesOf(kmsmw.Wrap(mem, kmsmw.Options{})); got != (rekey.Capabilities{Rewrap: true, BatchRewrap: true, RetireVersion: true, Ping: true, MAC: true, FindKey: true, DeleteKey: true}) {
 		t.Fatalf("CapabilitiesOf(wrapped memkms) = %+v, want all", got)
 	}
 
@@ -560,7 +560,7 @@ func TestRewrapBatchWrongResultCount(t *testing.T) {
 func TestOps(t *testing.T) {
 	t.Parallel()
 	ops := kmsmw.Ops()
-	want := []string{"create_key", "current_version", "rotate_key", "wrap", "unwrap", "rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac", "find_key"}
+	want := []string{"create_key", "current_version", "rotate_key", "wrap", "unwrap", "rewrap", "rewrap_batch", "retire_version", "destroy_version", "ping", "mac", "find_key", "delete_key"}
 	if !slices.Equal(ops, want) {
 		t.Fatalf("Ops() = %v, want %v", ops, want)
 	}

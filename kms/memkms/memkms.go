@@ -40,6 +40,7 @@ const (
 	OpDestroy = "destroy"
 	OpPing    = "ping"
 	OpMAC     = "mac"
+	OpDelete  = "delete"
 )
 
 // RefPrefix starts every reference the KMS returns.
@@ -90,6 +91,7 @@ var (
 	_ rekey.VersionRetirer = (*KMS)(nil)
 	_ rekey.Pinger         = (*KMS)(nil)
 	_ rekey.MACer          = (*KMS)(nil)
+	_ rekey.KeyDeleter     = (*KMS)(nil)
 )
 
 // New returns an empty KMS.
@@ -339,6 +341,23 @@ func (k *KMS) RetireVersion(ctx context.Context, ref string, version int) error 
 		return fmt.Errorf("memkms: retire key %q version %d: %w: it is the newest version; rotate first", ref, version, rekey.ErrInvalidArgument)
 	}
 	mv.retired = true
+	return nil
+}
+
+// DeleteKey implements rekey.KeyDeleter: the key and every version of it
+// are gone (its name may be created again). An unknown ref is nil.
+func (k *KMS) DeleteKey(ctx context.Context, ref string) error {
+	if err := k.fail(OpDelete, ref); err != nil {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if key, ok := k.keys[ref]; ok {
+		for _, v := range key.versions {
+			v.aead = nil
+		}
+		delete(k.keys, ref)
+	}
 	return nil
 }
 

@@ -240,13 +240,22 @@ type reply struct {
 // with the new token: that is a fresh login, not a retry of a transient
 // failure. body is zeroed after the request (it may hold a plaintext DEK).
 func (c *Client) call(ctx context.Context, op, ref string, get bool, path string, body []byte) (*reply, error) {
+	method := http.MethodPut
+	if get {
+		method = http.MethodGet
+	}
+	return c.callMethod(ctx, op, ref, method, path, body)
+}
+
+// callMethod is call with the HTTP method given: GET, PUT or DELETE.
+func (c *Client) callMethod(ctx context.Context, op, ref, method, path string, body []byte) (*reply, error) {
 	defer clear(body)
 	for attempt := 0; ; attempt++ {
 		token, err := c.auth.token(ctx)
 		if err != nil {
 			return nil, err
 		}
-		rep, status, err := c.send(ctx, get, path, body)
+		rep, status, err := c.send(ctx, method, path, body)
 		if err != nil {
 			return nil, c.transportErr(ctx, op, err)
 		}
@@ -263,14 +272,17 @@ func (c *Client) call(ctx context.Context, op, ref string, get bool, path string
 
 // send makes one HTTP request and decodes the reply. err is a transport
 // failure (no HTTP answer, or one that could not be read).
-func (c *Client) send(ctx context.Context, get bool, path string, body []byte) (*reply, int, error) {
+func (c *Client) send(ctx context.Context, method, path string, body []byte) (*reply, int, error) {
 	var (
 		resp *api.Response
 		err  error
 	)
-	if get {
+	switch method {
+	case http.MethodGet:
 		resp, err = c.api.Logical().ReadRawWithContext(ctx, path)
-	} else {
+	case http.MethodDelete:
+		resp, err = c.api.Logical().DeleteRawWithContext(ctx, path)
+	default:
 		resp, err = c.api.Logical().WriteRawWithContext(ctx, path, body)
 	}
 	if resp == nil {
@@ -383,6 +395,7 @@ type keyInfo struct {
 	MinDecryptionVersion int    `json:"min_decryption_version"`
 	MinEncryptionVersion int    `json:"min_encryption_version"`
 	MinAvailableVersion  int    `json:"min_available_version"`
+	DeletionAllowed      bool   `json:"deletion_allowed"`
 }
 
 // floor is the oldest version that can still decrypt.
@@ -441,6 +454,7 @@ const (
 	kmsOpRewrap  = "rewrap"
 	kmsOpRetire  = "retire version"
 	kmsOpDestroy = "destroy version"
+	kmsOpDelete  = "delete key"
 )
 
 // CurrentVersion implements rekey.KMS: the Transit key's latest_version.
@@ -708,7 +722,8 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 // can still decrypt: versions retire oldest first. A version already below
 // the floor is retired (nil: idempotent). The newest version cannot be
 // retired (Transit keeps the floor at or below latest_version): rotate
-// first. It returns ErrKeyNotFound or ErrVersionNotFound.
+// first (ErrInvalidArgument). It returns ErrKeyNotFound or
+// ErrVersionNotFound.
 func (c *Client) RetireVersion(ctx context.Context, ref string, version int) error {
 	k, err := c.readKey(ctx, kmsOpRetire, ref)
 	if err != nil {
@@ -722,7 +737,7 @@ func (c *Client) RetireVersion(ctx context.Context, ref string, version int) err
 	case version < floor:
 		return nil
 	case version == k.LatestVersion:
-		return fmt.Errorf("vault backend %s: cannot retire key %s version %d: it is the newest Transit version, and Transit keeps min_decryption_version at or below the newest: rotate the key first", c.name, ref, version)
+		return fmt.Errorf("vault backend %s: cannot retire key %s version %d: %w: it is the newest Transit version, and Transit keeps min_decryption_version at or below the newest: rotate the key first", c.name, ref, version, rekey.ErrInvalidArgument)
 	case version > floor:
 		return fmt.Errorf("vault backend %s: cannot retire key %s version %d while version %d can still decrypt: Transit retires by raising min_decryption_version, which would disable versions %d to %d too; retire version %d first (rekey does once no DEK references it)",
 			c.name, ref, version, floor, floor, version, floor)

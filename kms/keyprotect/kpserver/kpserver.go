@@ -489,6 +489,29 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, body)
 }
 
+// AddKey adds a root key named name with aliases, as another program
+// sharing the instance would make it, and returns its id. It panics on an
+// alias already taken (a test's mistake).
+func (s *Server) AddKey(name string, aliases ...string) string {
+	id, _ := newUUID()
+	now := s.now()
+	k := &key{id: id, name: name, created: now, versions: []*version{newVersion(now)}}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, a := range aliases {
+		if _, taken := s.aliases[a]; taken {
+			panic("kpserver.AddKey: alias " + a + " is taken")
+		}
+		s.aliases[a] = id
+	}
+	if len(aliases) > 0 {
+		k.alias = aliases[0]
+	}
+	s.keys[id] = k
+	s.order = append(s.order, id)
+	return id
+}
+
 func newVersion(now time.Time) *version {
 	id, raw := newUUID()
 	material := make([]byte, 32)

@@ -20,8 +20,9 @@
 //	GET  auth/token/lookup-self
 //	POST MOUNT/keys/NAME               create (type aes256-gcm96); an existing key answers with a warning
 //	GET  MOUNT/keys/NAME
+//	DELETE MOUNT/keys/NAME             only with deletion_allowed (HTTP 400 otherwise)
 //	POST MOUNT/keys/NAME/rotate
-//	POST MOUNT/keys/NAME/config        min_decryption_version, min_encryption_version
+//	POST MOUNT/keys/NAME/config        min_decryption_version, min_encryption_version, deletion_allowed
 //	POST MOUNT/keys/NAME/trim          min_available_version
 //	POST MOUNT/encrypt/NAME            plaintext, key_version (no upsert: an unknown key is an error)
 //	POST MOUNT/decrypt/NAME            ciphertext
@@ -76,7 +77,7 @@ type Options struct {
 type Counts struct {
 	Health, Login, Lookup            int64
 	Create, Read, Rotate             int64
-	Config, Trim                     int64
+	Config, Trim, Delete             int64
 	Encrypt, Decrypt                 int64
 	Rewrap, RewrapBatch, RewrapItems int64
 	Denied, Sealed, Throttled        int64
@@ -243,6 +244,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case len(parts) == 2 && parts[0] == "keys" && r.Method == http.MethodGet:
 		s.readKey(ctx, w, parts[1])
+	case len(parts) == 2 && parts[0] == "keys" && r.Method == http.MethodDelete:
+		s.deleteKey(ctx, w, parts[1])
 	case len(parts) == 2 && parts[0] == "keys" && isWrite(r):
 		s.createKey(ctx, w, parts[1], body)
 	case len(parts) == 3 && parts[0] == "keys" && parts[2] == "rotate" && isWrite(r):
@@ -508,16 +511,53 @@ func (s *Server) configKey(ctx context.Context, w http.ResponseWriter, name stri
 		}
 		p.MinEncryptionVersion = enc
 	}
+	priorDel := p.DeletionAllowed
+	if v, ok := body["deletion_allowed"]; ok {
+		b, isBool := v.(bool)
+		if !isBool {
+			fail("deletion_allowed must be a boolean")
+			return
+		}
+		p.DeletionAllowed = b
+	}
 	if p.MinEncryptionVersion > 0 && p.MinEncryptionVersion < p.MinDecryptionVersion {
+		p.DeletionAllowed = priorDel
 		fail("min decryption version should not be less than min encryption version")
 		return
 	}
 	if err := p.Persist(ctx, s.storage); err != nil {
-		p.MinDecryptionVersion, p.MinEncryptionVersion = priorDec, priorEnc
+		p.MinDecryptionVersion, p.MinEncryptionVersion, p.DeletionAllowed = priorDec, priorEnc, priorDel
 		writeErr(w, err)
 		return
 	}
 	writeData(w, http.StatusOK, keyData(p), nil)
+}
+
+// deleteKey is DELETE MOUNT/keys/NAME: Transit deletes a key only when its
+// deletion_allowed is true (HTTP 400 otherwise, as Vault answers), and
+// answers 204.
+func (s *Server) deleteKey(ctx context.Context, w http.ResponseWriter, name string) {
+	s.count(func(c *Counts) { c.Delete++ })
+	if err := s.lm.DeletePolicy(ctx, s.storage, name); err != nil {
+		writeErrors(w, http.StatusBadRequest, fmt.Sprintf("error deleting policy %s: %s", name, err))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// AllowDeletion sets deletion_allowed of the Transit key name, as an
+// operator would with `vault write transit/keys/NAME/config
+// deletion_allowed=true`. It reports whether the key exists.
+func (s *Server) AllowDeletion(name string, allowed bool) bool {
+	ctx := context.Background()
+	p, err := s.policy(ctx, name)
+	if err != nil || p == nil {
+		return false
+	}
+	p.Lock(true)
+	defer p.Unlock()
+	p.DeletionAllowed = allowed
+	return p.Persist(ctx, s.storage) == nil
 }
 
 func (s *Server) trimKey(ctx context.Context, w http.ResponseWriter, name string, body map[string]any) {
