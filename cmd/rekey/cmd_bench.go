@@ -189,6 +189,7 @@ func (c *cli) runBench(ctx context.Context, o bench.Options) error {
 	if wr := res.Writers; wr != nil {
 		fmt.Fprintf(w, "\nwriters during the engine phase: %d commands (%d dek create, %d decrypt): p50 %.0f ms, p99 %.0f ms, max %.0f ms; %d \"database is locked\", %d other errors\n",
 			wr.Ops, wr.DEKCreates, wr.Decrypts, wr.P50Ms, wr.P99Ms, wr.MaxMs, wr.LockedErrors, wr.OtherErrors)
+		fmt.Fprintf(w, "the same commands before the rotation: p50 %.0f ms, max %.0f ms\n", wr.BaselineP50Ms, wr.BaselineMaxMs)
 		if wr.FirstError != "" {
 			fmt.Fprintf(w, "first error: %s\n", wr.FirstError)
 		}

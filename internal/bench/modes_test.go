@@ -64,10 +64,10 @@ func (f *fakeCLI) run(ctx context.Context, configPath string, args ...string) er
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, args)
 	switch n := len(f.calls); {
-	case n == 3 || n == 6:
+	case n == 9 || n == 12:
 		f.locked++
 		return errors.New("rekey dek create: exit status 1: open store: database is locked")
-	case n == 4:
+	case n == 10:
 		f.others++
 		return errors.New("rekey decrypt: exit status 1: something else")
 	}
@@ -92,8 +92,9 @@ func TestRunWithWriters(t *testing.T) {
 	t.Logf("writers: %+v", *w)
 	cli.mu.Lock()
 	defer cli.mu.Unlock()
-	if len(cli.calls) < 2 || cli.calls[0][0] != "encrypt" {
-		t.Fatalf("commands %v: want encrypt first", cli.calls)
+	const baseline = 6
+	if len(cli.calls) < 1+baseline || cli.calls[0][0] != "encrypt" {
+		t.Fatalf("commands %v: want encrypt first, then %d for the baseline", cli.calls, baseline)
 	}
 	ops := cli.calls[1:]
 	for i, c := range ops {
@@ -102,6 +103,10 @@ func TestRunWithWriters(t *testing.T) {
 			t.Errorf("command %d is %v, want %s", i, c, want)
 		}
 	}
+	if w.BaselineP50Ms < 1 || w.BaselineMaxMs < w.BaselineP50Ms {
+		t.Errorf("baseline p50 %v, max %v (ms): want ordered, at least the fake's 1 ms", w.BaselineP50Ms, w.BaselineMaxMs)
+	}
+	ops = ops[baseline:]
 	if w.Ops != len(ops) || w.DEKCreates+w.Decrypts != w.Ops || w.DEKCreates != (len(ops)+1)/2 {
 		t.Errorf("writers counted %d ops (%d dek create, %d decrypt); the fake ran %d", w.Ops, w.DEKCreates, w.Decrypts, len(ops))
 	}

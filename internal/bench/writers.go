@@ -36,7 +36,16 @@ type WritersResult struct {
 	OtherErrors  int `json:"other_errors"`
 	// FirstError is the first failure's message, if any.
 	FirstError string `json:"first_error,omitempty"`
+	// BaselineP50Ms and BaselineMaxMs are the same commands run
+	// baselineOps times before the engine phase, with no rotation: what
+	// a command costs on this machine alone (mostly process start).
+	BaselineP50Ms float64 `json:"baseline_p50_ms"`
+	BaselineMaxMs float64 `json:"baseline_max_ms"`
 }
+
+// baselineOps is how many commands the writers run before the engine
+// phase, for WritersResult's baseline.
+const baselineOps = 6
 
 // writerLoop is the running loop of startWriters.
 type writerLoop struct {
@@ -65,7 +74,17 @@ func (e *runEnv) startWriters(ctx context.Context) (*writerLoop, error) {
 		{"dek", "create", "--key", KeyName, "--label", "bench-writer"},
 		{"decrypt", "--in", sealed, "--out", out},
 	}
+	var base []float64
+	for i := range baselineOps {
+		args := cmds[i%len(cmds)]
+		start := time.Now()
+		if err := e.o.RunCLI(ctx, e.cfgPath, args...); err != nil {
+			return nil, fmt.Errorf("bench: writers: before the rotation: %w", err)
+		}
+		base = append(base, float64(time.Since(start).Microseconds())/1000)
+	}
 	w := &writerLoop{done: make(chan struct{}), ended: make(chan struct{}), byCmd: map[string][]float64{}}
+	w.res.BaselineP50Ms, w.res.BaselineMaxMs = percentile(base, 0.5), percentile(base, 1)
 	go func() {
 		defer close(w.ended)
 		for i := 0; ; i++ {
