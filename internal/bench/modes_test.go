@@ -18,14 +18,15 @@ import (
 )
 
 // TestRunThrottled: with ThrottleAt the engine's backend refuses requests
-// above the rate (the local backend: 2000 DEKs in batches of 100, two
-// requests each, against 20 requests/s while the middleware allows 40),
+// above the rate (the local backend: 2000 DEKs in batches of 250, two
+// requests each: 16 requests, the middleware allowing 16 a second, the
+// backend 4 with a burst of 4),
 // the middleware's adaptive rate lowers itself, the rotation completes,
 // and the result counts the throttled requests.
 func TestRunThrottled(t *testing.T) {
 	t.Parallel()
 	res, err := bench.Run(t.Context(), bench.Options{DEKs: 2000, Store: bench.StoreSQLite, Backend: bench.BackendLocal,
-		BatchSize: 100, Concurrency: 2, RateLimit: 40, ThrottleAt: 20, Dir: t.TempDir()})
+		BatchSize: 250, Concurrency: 2, RateLimit: 16, ThrottleAt: 4, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,11 +38,11 @@ func TestRunThrottled(t *testing.T) {
 		t.Fatal("no throttle result")
 	}
 	t.Logf("throttle: %+v", *th)
-	if th.ThrottleAt != 20 || th.Requests < 40 || th.Throttled < 1 || th.Throttled >= th.Requests ||
-		th.ThrottledShare != float64(th.Throttled)/float64(th.Requests) || th.SustainedReqPerS <= 0 || th.FinalRate <= 0 || th.FinalRate >= 40 {
-		t.Errorf("throttle result %+v: want at least 40 requests, some throttled, a rate sustained, and the rate lowered below 40", *th)
+	if th.ThrottleAt != 4 || th.Requests < 16 || th.Throttled < 1 || th.Throttled >= th.Requests ||
+		th.ThrottledShare != float64(th.Throttled)/float64(th.Requests) || th.SustainedReqPerS <= 0 || th.FinalRate <= 0 || th.FinalRate >= 16 {
+		t.Errorf("throttle result %+v: want at least 16 requests, some throttled, a rate sustained, and the rate lowered below 16", *th)
 	}
-	if res.Settings.ThrottleAt != 20 {
+	if res.Settings.ThrottleAt != 4 {
 		t.Errorf("settings.throttle_at = %v", res.Settings.ThrottleAt)
 	}
 }
