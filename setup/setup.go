@@ -105,6 +105,11 @@ type Options struct {
 	// show, plan, audit list/verify/export, report, decrypt) use it, so
 	// that they work on a read-only copy of a home.
 	ReadOnly bool
+	// WrapBackend, when set, wraps each backend as it is opened, inside the
+	// middleware (the middleware's rate limit, retries and metrics see
+	// what it returns): `rekey bench --throttle-at` puts kms/faultkms
+	// there. name is the backend's configuration key. Nil: none.
+	WrapBackend func(name string, inner rekey.KMS) rekey.KMS
 }
 
 // System is rekey opened from one configuration. Close it when done.
@@ -199,7 +204,7 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	if s.Metrics, err = metrics.New(reg, metrics.Options{Store: s.Store, Now: now, Backends: s.Config.BackendNames(), KMSOps: kmsmw.Ops(), Logger: logger}); err != nil {
 		return nil, err
 	}
-	if s.Backends, err = openBackends(ctx, s.Config, getenv, logger, s.Metrics, o.TolerateBackendErrors); err != nil {
+	if s.Backends, err = openBackends(ctx, s.Config, getenv, logger, s.Metrics, o.TolerateBackendErrors, o.WrapBackend); err != nil {
 		return nil, err
 	}
 	actor := o.Actor
@@ -355,8 +360,9 @@ func (e missingStoreError) Unwrap() error { return fs.ErrNotExist }
 
 // openBackends opens every configured backend and wraps each in the
 // middleware. With tolerate, a backend that cannot be opened is replaced by
-// one whose every call fails with that error.
-func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) string, logger *slog.Logger, obs kmsmw.Observer, tolerate bool) (map[string]rekey.KMS, error) {
+// one whose every call fails with that error. wrap, when not nil, wraps
+// each opened backend inside the middleware.
+func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) string, logger *slog.Logger, obs kmsmw.Observer, tolerate bool, wrap func(string, rekey.KMS) rekey.KMS) (map[string]rekey.KMS, error) {
 	out := make(map[string]rekey.KMS, len(cfg.Backends))
 	for _, name := range slices.Sorted(maps.Keys(cfg.Backends)) {
 		inner, err := openBackend(ctx, name, cfg.Backends[name], getenv, logger)
@@ -374,6 +380,9 @@ func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) s
 				// them instead of skipping them.
 				inner = failingMACKMS{failingKMS{err: err}}
 			}
+		}
+		if wrap != nil {
+			inner = wrap(name, inner)
 		}
 		out[name] = kmsmw.Wrap(inner, kmsmw.Options{
 			Name: name, RateLimit: config.EffectiveRateLimit(cfg.Backends[name], cfg.Worker.KMSRateLimit), Observer: obs, Logger: logger,

@@ -5,8 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,7 +25,7 @@ const benchEngineCommand = "__bench-engine"
 func (c *cli) benchCommand() *cobra.Command {
 	var o bench.Options
 	cmd := &cobra.Command{
-		Use:   "bench --deks N --store sqlite|postgres --backend local [--dsn DSN] [--json]",
+		Use:   "bench --deks N --store sqlite|postgres --backend local|awskms [--dsn DSN] [--endpoint URL] [--throttle-at R] [--with-writers] [--json]",
 		Short: "Measure the re-wrap on a throwaway store (never your data)",
 		Long: `Measure the re-wrap. rekey bench seeds N DEKs under a fresh key in a
 temporary directory (for postgres: a fresh schema on the server of --dsn or
@@ -36,14 +39,30 @@ $REKEY_TEST_PG_DSN, dropped after) and measures, in one run:
            rekey's deks table updated in 1000-row transactions, one writer),
            and the same on a minimal table (text id + blob, WITHOUT ROWID)
 
-and the ratios engine/naive, engine/min(floors) and engine/minimal. Your
-configuration and home are not read. A progress bar goes to stderr when it
-is a terminal.`,
-		Example: "  rekey bench --deks 100000 --store sqlite --backend local\n  rekey bench --deks 1000000 --store postgres --backend local --dsn postgres://localhost/postgres --json",
-		Args:    exactArgs(0, "none"),
+and the ratios engine/naive, engine/min(floors) and engine/minimal.
+
+--backend awskms runs on the KMS endpoint of --endpoint (default
+$REKEY_TEST_AWSKMS_ENDPOINT: the local-kms emulator of scripts/localkms),
+with keys under an alias prefix of the run's own, scheduled for deletion
+after; it also measures the endpoint's raw ReEncrypt at the engine's
+concurrency (engine/raw). --throttle-at R makes the backend of the engine
+phase refuse data requests above R per second (kms/faultkms), and reports
+the rate the engine sustained and the share of its requests throttled.
+--with-writers runs rekey dek create and rekey decrypt in a loop, each in
+a process of its own, on the bench's store during the engine phase, and
+reports their latency and "database is locked" errors.
+
+Your configuration and home are not read. A progress bar goes to stderr
+when it is a terminal.`,
+		Example: "  rekey bench --deks 100000 --store sqlite --backend local\n  rekey bench --deks 1000000 --store postgres --backend local --dsn postgres://localhost/postgres --json\n" +
+			"  rekey bench --deks 20000 --backend awskms --endpoint http://127.0.0.1:4599 --throttle-at 500\n  rekey bench --deks 1000000 --with-writers",
+		Args: exactArgs(0, "none"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if o.Store == bench.StorePostgres && o.DSN == "" {
 				o.DSN = c.getenv("REKEY_TEST_PG_DSN")
+			}
+			if o.Backend == bench.BackendAWSKMS && o.Endpoint == "" {
+				o.Endpoint = c.getenv(bench.EnvAWSEndpoint)
 			}
 			if err := o.Validate(); err != nil {
 				return usagef("%v", err)
@@ -54,7 +73,10 @@ is a terminal.`,
 	f := cmd.Flags()
 	f.IntVar(&o.DEKs, "deks", 100_000, "DEKs to seed and re-wrap")
 	f.StringVar(&o.Store, "store", bench.StoreSQLite, "sqlite or postgres")
-	f.StringVar(&o.Backend, "backend", bench.BackendLocal, "local")
+	f.StringVar(&o.Backend, "backend", bench.BackendLocal, "local or awskms")
+	f.StringVar(&o.Endpoint, "endpoint", "", "awskms: the KMS endpoint, http(s)://host[:port] (default $"+bench.EnvAWSEndpoint+")")
+	f.Float64Var(&o.ThrottleAt, "throttle-at", 0, "make the backend refuse data requests above this rate per second during the engine phase (0: none)")
+	f.BoolVar(&o.WithWriters, "with-writers", false, "run rekey dek create and rekey decrypt in a loop on the bench's store during the engine phase")
 	f.StringVar(&o.DSN, "dsn", "", "PostgreSQL server for a fresh schema (default $REKEY_TEST_PG_DSN)")
 	f.IntVar(&o.BatchSize, "batch-size", 0, "worker.batch_size of the engine (default 1000)")
 	f.IntVar(&o.Concurrency, "concurrency", 0, "worker.concurrency of the engine (default 8)")
@@ -65,7 +87,8 @@ is a terminal.`,
 // benchEngineCmd is the hidden child of rekey bench: it runs the engine
 // phase on --config and prints its result as JSON.
 func (c *cli) benchEngineCmd() *cobra.Command {
-	return &cobra.Command{
+	var run bench.EngineRun
+	cmd := &cobra.Command{
 		Use:    benchEngineCommand,
 		Hidden: true,
 		Args:   exactArgs(0, "none"),
@@ -73,22 +96,27 @@ func (c *cli) benchEngineCmd() *cobra.Command {
 			if c.configPath == "" {
 				return usagef("%s needs --config", benchEngineCommand)
 			}
-			res, err := bench.RunEngine(cmd.Context(), c.configPath)
+			run.ConfigPath = c.configPath
+			res, err := bench.RunEngine(cmd.Context(), run)
 			if err != nil {
 				return err
 			}
 			return json.NewEncoder(c.stdout).Encode(res)
 		},
 	}
+	cmd.Flags().StringVar(&run.Backend, "backend", bench.BackendLocal, "the key's backend")
+	cmd.Flags().Float64Var(&run.ThrottleAt, "throttle-at", 0, "throttle the backend's data requests above this rate")
+	return cmd
 }
 
 // engineInChild runs the engine phase in a child process of this binary.
-func (c *cli) engineInChild(ctx context.Context, configPath string) (bench.EngineResult, error) {
+func (c *cli) engineInChild(ctx context.Context, run bench.EngineRun) (bench.EngineResult, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return bench.EngineResult{}, fmt.Errorf("find this binary to run the engine phase: %w", err)
 	}
-	cmd := exec.CommandContext(ctx, exe, "--config", configPath, benchEngineCommand)
+	cmd := exec.CommandContext(ctx, exe, "--config", run.ConfigPath, benchEngineCommand,
+		"--backend", run.Backend, "--throttle-at", strconv.FormatFloat(run.ThrottleAt, 'g', -1, 64))
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -101,8 +129,26 @@ func (c *cli) engineInChild(ctx context.Context, configPath string) (bench.Engin
 	return res, nil
 }
 
+// runInChild runs one rekey command on configPath in a child process of
+// this binary (the --with-writers loop); a failure's error carries its
+// stderr.
+func runInChild(ctx context.Context, configPath string, args ...string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this binary: %w", err)
+	}
+	cmd := exec.CommandContext(ctx, exe, append([]string{"--config", configPath}, args...)...)
+	var errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.Discard, &errb
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("rekey %s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(errb.Bytes()))
+	}
+	return nil
+}
+
 func (c *cli) runBench(ctx context.Context, o bench.Options) error {
 	o.Engine = c.engineInChild
+	o.RunCLI = runInChild
 	if f, ok := c.stderr.(*os.File); ok && isTerminal(f) {
 		o.Progress = progressBar(f)
 	}
@@ -128,8 +174,26 @@ func (c *cli) runBench(ctx context.Context, o bench.Options) error {
 	fmt.Fprintf(w, "%-36s %14.0f\n", "floor: crypto only", res.Floor.CryptoDEKsPerS)
 	fmt.Fprintf(w, "%-36s %14.0f\n", "floor: store only (deks table)", res.Floor.StoreRowsPerS)
 	fmt.Fprintf(w, "%-36s %14.0f\n", "floor: minimal table", res.Floor.MinimalStoreRowsPerS)
-	fmt.Fprintf(w, "\nengine/naive %.2f   engine/floor %.2f   engine/minimal %.2f\n",
-		res.Ratios.EngineVsNaive, res.Ratios.EngineVsFloor, res.Ratios.EngineVsMinimal)
+	if res.Floor.RawRewrapPerS > 0 {
+		fmt.Fprintf(w, "%-36s %14.0f   (%d at a time)\n", "raw ReEncrypt of the endpoint", res.Floor.RawRewrapPerS, res.Settings.Concurrency)
+	}
+	fmt.Fprintf(w, "\nengine/naive %.2f   engine/floor %.2f   engine/minimal %.2f", res.Ratios.EngineVsNaive, res.Ratios.EngineVsFloor, res.Ratios.EngineVsMinimal)
+	if res.Floor.RawRewrapPerS > 0 {
+		fmt.Fprintf(w, "   engine/raw %.2f", res.Ratios.EngineVsRawRewrap)
+	}
+	fmt.Fprintln(w)
+	if t := res.Engine.Throttle; t != nil {
+		fmt.Fprintf(w, "\nthrottled above %v requests/s: the engine sustained %.0f requests/s; %d of its %d requests throttled (%.2f%%); rate at the end %.0f/s\n",
+			t.ThrottleAt, t.SustainedReqPerS, t.Throttled, t.Requests, 100*t.ThrottledShare, t.FinalRate)
+	}
+	if wr := res.Writers; wr != nil {
+		fmt.Fprintf(w, "\nwriters during the engine phase: %d commands (%d dek create, %d decrypt): p50 %.0f ms, p99 %.0f ms, max %.0f ms; %d \"database is locked\", %d other errors\n",
+			wr.Ops, wr.DEKCreates, wr.Decrypts, wr.P50Ms, wr.P99Ms, wr.MaxMs, wr.LockedErrors, wr.OtherErrors)
+		fmt.Fprintf(w, "the same commands before the rotation: p50 %.0f ms, max %.0f ms\n", wr.BaselineP50Ms, wr.BaselineMaxMs)
+		if wr.FirstError != "" {
+			fmt.Fprintf(w, "first error: %s\n", wr.FirstError)
+		}
+	}
 	return nil
 }
 

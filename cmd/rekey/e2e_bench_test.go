@@ -69,3 +69,74 @@ func TestE2EBench(t *testing.T) {
 		t.Errorf("bench --store mysql: %v", r)
 	}
 }
+
+// TestE2EBenchWriters runs `rekey bench --with-writers`: rekey dek create
+// and rekey decrypt, each a process of the same binary, keep working on
+// the bench's SQLite store during the engine phase, with no "database is
+// locked"; and the new flags' usage errors.
+func TestE2EBenchWriters(t *testing.T) {
+	t.Parallel()
+	h := newE2EHome(t, e2eOpts{})
+	out := h.must("bench", "--deks", "2000", "--with-writers", "--json")
+	var res struct {
+		Engine struct {
+			DEKs int `json:"rewrapped"`
+		} `json:"engine"`
+		Writers *struct {
+			Ops        int     `json:"ops"`
+			DEKCreates int     `json:"dek_creates"`
+			Decrypts   int     `json:"decrypts"`
+			P50Ms      float64 `json:"p50_ms"`
+			P99Ms      float64 `json:"p99_ms"`
+			Locked     int     `json:"database_locked_errors"`
+			Other      int     `json:"other_errors"`
+			FirstError string  `json:"first_error"`
+		} `json:"writers"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("bench --json: %v\n%s", err, out)
+	}
+	w := res.Writers
+	if w == nil {
+		t.Fatalf("bench --with-writers --json has no writers:\n%s", out)
+	}
+	t.Logf("writers: %+v", *w)
+	if w.Ops < 1 || w.DEKCreates < 1 || w.P50Ms <= 0 || w.P99Ms < w.P50Ms {
+		t.Errorf("writers %+v: want at least one dek create and ordered latencies", *w)
+	}
+	if w.Locked != 0 || w.Other != 0 {
+		t.Errorf("writers failed: %d database is locked, %d others; first: %s", w.Locked, w.Other, w.FirstError)
+	}
+	if res.Engine.DEKs < 2000 {
+		t.Errorf("the rotation re-wrapped %d DEKs, want at least 2000", res.Engine.DEKs)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--throttle-at", "-5"}, "--throttle-at"},
+		{[]string{"--endpoint", "http://127.0.0.1:1"}, "--endpoint"},
+		{[]string{"--backend", "awskms"}, "--endpoint"},
+		{[]string{"--backend", "awskms", "--endpoint", "127.0.0.1:4599"}, "--endpoint"},
+		{[]string{"--backend", "vault"}, "--backend"},
+	} {
+		if r := h.run(append([]string{"bench", "--deks", "10"}, c.args...)...); r.code != 2 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("bench %v: %v, want exit 2 naming %s", c.args, r, c.want)
+		}
+	}
+}
+
+// TestE2EBenchAWSKMS runs `rekey bench --backend awskms --throttle-at` on
+// local-kms: the engine phase's child gets the throttle, the table shows
+// the raw ReEncrypt and the throttling.
+func TestE2EBenchAWSKMS(t *testing.T) {
+	endpoint := awsEndpoint(t)
+	t.Parallel()
+	h := newE2EHome(t, e2eOpts{})
+	out := h.must("bench", "--deks", "2000", "--backend", "awskms", "--endpoint", endpoint, "--throttle-at", "400")
+	for _, want := range []string{"raw ReEncrypt of the endpoint", "engine/raw", "throttled above 400 requests/s: the engine sustained"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("bench table lacks %q:\n%s", want, out)
+		}
+	}
+}

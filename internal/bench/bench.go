@@ -31,6 +31,7 @@ const (
 	StoreSQLite   = "sqlite"
 	StorePostgres = "postgres"
 	BackendLocal  = "local"
+	BackendAWSKMS = "awskms"
 )
 
 // KeyName is the root key the bench creates in its temporary store.
@@ -39,6 +40,11 @@ const KeyName = "bench"
 // NaiveMax is the most DEKs the naive phase re-wraps (it is slow).
 const NaiveMax = 100_000
 
+// EnvAWSEndpoint is the environment variable `rekey bench --backend
+// awskms` reads the KMS endpoint from when --endpoint is not given (the
+// one scripts/localkms prints).
+const EnvAWSEndpoint = "REKEY_TEST_AWSKMS_ENDPOINT"
+
 // EnvDSN is the environment variable that carries the PostgreSQL DSN into
 // the temporary configuration (as ${REKEY_BENCH_DSN}), so that no
 // password is written to a file.
@@ -46,19 +52,38 @@ const EnvDSN = "REKEY_BENCH_DSN"
 
 // Options configures Run.
 type Options struct {
-	DEKs        int     // DEKs to seed and re-wrap (at least 1)
-	Store       string  // StoreSQLite or StorePostgres
-	Backend     string  // BackendLocal
-	DSN         string  // PostgreSQL server for a fresh schema (Store postgres)
+	DEKs    int    // DEKs to seed and re-wrap (at least 1)
+	Store   string // StoreSQLite or StorePostgres
+	Backend string // BackendLocal or BackendAWSKMS
+	DSN     string // PostgreSQL server for a fresh schema (Store postgres)
+	// Endpoint is the AWS KMS endpoint of BackendAWSKMS,
+	// http(s)://host[:port] (the local-kms emulator). Credentials come
+	// from the AWS SDK's default chain; for an emulator on a loopback
+	// address with none in the environment, Run sets dummy ones.
+	Endpoint string
+	// ThrottleAt, when above 0, wraps the backend of the engine phase in
+	// kms/faultkms throttling its data requests (wrap, unwrap, rewrap,
+	// rewrap_batch) above this many per second, inside the middleware, so
+	// that the middleware's adaptive rate meets it; EngineResult.Throttle
+	// reports what happened.
+	ThrottleAt float64
+	// WithWriters runs a loop of `rekey dek create` and `rekey decrypt`
+	// (through RunCLI, another process) against the bench's home during
+	// the engine phase, and reports their latency and errors in
+	// Result.Writers.
+	WithWriters bool
+	// RunCLI runs one rekey command on the configuration at configPath in
+	// another process and returns its error (with its stderr in the
+	// message). WithWriters needs it; `rekey bench` runs its own binary.
+	RunCLI      func(ctx context.Context, configPath string, args ...string) error
 	BatchSize   int     // worker.batch_size; 0 = the default
 	Concurrency int     // worker.concurrency; 0 = the default
 	RateLimit   float64 // worker.kms_rate_limit; 0 = none
 	// Dir is the parent of the temporary directory; "" = os.TempDir().
 	Dir string
-	// Engine runs the engine phase on the configuration at configPath
-	// (`rekey bench` runs it in a child process, for a fair peak RSS);
-	// nil runs RunEngine in this process.
-	Engine func(ctx context.Context, configPath string) (EngineResult, error)
+	// Engine runs the engine phase (`rekey bench` runs it in a child
+	// process, for a fair peak RSS); nil runs RunEngine in this process.
+	Engine func(ctx context.Context, run EngineRun) (EngineResult, error)
 	// Progress, when set, is told how far each phase is.
 	Progress func(phase string, done, total int)
 	// Logger receives the parts' logs; nil discards them.
@@ -77,6 +102,9 @@ type Result struct {
 	Ratios  Ratios       `json:"ratios"`
 	// Settings are the worker settings in force.
 	Settings Settings `json:"settings"`
+	// Writers is what the other process saw during the engine phase
+	// (Options.WithWriters); nil without.
+	Writers *WritersResult `json:"writers,omitempty"`
 }
 
 // EngineResult is a full rotation by the engine.
@@ -87,6 +115,28 @@ type EngineResult struct {
 	BackendCallsPerDEK float64 `json:"backend_calls_per_dek"`
 	// DEKs is how many DEKs the rotation re-wrapped.
 	DEKs int `json:"rewrapped"`
+	// Throttle is what the throttling of Options.ThrottleAt did; nil
+	// without it.
+	Throttle *ThrottleResult `json:"throttle,omitempty"`
+}
+
+// ThrottleResult is the engine phase against a backend throttling above
+// a request rate (Options.ThrottleAt).
+type ThrottleResult struct {
+	// ThrottleAt is the rate above which the backend refused requests.
+	ThrottleAt float64 `json:"throttle_at"`
+	// Requests counts the engine's backend requests, every try of a
+	// retried call included; Throttled those refused for the rate.
+	Requests  int64 `json:"requests"`
+	Throttled int64 `json:"throttled"`
+	// ThrottledShare is Throttled / Requests.
+	ThrottledShare float64 `json:"throttled_share"`
+	// SustainedReqPerS is the requests that succeeded per second of the
+	// engine phase.
+	SustainedReqPerS float64 `json:"sustained_req_per_s"`
+	// FinalRate is the middleware's request rate at the end (0: no
+	// limit).
+	FinalRate float64 `json:"final_rate"`
 }
 
 // NaiveResult is the article's algorithm on min(DEKs, NaiveMax) DEKs.
@@ -100,6 +150,11 @@ type FloorResult struct {
 	CryptoDEKsPerS       float64 `json:"crypto_deks_per_s"`
 	StoreRowsPerS        float64 `json:"store_rows_per_s"`
 	MinimalStoreRowsPerS float64 `json:"minimal_store_rows_per_s"`
+	// RawRewrapPerS is the backend's own re-wrap with nothing of rekey's
+	// around it: for awskms, ReEncrypt calls of the AWS SDK straight to
+	// the endpoint, Settings.Concurrency at a time, the ciphertext
+	// discarded (0 for the local backend).
+	RawRewrapPerS float64 `json:"raw_rewrap_per_s,omitempty"`
 }
 
 // Ratios compare the engine with the others: engine_vs_floor is the
@@ -108,6 +163,9 @@ type Ratios struct {
 	EngineVsNaive   float64 `json:"engine_vs_naive"`
 	EngineVsFloor   float64 `json:"engine_vs_floor"`
 	EngineVsMinimal float64 `json:"engine_vs_minimal"`
+	// EngineVsRawRewrap is the engine over FloorResult.RawRewrapPerS
+	// (awskms only).
+	EngineVsRawRewrap float64 `json:"engine_vs_raw_rewrap,omitempty"`
 }
 
 // Settings are the worker settings and store pragmas of the run.
@@ -116,6 +174,13 @@ type Settings struct {
 	Concurrency int     `json:"concurrency"`
 	RateLimit   float64 `json:"kms_rate_limit"`
 	StoreNotes  string  `json:"store_notes"`
+	// ThrottleAt is Options.ThrottleAt (0: none).
+	ThrottleAt float64 `json:"throttle_at,omitempty"`
+	// Endpoint is the awskms endpoint.
+	Endpoint string `json:"endpoint,omitempty"`
+	// AliasPrefix starts the aliases of the run's KMS keys (awskms); the
+	// keys are scheduled for deletion when the run ends.
+	AliasPrefix string `json:"alias_prefix,omitempty"`
 }
 
 // Validate returns an error naming the first bad field.
@@ -125,8 +190,16 @@ func (o Options) Validate() error {
 		return fmt.Errorf("--deks %d: give a number of DEKs of at least 1", o.DEKs)
 	case o.Store != StoreSQLite && o.Store != StorePostgres:
 		return fmt.Errorf("--store %q: use sqlite or postgres", o.Store)
-	case o.Backend != BackendLocal:
-		return fmt.Errorf("--backend %q: this build's bench runs the local backend only (awskms is not wired yet)", o.Backend)
+	case o.Backend != BackendLocal && o.Backend != BackendAWSKMS:
+		return fmt.Errorf("--backend %q: use local or awskms", o.Backend)
+	case o.Backend == BackendAWSKMS && o.Endpoint == "":
+		return errors.New("--backend awskms needs a KMS endpoint: give --endpoint http://127.0.0.1:PORT (start local-kms with `eval \"$(scripts/localkms start)\"`) or set " + EnvAWSEndpoint)
+	case o.Backend != BackendAWSKMS && o.Endpoint != "":
+		return fmt.Errorf("--endpoint %q is for --backend awskms: leave it out, or add --backend awskms", o.Endpoint)
+	case o.Endpoint != "" && !validEndpoint(o.Endpoint):
+		return fmt.Errorf("--endpoint %q is not a KMS endpoint: use http(s)://host[:port] with no path", o.Endpoint)
+	case o.ThrottleAt < 0 || math.IsNaN(o.ThrottleAt) || math.IsInf(o.ThrottleAt, 0):
+		return fmt.Errorf("--throttle-at %v: give a positive rate per second above which the backend refuses requests (0: no throttling)", o.ThrottleAt)
 	case o.Store == StorePostgres && o.DSN == "":
 		return errors.New("--store postgres needs a server: give --dsn or set REKEY_TEST_PG_DSN (a fresh schema is made there and dropped after)")
 	case o.BatchSize < 0 || o.BatchSize > 100_000:
@@ -155,6 +228,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	if o.Engine == nil {
 		o.Engine = RunEngine
 	}
+	if o.WithWriters && o.RunCLI == nil {
+		return Result{}, errors.New("bench: WithWriters needs Options.RunCLI (the writers are another process)")
+	}
 	dir, err := os.MkdirTemp(o.Dir, "rekey-bench-")
 	if err != nil {
 		return Result{}, fmt.Errorf("bench: make a temporary directory: %w", err)
@@ -180,15 +256,28 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	if err := env.setRateLimit(o.RateLimit); err != nil {
 		return Result{}, err
 	}
+	var writers *writerLoop
+	if o.WithWriters {
+		if writers, err = env.startWriters(ctx); err != nil {
+			return Result{}, err
+		}
+	}
 	o.Progress("engine", 0, o.DEKs)
-	if res.Engine, err = o.Engine(ctx, env.cfgPath); err != nil {
+	res.Engine, err = o.Engine(ctx, EngineRun{ConfigPath: env.cfgPath, Backend: o.Backend, ThrottleAt: o.ThrottleAt})
+	if writers != nil {
+		w := writers.stop()
+		res.Writers = &w
+	}
+	if err != nil {
 		return Result{}, fmt.Errorf("bench: engine phase: %w", err)
 	}
 	if err := env.setRateLimit(0); err != nil {
 		return Result{}, err
 	}
 	o.Progress("engine", o.DEKs, o.DEKs)
-	if res.Engine.DEKs != o.DEKs {
+	// The writers' DEKs made before the rotation's new version are
+	// re-wrapped too.
+	if res.Engine.DEKs != o.DEKs && (!o.WithWriters || res.Engine.DEKs < o.DEKs) {
 		return Result{}, fmt.Errorf("bench: the rotation re-wrapped %d DEKs of %d", res.Engine.DEKs, o.DEKs)
 	}
 	if err := env.measureOthers(ctx, &res); err != nil {
@@ -196,9 +285,10 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}
 	floor := math.Min(res.Floor.CryptoDEKsPerS, res.Floor.StoreRowsPerS)
 	res.Ratios = Ratios{
-		EngineVsNaive:   ratio(res.Engine.DEKsPerS, res.Naive.DEKsPerS),
-		EngineVsFloor:   ratio(res.Engine.DEKsPerS, floor),
-		EngineVsMinimal: ratio(res.Engine.DEKsPerS, res.Floor.MinimalStoreRowsPerS),
+		EngineVsNaive:     ratio(res.Engine.DEKsPerS, res.Naive.DEKsPerS),
+		EngineVsFloor:     ratio(res.Engine.DEKsPerS, floor),
+		EngineVsMinimal:   ratio(res.Engine.DEKsPerS, res.Floor.MinimalStoreRowsPerS),
+		EngineVsRawRewrap: ratio(res.Engine.DEKsPerS, res.Floor.RawRewrapPerS),
 	}
 	return res, nil
 }
@@ -217,6 +307,7 @@ type runEnv struct {
 	cfgPath  string
 	schema   string // PostgreSQL: the fresh schema
 	settings Settings
+	ref      string // the key's backend reference, once seeded
 }
 
 // writeConfig makes the embedded default in dir (local backend, master key
@@ -258,6 +349,12 @@ func (e *runEnv) writeConfig(ctx context.Context) error {
 			return err
 		}
 	}
+	if e.o.Backend == BackendAWSKMS {
+		if err := e.setupAWS(replace); err != nil {
+			return err
+		}
+	}
+	e.settings.ThrottleAt = e.o.ThrottleAt
 	e.settings.StoreNotes = "SQLite (mattn/go-sqlite3, cgo): WAL, synchronous=NORMAL, one writer connection; file in " + os.TempDir()
 	if e.o.Store == StorePostgres {
 		if err := e.makeSchema(ctx); err != nil {
@@ -282,7 +379,9 @@ func (e *runEnv) writeConfig(ctx context.Context) error {
 	return os.WriteFile(e.cfgPath, []byte(cfg), 0o600)
 }
 
-// setRateLimit sets worker.kms_rate_limit in the temporary configuration.
+// setRateLimit sets worker.kms_rate_limit in the temporary configuration,
+// and the rate_limit of the awskms backend (which has a default of its
+// own otherwise); 0 is none.
 func (e *runEnv) setRateLimit(rps float64) error {
 	b, err := os.ReadFile(e.cfgPath)
 	if err != nil {
@@ -291,9 +390,10 @@ func (e *runEnv) setRateLimit(rps float64) error {
 	lines := strings.Split(string(b), "\n")
 	found := false
 	for i, l := range lines {
-		if t := strings.TrimSpace(l); strings.HasPrefix(t, "kms_rate_limit:") {
+		t := strings.TrimSpace(l)
+		if name, _, ok := strings.Cut(t, ":"); ok && (name == "kms_rate_limit" || name == "rate_limit") {
 			indent := l[:len(l)-len(strings.TrimLeft(l, " "))]
-			lines[i] = fmt.Sprintf("%skms_rate_limit: %v", indent, rps)
+			lines[i] = fmt.Sprintf("%s%s: %v", indent, name, rps)
 			found = true
 		}
 	}
@@ -326,6 +426,14 @@ func (e *runEnv) makeSchema(ctx context.Context) error {
 }
 
 func (e *runEnv) cleanup() error {
+	awsErr := e.cleanupAWS()
+	if err := e.dropSchema(); err != nil {
+		return err
+	}
+	return awsErr
+}
+
+func (e *runEnv) dropSchema() error {
 	if e.schema == "" {
 		return nil
 	}
@@ -357,9 +465,11 @@ func (e *runEnv) seed(ctx context.Context) error {
 		return err
 	}
 	defer sys.Close()
-	if _, err := sys.Keyring.CreateKey(ctx, KeyName, BackendLocal, rekey.DefaultPolicy()); err != nil {
+	k, err := sys.Keyring.CreateKey(ctx, KeyName, e.o.Backend, rekey.DefaultPolicy())
+	if err != nil {
 		return fmt.Errorf("bench: create the key: %w", err)
 	}
+	e.ref = k.BackendRef
 	const chunk = 10_000
 	for done := 0; done < e.o.DEKs; {
 		e.o.Progress("seed", done, e.o.DEKs)

@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -76,8 +77,14 @@ func TestRunPostgres(t *testing.T) {
 func TestOptionsValidate(t *testing.T) {
 	t.Parallel()
 	good := bench.Options{DEKs: 1, Store: "sqlite", Backend: "local"}
-	if err := good.Validate(); err != nil {
-		t.Fatalf("good options: %v", err)
+	for _, o := range []bench.Options{
+		good,
+		{DEKs: 1, Store: "sqlite", Backend: "awskms", Endpoint: "http://127.0.0.1:4599", ThrottleAt: 500, WithWriters: true},
+		{DEKs: 1, Store: "sqlite", Backend: "awskms", Endpoint: "https://kms.eu-west-1.amazonaws.com/"},
+	} {
+		if err := o.Validate(); err != nil {
+			t.Fatalf("good options %+v: %v", o, err)
+		}
 	}
 	for _, c := range []struct {
 		mut  func(*bench.Options)
@@ -90,6 +97,13 @@ func TestOptionsValidate(t *testing.T) {
 		{func(o *bench.Options) { o.BatchSize = 200_000 }, "--batch-size"},
 		{func(o *bench.Options) { o.Concurrency = -1 }, "--concurrency"},
 		{func(o *bench.Options) { o.RateLimit = -1 }, "--kms-rate-limit"},
+		{func(o *bench.Options) { o.Backend = "awskms" }, "--endpoint"},
+		{func(o *bench.Options) { o.Endpoint = "http://127.0.0.1:4599" }, "--endpoint"},
+		{func(o *bench.Options) { o.Backend, o.Endpoint = "awskms", "ftp://127.0.0.1:21" }, "--endpoint"},
+		{func(o *bench.Options) { o.Backend, o.Endpoint = "awskms", "http://127.0.0.1:4599/kms" }, "--endpoint"},
+		{func(o *bench.Options) { o.ThrottleAt = -1 }, "--throttle-at"},
+		{func(o *bench.Options) { o.ThrottleAt = math.NaN() }, "--throttle-at"},
+		{func(o *bench.Options) { o.ThrottleAt = math.Inf(1) }, "--throttle-at"},
 	} {
 		o := good
 		c.mut(&o)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -12,19 +13,53 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/kms/faultkms"
+	"github.com/rekeyhq/rekey/kms/kmsmw"
 	"github.com/rekeyhq/rekey/setup"
 )
 
-// RunEngine opens rekey on configPath, as `rekey run` does, rotates
+// EngineRun says what the engine phase runs on.
+type EngineRun struct {
+	// ConfigPath is the bench's temporary configuration.
+	ConfigPath string
+	// Backend is the configured backend the key lives on (BackendLocal or
+	// BackendAWSKMS).
+	Backend string
+	// ThrottleAt is Options.ThrottleAt: above 0, Backend is wrapped in
+	// kms/faultkms throttling data requests above this rate.
+	ThrottleAt float64
+}
+
+// throttledOps are the ops the bench's throttling refuses: the
+// cryptographic requests, which share an account's request quota in AWS
+// KMS (key creation and rotation have quotas of their own).
+var throttledOps = []string{kmsmw.OpWrap, kmsmw.OpUnwrap, kmsmw.OpRewrap, kmsmw.OpRewrapBatch}
+
+// RunEngine opens rekey on run.ConfigPath, as `rekey run` does, rotates
 // KeyName with the engine (claim, new version, re-wrap of every DEK,
 // commit) and reports its speed, the process's peak RSS (VmHWM) and the
-// backend requests per DEK counted by the middleware's observer. Run it in
-// a process of its own for a fair peak RSS (`rekey bench` does).
-func RunEngine(ctx context.Context, configPath string) (EngineResult, error) {
+// backend requests per DEK counted by the middleware's observer; with
+// run.ThrottleAt, also what the throttling did. Run it in a process of its
+// own for a fair peak RSS (`rekey bench` does).
+func RunEngine(ctx context.Context, run EngineRun) (EngineResult, error) {
+	if run.ThrottleAt < 0 || math.IsNaN(run.ThrottleAt) || math.IsInf(run.ThrottleAt, 0) {
+		return EngineResult{}, fmt.Errorf("throttle rate %v: give 0 (none) or a positive rate per second", run.ThrottleAt)
+	}
 	reg := prometheus.NewRegistry()
-	sys, err := setup.Open(ctx, setup.Options{ConfigPath: configPath, Registerer: reg, NoCreate: true})
+	so := setup.Options{ConfigPath: run.ConfigPath, Registerer: reg, NoCreate: true}
+	var fault *faultkms.KMS
+	if run.ThrottleAt > 0 {
+		so.WrapBackend = func(name string, inner rekey.KMS) rekey.KMS {
+			if name != run.Backend {
+				return inner
+			}
+			fault = faultkms.Wrap(inner, faultkms.Config{ThrottleAbove: run.ThrottleAt, Ops: throttledOps})
+			return fault
+		}
+	}
+	sys, err := setup.Open(ctx, so)
 	if err != nil {
-		return EngineResult{}, fmt.Errorf("open %s: %w", configPath, err)
+		return EngineResult{}, fmt.Errorf("open %s: %w", run.ConfigPath, err)
 	}
 	defer sys.Close()
 	before, err := kmsRequests(reg)
@@ -41,31 +76,64 @@ func RunEngine(ctx context.Context, configPath string) (EngineResult, error) {
 	if err != nil {
 		return EngineResult{}, err
 	}
+	var thr *ThrottleResult
+	if fault != nil {
+		// The metrics count a throttled request as a failure: the
+		// throttles are the fault wrapper's own count (it throttled
+		// nothing before the rotation).
+		thr = &ThrottleResult{ThrottleAt: run.ThrottleAt}
+		thr.Requests = int64(after.total - before.total)
+		for _, st := range fault.Stats() {
+			thr.Throttled += st.Throttled
+		}
+		if thr.Requests > 0 {
+			thr.ThrottledShare = float64(thr.Throttled) / float64(thr.Requests)
+		}
+		thr.SustainedReqPerS = (after.success - before.success) / took.Seconds()
+		if mw, ok := sys.Backends[run.Backend].(*kmsmw.KMS); ok {
+			thr.FinalRate = mw.CurrentRate()
+		}
+	}
 	rss, err := PeakRSS()
 	if err != nil {
 		return EngineResult{}, err
 	}
-	res := EngineResult{Seconds: took.Seconds(), PeakRSSBytes: rss, DEKs: int(r.Done)}
+	res := EngineResult{Seconds: took.Seconds(), PeakRSSBytes: rss, DEKs: int(r.Done), Throttle: thr}
 	if r.Done > 0 {
 		res.DEKsPerS = float64(r.Done) / took.Seconds()
-		res.BackendCallsPerDEK = (after - before) / float64(r.Done)
+		res.BackendCallsPerDEK = (after.total - before.total) / float64(r.Done)
 	}
 	return res, nil
 }
 
-// kmsRequests sums rekey_kms_requests_total over every label.
-func kmsRequests(g prometheus.Gatherer) (float64, error) {
+// requestCounts are sums of rekey_kms_requests_total.
+type requestCounts struct {
+	total, success float64
+}
+
+// kmsRequests sums rekey_kms_requests_total over every label, and by
+// result.
+func kmsRequests(g prometheus.Gatherer) (requestCounts, error) {
 	mfs, err := g.Gather()
 	if err != nil {
-		return 0, fmt.Errorf("read the metrics: %w", err)
+		return requestCounts{}, fmt.Errorf("read the metrics: %w", err)
 	}
-	var n float64
+	var n requestCounts
 	for _, mf := range mfs {
 		if mf.GetName() != "rekey_kms_requests_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
-			n += m.GetCounter().GetValue()
+			v := m.GetCounter().GetValue()
+			n.total += v
+			for _, l := range m.GetLabel() {
+				if l.GetName() != "result" {
+					continue
+				}
+				if l.GetValue() == kmsmw.ResultSuccess {
+					n.success += v
+				}
+			}
 		}
 	}
 	return n, nil

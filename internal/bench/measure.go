@@ -58,6 +58,11 @@ func (e *runEnv) measureOthers(ctx context.Context, res *Result) error {
 	if res.Floor.CryptoDEKsPerS, err = e.cryptoFloor(ctx, kms, k.BackendRef, to, rows); err != nil {
 		return err
 	}
+	if e.o.Backend == BackendAWSKMS {
+		if res.Floor.RawRewrapPerS, err = e.rawRewrap(ctx, rows, to); err != nil {
+			return err
+		}
+	}
 	if res.Floor.StoreRowsPerS, err = e.storeFloor(ctx, db, d, "deks", rows); err != nil {
 		return err
 	}
@@ -135,9 +140,10 @@ func loadRows(ctx context.Context, db *sql.DB, d dialect) ([]row, error) {
 }
 
 // cryptoFloor unwraps and wraps every DEK in memory with the backend,
-// GOMAXPROCS at a time: no store.
+// max(GOMAXPROCS, the engine's concurrency) at a time (a remote backend
+// is bound by its latency): no store.
 func (e *runEnv) cryptoFloor(ctx context.Context, kms rekey.KMS, ref string, to int, rows []row) (float64, error) {
-	workers := runtime.GOMAXPROCS(0)
+	workers := max(runtime.GOMAXPROCS(0), e.settings.Concurrency)
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
