@@ -51,6 +51,13 @@ func (p Policy) EffectiveRotateAt() float64 {
 	return p.RotateAt
 }
 
+// Normalized is p with the usage defaults filled in (0 becomes
+// DefaultMaxEncryptions and DefaultRotateAt), for comparing policies.
+func (p Policy) Normalized() Policy {
+	p.MaxEncryptions, p.RotateAt = p.EffectiveMaxEncryptions(), p.EffectiveRotateAt()
+	return p
+}
+
 // validateUsage checks the usage fields of p (Policy.Validate calls it).
 // Zero means the default in Go; the config and the CLI refuse an explicit
 // 0 themselves.
@@ -207,4 +214,26 @@ func GrantWraps(r WrapReservation, count int64) (int64, error) {
 		return 0, &UsageLimitError{Backend: r.Backend, Ref: r.Ref, Version: r.Version, Count: count, Limit: r.Limit}
 	}
 	return min(r.N, r.Limit-count), nil
+}
+
+// VersionUsage returns the wrap count of version v of key k against its
+// limit: from the backend when it counts its own wraps (the local
+// keyring), else from the store, through the backend middleware. It
+// returns an error matching ErrUnsupported when nothing counts them. Status, plan, the engine,
+// the metrics and the report all read counts through it.
+func VersionUsage(ctx context.Context, backends map[string]KMS, k Key, v KeyVersion) (Usage, error) {
+	p := PlacementOf(k, v)
+	b, ok := backends[p.Backend]
+	if !ok {
+		return Usage{}, fmt.Errorf("key %s version %d: backend %q is not configured", k.Name, v.Version, p.Backend)
+	}
+	uc, ok := b.(UsageCounter)
+	if !ok {
+		return Usage{}, fmt.Errorf("key %s: backend %s: %w", k.Name, p.Backend, ErrUnsupported)
+	}
+	n, err := uc.Encryptions(ctx, p.Ref, p.Version)
+	if err != nil {
+		return Usage{}, fmt.Errorf("key %s version %d: wrap count: %w", k.Name, v.Version, err)
+	}
+	return UsageOf(k, n), nil
 }

@@ -79,7 +79,7 @@ syntax plus d for days: 90d, 12h, 3s.`,
 				return err
 			}
 			if c.jsonOut {
-				v, err := status.Key(cmd.Context(), a.Store, k.Name, c.now())
+				v, err := status.Key(cmd.Context(), a.Store, a.Backends, k.Name, c.now())
 				if err != nil {
 					return err
 				}
@@ -150,7 +150,7 @@ func (c *cli) keyShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := status.Key(cmd.Context(), a.Store, args[0], c.now())
+			v, err := status.Key(cmd.Context(), a.Store, a.Backends, args[0], c.now())
 			if err != nil {
 				return err
 			}
