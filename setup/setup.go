@@ -202,6 +202,7 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	if s.Backends, err = openBackends(ctx, s.Config, s.Store, getenv, logger, s.Metrics, o.TolerateBackendErrors); err != nil {
 		return nil, err
 	}
+	s.Metrics.SetBackends(s.Backends)
 	actor := o.Actor
 	if actor == "" {
 		actor = "library"

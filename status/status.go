@@ -85,7 +85,7 @@ type KeyView struct {
 	// absent when it is not counted.
 	Usage   *rekey.Usage `json:"usage,omitempty"`
 	DueSoon bool         `json:"due_soon"`
-	Overdue       bool          `json:"overdue"`
+	Overdue bool         `json:"overdue"`
 	// ExpiresIn is expires_at - now in seconds (negative when overdue).
 	ExpiresIn float64 `json:"expires_in_seconds"`
 }
