@@ -137,6 +137,7 @@ type Store interface {
 	DEKSource
 	BatchCommitter
 	RangeSharer
+	WrapCounter
 
 	// CreateKey stores a new key and its first version, which must be
 	// active; a zero v.ExpiresAt is stored as k.ExpiresAt. It returns

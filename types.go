@@ -50,6 +50,12 @@ type Policy struct {
 	NotifyWithin   time.Duration `json:"notify_within"`
 	Grace          time.Duration `json:"grace"`
 	DestroyAfter   time.Duration `json:"destroy_after"` // 0 = never
+	// MaxEncryptions is how many wraps one version may do
+	// (DefaultMaxEncryptions, 2^30); wraps past it are refused until the
+	// key rotates. RotateAt is the fraction of it at which the key is due
+	// by usage (DefaultRotateAt, 0.8). Zero means the default. See usage.go.
+	MaxEncryptions int64   `json:"max_encryptions"`
+	RotateAt       float64 `json:"rotate_at"`
 }
 
 // DefaultPolicy is the policy of DESIGN.md: 90-day period, due 7 days before
@@ -60,6 +66,8 @@ func DefaultPolicy() Policy {
 		RotateWithin:   7 * Day,
 		NotifyWithin:   14 * Day,
 		Grace:          7 * Day,
+		MaxEncryptions: DefaultMaxEncryptions,
+		RotateAt:       DefaultRotateAt,
 	}
 }
 
@@ -87,7 +95,7 @@ func (p Policy) Validate() error {
 		return Invalidf("notify_within %s is shorter than rotate_within %s: the key would be due before it is reported due soon; set notify_within to %s or more",
 			FormatDuration(p.NotifyWithin), FormatDuration(p.RotateWithin), FormatDuration(p.RotateWithin))
 	}
-	return nil
+	return p.validateUsage()
 }
 
 // Key is a root key: a name, the backend holding it, the backend's reference

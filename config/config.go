@@ -185,6 +185,10 @@ type KeyConfig struct {
 	NotifyWithin   *time.Duration
 	Grace          *time.Duration
 	DestroyAfter   *time.Duration
+	// MaxEncryptions and RotateAt override the usage limit (see
+	// rekey.Policy); nil = the default's.
+	MaxEncryptions *int64
+	RotateAt       *float64
 }
 
 // Policy returns the policy of k: c.Defaults with k's overrides applied.
@@ -203,6 +207,12 @@ func (c *Config) Policy(k KeyConfig) rekey.Policy {
 		if o.src != nil {
 			*o.dst = *o.src
 		}
+	}
+	if k.MaxEncryptions != nil {
+		p.MaxEncryptions = *k.MaxEncryptions
+	}
+	if k.RotateAt != nil {
+		p.RotateAt = *k.RotateAt
 	}
 	return p
 }

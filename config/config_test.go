@@ -543,7 +543,7 @@ func TestDefault(t *testing.T) {
 	if ls, ok := l.Settings.(*localkms.Settings); l.Type != BackendLocal || !ok || ls.Keyring != "/srv/rekey/keyring" || ls.MasterKeyFile != "/srv/rekey/master.key" || len(c.Backends) != 1 {
 		t.Errorf("backends = %+v", c.Backends)
 	}
-	wantPolicy := rekey.Policy{RotationPeriod: 90 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day}
+	wantPolicy := rekey.Policy{RotationPeriod: 90 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day, MaxEncryptions: rekey.DefaultMaxEncryptions, RotateAt: rekey.DefaultRotateAt}
 	if c.Defaults != wantPolicy {
 		t.Errorf("defaults = %+v", c.Defaults)
 	}
@@ -636,7 +636,7 @@ keys:
 			"aws":   {Type: BackendLocal, Settings: &localkms.Settings{Keyring: "/srv/rekey/rings/aws", MasterKeyFile: "/etc/rekey/mk"}},
 			"hsm":   {Type: BackendLocal, Settings: &localkms.Settings{Keyring: "/var/lib/hsm.ring"}},
 		},
-		Defaults: rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: 36 * time.Hour, DestroyAfter: 365 * rekey.Day},
+		Defaults: rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: 36 * time.Hour, DestroyAfter: 365 * rekey.Day, MaxEncryptions: rekey.DefaultMaxEncryptions, RotateAt: rekey.DefaultRotateAt},
 		Worker:   WorkerConfig{CheckInterval: 2 * time.Second, BatchSize: 500, Concurrency: 4, KMSRateLimit: 12.5, LeaseTTL: 10 * time.Second},
 		HTTP:     HTTPConfig{Listen: ":0"},
 		Log:      LogConfig{Level: "debug", Format: "text"},
@@ -670,10 +670,11 @@ func TestPolicy(t *testing.T) {
 		want rekey.Policy
 	}{
 		{"no overrides", KeyConfig{Name: "a"}, c.Defaults},
-		{"all overrides", KeyConfig{Name: "a", RotationPeriod: dur(time.Hour), RotateWithin: dur(time.Minute), NotifyWithin: dur(2 * time.Minute), Grace: dur(0), DestroyAfter: dur(0)},
-			rekey.Policy{RotationPeriod: time.Hour, RotateWithin: time.Minute, NotifyWithin: 2 * time.Minute}},
+		{"all overrides", KeyConfig{Name: "a", RotationPeriod: dur(time.Hour), RotateWithin: dur(time.Minute), NotifyWithin: dur(2 * time.Minute), Grace: dur(0), DestroyAfter: dur(0),
+			MaxEncryptions: ptr(int64(1000)), RotateAt: ptr(0.5)},
+			rekey.Policy{RotationPeriod: time.Hour, RotateWithin: time.Minute, NotifyWithin: 2 * time.Minute, MaxEncryptions: 1000, RotateAt: 0.5}},
 		{"some overrides", KeyConfig{Name: "a", RotationPeriod: dur(30 * rekey.Day)},
-			rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day, DestroyAfter: 400 * rekey.Day}},
+			rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 7 * rekey.Day, NotifyWithin: 14 * rekey.Day, Grace: 7 * rekey.Day, DestroyAfter: 400 * rekey.Day, MaxEncryptions: rekey.DefaultMaxEncryptions, RotateAt: rekey.DefaultRotateAt}},
 	}
 	for _, tt := range tests {
 		if got := c.Policy(tt.key); got != tt.want {
@@ -1059,6 +1060,38 @@ func TestEffectiveRateLimit(t *testing.T) {
 	} {
 		if got := EffectiveRateLimit(BackendConfig{Settings: tc.settings}, tc.worker); got != tc.want {
 			t.Errorf("EffectiveRateLimit(%+v, %v) = %v, want %v", tc.settings, tc.worker, got, tc.want)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// TestUsageFields: max_encryptions and rotate_at parse in defaults and per
+// key, and bad values are refused naming the field.
+func TestUsageFields(t *testing.T) {
+	t.Parallel()
+	base := "version: 1\nstore: {driver: sqlite, dsn: /tmp/x.db}\nbackends:\n  local: {type: local, keyring: /tmp/k, master_key_file: /tmp/m}\n"
+	c, err := Parse([]byte(base+"defaults: {max_encryptions: 5000, rotate_at: 0.5}\nkeys:\n  - {name: a, max_encryptions: 1000}\n  - {name: b, rotate_at: 0.9}\n"), "/tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.Policy(c.Keys[0]); p.MaxEncryptions != 1000 || p.RotateAt != 0.5 {
+		t.Errorf("key a policy = %+v, want max 1000 (its own), rotate_at 0.5 (defaults)", p)
+	}
+	if p := c.Policy(c.Keys[1]); p.MaxEncryptions != 5000 || p.RotateAt != 0.9 {
+		t.Errorf("key b policy = %+v, want max 5000 (defaults), rotate_at 0.9 (its own)", p)
+	}
+	for _, bad := range []struct{ yaml, field string }{
+		{"defaults: {max_encryptions: 0}\n", "defaults.max_encryptions"},
+		{"defaults: {rotate_at: 0}\n", "defaults.rotate_at"},
+		{"defaults: {rotate_at: 1.5}\n", "defaults.rotate_at"},
+		{"defaults: {max_encryptions: 8589934592}\n", "defaults.max_encryptions"},
+		{"keys:\n  - {name: a, max_encryptions: -3}\n", "keys[0].max_encryptions"},
+		{"keys:\n  - {name: a, rotate_at: -0.1}\n", "keys[0].rotate_at"},
+	} {
+		_, err := Parse([]byte(base+bad.yaml), "/tmp")
+		if err == nil || !strings.Contains(err.Error(), bad.field) {
+			t.Errorf("%q: error %v, want one naming %s", bad.yaml, err, bad.field)
 		}
 	}
 }

@@ -559,7 +559,7 @@ func (d *decoder) backends(n *yaml.Node, path string, c *Config) {
 	}
 }
 
-var policyFields = []string{"rotation_period", "rotate_within", "notify_within", "grace", "destroy_after"}
+var policyFields = []string{"rotation_period", "rotate_within", "notify_within", "grace", "destroy_after", "max_encryptions", "rotate_at"}
 
 func (d *decoder) defaults(n *yaml.Node, path string, pol *rekey.Policy) {
 	d.fields(n, path, fieldSet{allowed: policyFields}, func(name string, v *yaml.Node, p string) {
@@ -574,6 +574,13 @@ func (d *decoder) defaults(n *yaml.Node, path string, pol *rekey.Policy) {
 			d.duration(v, p, &pol.Grace, false)
 		case "destroy_after":
 			d.duration(v, p, &pol.DestroyAfter, true)
+		case "max_encryptions":
+			var n int
+			if d.integer(v, p, &n) {
+				pol.MaxEncryptions = int64(n)
+			}
+		case "rotate_at":
+			d.number(v, p, &pol.RotateAt)
 		}
 	})
 }
@@ -632,6 +639,16 @@ func (d *decoder) keys(n *yaml.Node, path string, c *Config) {
 					d.durationPtr(v, p, &k.Grace, false)
 				case "destroy_after":
 					d.durationPtr(v, p, &k.DestroyAfter, true)
+				case "max_encryptions":
+					var n int
+					if d.integer(v, p, &n) {
+						n64 := int64(n)
+						k.MaxEncryptions = &n64
+					}
+				case "rotate_at":
+					var f float64
+					d.number(v, p, &f)
+					k.RotateAt = &f
 				}
 			})
 		}

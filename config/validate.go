@@ -113,6 +113,7 @@ func checkPolicy(ch *checker, p string, pol rekey.Policy) {
 	checkNotNegative(ch, p+".notify_within", pol.NotifyWithin)
 	checkNotNegative(ch, p+".grace", pol.Grace)
 	checkNotNegative(ch, p+".destroy_after", pol.DestroyAfter)
+	checkUsage(ch, p, pol.MaxEncryptions, pol.RotateAt)
 	checkPolicyWindows(ch, p, pol, "")
 }
 
@@ -206,6 +207,10 @@ func (c *Config) checkKeys(ch *checker) {
 				checkNotNegative(ch, p+"."+o.name, *o.d)
 			}
 		}
+		if k.MaxEncryptions != nil || k.RotateAt != nil {
+			pol := c.Policy(k)
+			checkUsage(ch, p, pol.MaxEncryptions, pol.RotateAt)
+		}
 		if k.RotationPeriod != nil || k.RotateWithin != nil || k.NotifyWithin != nil {
 			// Only what the key changes: the defaults' own windows are
 			// checked (and reported) once, at defaults.
@@ -234,4 +239,18 @@ func (c *Config) backendList() string {
 		return "none"
 	}
 	return strings.Join(c.BackendNames(), ", ")
+}
+
+// checkUsage checks max_encryptions (1 to 2^32) and rotate_at (above 0, at
+// most 1) of a policy at path p.
+func checkUsage(ch *checker, p string, maxEnc int64, rotateAt float64) {
+	switch {
+	case maxEnc < 1:
+		ch.add(p+".max_encryptions", "%d: must be at least 1 (wraps one key version may do; the default is %d, 2^30)", maxEnc, rekey.DefaultMaxEncryptions)
+	case maxEnc > rekey.MaxMaxEncryptions:
+		ch.add(p+".max_encryptions", "%d is above %d (2^32), the bound for AES-GCM with random nonces (NIST SP 800-38D): use %d (2^30) or less", maxEnc, rekey.MaxMaxEncryptions, rekey.DefaultMaxEncryptions)
+	}
+	if !(rotateAt > 0 && rotateAt <= 1) {
+		ch.add(p+".rotate_at", "%g: must be a fraction above 0 and at most 1 (the key is due when its active version did rotate_at × max_encryptions wraps; the default is %g)", rotateAt, rekey.DefaultRotateAt)
+	}
 }

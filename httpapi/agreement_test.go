@@ -104,7 +104,7 @@ func TestProgressAgreement(t *testing.T) {
 	got := map[string]float64{"plan": plan.Keys[0].Rotation.Ratio}
 
 	// rekey status --json
-	sv, err := status.Build(ctx, st, clock())
+	sv, err := status.Build(ctx, st, nil, clock())
 	if err != nil {
 		t.Fatal(err)
 	}

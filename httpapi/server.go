@@ -79,7 +79,8 @@ type Config struct {
 	Store rekey.Store
 	// Backends are the configured KMS backends by name. Those that
 	// implement rekey.Pinger are checked by /readyz; the others are not
-	// checked (they have no cheap way to say they are reachable).
+	// checked (they have no cheap way to say they are reachable). The
+	// status view reads wrap counts through them (rekey.VersionUsage).
 	Backends map[string]rekey.KMS
 	// Gatherer is served at /metrics. Nil means no /metrics (404).
 	Gatherer prometheus.Gatherer
@@ -116,6 +117,7 @@ type Source struct {
 // concurrent use; one Server may back several listeners.
 type Server struct {
 	store        rekey.Store
+	backends     map[string]rekey.KMS // wrap counts for the status view
 	checks       []readyCheck
 	log          *slog.Logger
 	now          func() time.Time
@@ -154,6 +156,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		store:           cfg.Store,
+		backends:        cfg.Backends,
 		checks:          checks,
 		log:             cfg.Logger,
 		now:             cfg.Now,
@@ -322,7 +325,7 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 func (s *Server) buildStatus(ctx context.Context) (status.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	st, err := status.BuildWith(ctx, s.store, s.now(), status.Options{SourceCounts: s.sourceCounts})
+	st, err := status.BuildWith(ctx, s.store, s.backends, s.now(), status.Options{SourceCounts: s.sourceCounts})
 	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		err = fmt.Errorf("store gave no answer within %s: %w", buildTimeout, err)
 	}

@@ -288,7 +288,7 @@ func TestStatusAPIMatchesStatusBuild(t *testing.T) {
 	if r.code != http.StatusOK || r.header.Get("Content-Type") != "application/json" {
 		t.Fatalf("/api/v1/status = %d %s: %s", r.code, r.header.Get("Content-Type"), r.body)
 	}
-	st, err := status.Build(context.Background(), b.store, testNow)
+	st, err := status.Build(context.Background(), b.store, nil, testNow)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +56,9 @@ const (
 	NameWorkerLastCycle    = "rekey_worker_last_cycle_timestamp_seconds"
 	NameWorkerLastSuccess  = "rekey_worker_last_success_timestamp_seconds"
 	NameAuditChainValid    = "rekey_audit_chain_valid"
+	NameKeyEncryptions     = "rekey_key_encryptions"
+	NameKeyMaxEncryptions  = "rekey_key_max_encryptions"
+	NameKeyUsageRatio      = "rekey_key_usage_ratio"
 )
 
 const (
@@ -138,6 +142,8 @@ type Metrics struct {
 	deks       *prometheus.Desc
 	progress   *prometheus.Desc
 	blocked    *prometheus.Desc
+	usage      usageDescs
+	backends   atomic.Pointer[map[string]rekey.KMS] // wrap counts (usage.go)
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -212,6 +218,7 @@ func New(reg prometheus.Registerer, o Options) (*Metrics, error) {
 			"1 when the version should retire (grace over, or compromised) but DEKs still reference it and no rotation is re-wrapping them; else 0.",
 			[]string{"key", "version"}, nil),
 	}
+	m.usage = newUsageDescs()
 	if m.now == nil {
 		m.now = time.Now
 	}
@@ -250,7 +257,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range m.eventCollectors() {
 		c.Describe(ch)
 	}
-	for _, d := range []*prometheus.Desc{m.keyExpiry, m.keyVersion, m.deks, m.progress, m.blocked} {
+	for _, d := range []*prometheus.Desc{m.keyExpiry, m.keyVersion, m.deks, m.progress, m.blocked, m.usage.encryptions, m.usage.max, m.usage.ratio} {
 		ch <- d
 	}
 }
@@ -266,6 +273,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 		var err error
 		snap, err = readSnapshot(ctx, m.store)
+		if err == nil {
+			m.readUsage(ctx, snap)
+		}
 		cancel()
 		if err != nil {
 			m.logger.Error("metrics: reading the store at scrape time; the state gauges are left out of this scrape", "error", err.Error())
@@ -290,6 +300,7 @@ type keySnapshot struct {
 	versions []rekey.KeyVersion
 	counts   map[int]int64
 	open     *rekey.Rotation
+	wraps    map[int]int64 // wrap counts of the versions counted (usage.go)
 }
 
 // readSnapshot reads every key of s. A key deleted between ListKeys and
@@ -354,6 +365,7 @@ func (m *Metrics) collectKey(ch chan<- prometheus.Metric, ks keySnapshot, now ti
 		d := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: n, RotationOpen: ks.open != nil}, now)
 		m.emit(ch, m.blocked, boolFloat(d.RetirementBlocked()), k.Name, ver)
 	}
+	m.collectUsage(ch, ks)
 	// DEKs on a version the store does not list should not exist; show them
 	// rather than hide them.
 	for version, n := range ks.counts {

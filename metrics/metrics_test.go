@@ -18,6 +18,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/kms/kmsmw"
+	"github.com/rekeyhq/rekey/kms/memkms"
 	"github.com/rekeyhq/rekey/metrics"
 	"github.com/rekeyhq/rekey/store/memstore"
 )
@@ -58,6 +60,11 @@ var contractNames = []string{
 	"rekey_worker_last_cycle_timestamp_seconds",
 	"rekey_worker_last_success_timestamp_seconds",
 	"rekey_audit_chain_valid",
+	"rekey_key_encryptions",
+	// Not in DESIGN.md: the limit and the active version's ratio, for the
+	// usage alert.
+	"rekey_key_max_encryptions",
+	"rekey_key_usage_ratio",
 }
 
 type bundle struct {
@@ -219,6 +226,7 @@ func TestEveryContractMetricIsExported(t *testing.T) {
 	now := time.Now()
 	createKey(t, st, "payments", now.Add(90*rekey.Day))
 	b := setup(t, metrics.Options{Store: st, Backends: []string{"local"}})
+	b.m.SetBackends(map[string]rekey.KMS{"local": kmsmw.Wrap(memkms.New(), kmsmw.Options{Name: "local", Usage: &kmsmw.UsageOptions{Counter: st}})})
 
 	// The first scrape has everything but the audit gauge, which waits
 	// for the first verification.
@@ -242,6 +250,7 @@ func TestMetricTypesAndLabels(t *testing.T) {
 	createKey(t, st, "payments", now.Add(rekey.Day))
 	b := setup(t, metrics.Options{Store: st, Backends: []string{"local"}})
 	b.m.SetAuditChainValid(true)
+	b.m.SetBackends(map[string]rekey.KMS{"local": kmsmw.Wrap(memkms.New(), kmsmw.Options{Name: "local", Usage: &kmsmw.UsageOptions{Counter: st}})})
 
 	want := map[string]struct {
 		typ    dto.MetricType
@@ -261,6 +270,9 @@ func TestMetricTypesAndLabels(t *testing.T) {
 		"rekey_worker_last_cycle_timestamp_seconds":   {dto.MetricType_GAUGE, ""},
 		"rekey_worker_last_success_timestamp_seconds": {dto.MetricType_GAUGE, ""},
 		"rekey_audit_chain_valid":                     {dto.MetricType_GAUGE, ""},
+		"rekey_key_encryptions":                       {dto.MetricType_GAUGE, "key,version"},
+		"rekey_key_max_encryptions":                   {dto.MetricType_GAUGE, "key"},
+		"rekey_key_usage_ratio":                       {dto.MetricType_GAUGE, "key"},
 	}
 	got := b.gather(t)
 	if len(got) != len(want) {
@@ -856,5 +868,43 @@ func TestNoKeyMaterialInLabels(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestUsageGauges: the wrap count of each usable version, the key's limit
+// and the active version's ratio, read at scrape time.
+func TestUsageGauges(t *testing.T) {
+	t.Parallel()
+	st := newStore(t)
+	ctx := context.Background()
+	err := st.CreateKey(ctx,
+		rekey.Key{Name: "payments", Backend: "vaultish", BackendRef: "ref-1", ActiveVersion: 1, ExpiresAt: time.Now().Add(rekey.Day),
+			Policy: rekey.Policy{RotationPeriod: 2 * rekey.Day, MaxEncryptions: 1000}},
+		rekey.KeyVersion{Key: "payments", Version: 1, State: rekey.VersionActive})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.ReserveWraps(ctx, rekey.WrapReservation{Backend: "vaultish", Ref: "ref-1", Version: 1, N: 900}); err != nil {
+		t.Fatal(err)
+	}
+	b := setup(t, metrics.Options{Store: st, Backends: []string{"vaultish"}})
+	b.m.SetBackends(map[string]rekey.KMS{"vaultish": kmsmw.Wrap(memkms.New(), kmsmw.Options{Name: "vaultish", Usage: &kmsmw.UsageOptions{Counter: st}})})
+	got := b.gather(t)
+	value := func(name string) float64 {
+		t.Helper()
+		mf := got[name]
+		if mf == nil || len(mf.GetMetric()) != 1 {
+			t.Fatalf("%s: %v, want one sample", name, mf)
+		}
+		return mf.GetMetric()[0].GetGauge().GetValue()
+	}
+	if v := value("rekey_key_encryptions"); v != 900 {
+		t.Errorf("rekey_key_encryptions = %v, want 900", v)
+	}
+	if v := value("rekey_key_max_encryptions"); v != 1000 {
+		t.Errorf("rekey_key_max_encryptions = %v, want 1000", v)
+	}
+	if v := value("rekey_key_usage_ratio"); v != 0.9 {
+		t.Errorf("rekey_key_usage_ratio = %v, want 0.9", v)
 	}
 }

@@ -215,7 +215,8 @@ func (e *Engine) cycleKey(ctx context.Context, name string) KeyReport {
 }
 
 // needsRotation says whether k should start a rotation now, and why: its
-// active version is compromised (an emergency left unfinished), or it is due.
+// active version is compromised (an emergency left unfinished), or it is
+// due (rekey.RotationDue: by schedule, or by usage).
 func (e *Engine) needsRotation(ctx context.Context, k rekey.Key) (rekey.RotationReason, int, bool, error) {
 	state, err := e.versionState(ctx, k.Name, k.ActiveVersion)
 	if err != nil {
@@ -224,7 +225,11 @@ func (e *Engine) needsRotation(ctx context.Context, k rekey.Key) (rekey.Rotation
 	if state == rekey.VersionCompromised {
 		return rekey.ReasonEmergency, k.ActiveVersion, true, nil
 	}
-	return rekey.ReasonScheduled, 0, k.Due(e.now()), nil
+	reason, due := rekey.RotationDue(k, e.now(), e.activeWraps(ctx, k))
+	if !due {
+		return rekey.ReasonScheduled, 0, false, nil
+	}
+	return reason, 0, true, nil
 }
 
 // Rotate rotates key now and runs the rotation to done. An open rotation of

@@ -41,7 +41,13 @@ type KeyPlan struct {
 	Due       bool      `json:"due"`
 	Overdue   bool      `json:"overdue"`
 	DueSoon   bool      `json:"due_soon"`
-	Action    string    `json:"action"`
+	// DueReason says why the key is due (rekey.RotationDue): scheduled
+	// or usage; empty when it is not due.
+	DueReason rekey.RotationReason `json:"due_reason,omitempty"`
+	// Usage is the active version's wrap count against max_encryptions;
+	// nil when nothing counts the backend's wraps.
+	Usage  *rekey.Usage `json:"usage,omitempty"`
+	Action string       `json:"action"`
 	// MoveTo is the backend the key is moving to: the open rotation's
 	// target, or the backend the configuration declares it on (action
 	// move). Empty when the key stays where it is.
@@ -110,7 +116,8 @@ type VersionPlan struct {
 }
 
 // Plan computes what the next cycle would do, for every key, without
-// writing anything and without calling any backend. A key that cannot be
+// writing anything and without calling any backend (a wrap count is read
+// from the local keyring's file or from the store). A key that cannot be
 // planned carries its error; Plan itself fails only when the keys cannot be
 // listed.
 func (e *Engine) Plan(ctx context.Context) (Plan, error) {
@@ -133,9 +140,14 @@ func (e *Engine) Plan(ctx context.Context) (Plan, error) {
 func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPlan, error) {
 	kp := KeyPlan{
 		Key: k.Name, Backend: k.Backend, ActiveVersion: k.ActiveVersion, ExpiresAt: k.ExpiresAt,
-		Due: k.Due(now), Overdue: k.Overdue(now), DueSoon: k.DueSoon(now),
+		Overdue: k.Overdue(now), DueSoon: k.DueSoon(now),
 		Action: ActionNone, BackendCalls: map[string]int64{}, Rate: AssumedRate, RateSource: "assumed",
 	}
+	var wraps int64
+	if u, ok := e.activeUsage(ctx, k); ok {
+		kp.Usage, wraps = &u, u.Encryptions
+	}
+	kp.DueReason, kp.Due = rekey.RotationDue(k, now, wraps)
 	vs, err := e.store.ListVersions(ctx, k.Name)
 	if err != nil {
 		return kp, err

@@ -34,7 +34,7 @@ func (s *System) ReconcileKeys(ctx context.Context) error {
 			s.Logger.Info("declared key created", "key_id", kc.Name, "backend", kc.Backend)
 		case err != nil:
 			errs = append(errs, fmt.Errorf("keys[%d] %s: %w", i, kc.Name, err))
-		case k.Backend != kc.Backend && !reflect.DeepEqual(k.Policy, p):
+		case k.Backend != kc.Backend && !reflect.DeepEqual(k.Policy.Normalized(), p.Normalized()):
 			s.Logger.Warn("declared key is on another backend: the worker moves it (rekey plan shows the move; rekey key move does it now)",
 				"key_id", kc.Name, "backend", k.Backend, "declared_backend", kc.Backend)
 			if err := s.updatePolicy(ctx, k, p); err != nil {
@@ -43,7 +43,7 @@ func (s *System) ReconcileKeys(ctx context.Context) error {
 		case k.Backend != kc.Backend:
 			s.Logger.Warn("declared key is on another backend: the worker moves it (rekey plan shows the move; rekey key move does it now)",
 				"key_id", kc.Name, "backend", k.Backend, "declared_backend", kc.Backend)
-		case !reflect.DeepEqual(k.Policy, p):
+		case !reflect.DeepEqual(k.Policy.Normalized(), p.Normalized()):
 			if err := s.updatePolicy(ctx, k, p); err != nil {
 				errs = append(errs, fmt.Errorf("keys[%d] %s: update policy: %w", i, kc.Name, err))
 			}
@@ -94,5 +94,11 @@ func PolicyDiff(old, new rekey.Policy) string {
 	add("notify_within", old.NotifyWithin, new.NotifyWithin)
 	add("grace", old.Grace, new.Grace)
 	add("destroy_after", old.DestroyAfter, new.DestroyAfter)
+	if a, b := old.EffectiveMaxEncryptions(), new.EffectiveMaxEncryptions(); a != b {
+		parts = append(parts, fmt.Sprintf("max_encryptions=%d->%d", a, b))
+	}
+	if a, b := old.EffectiveRotateAt(), new.EffectiveRotateAt(); a != b {
+		parts = append(parts, fmt.Sprintf("rotate_at=%g->%g", a, b))
+	}
 	return strings.Join(parts, " ")
 }

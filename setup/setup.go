@@ -204,9 +204,10 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	if s.Metrics, err = metrics.New(reg, metrics.Options{Store: s.Store, Now: now, Backends: s.Config.BackendNames(), KMSOps: kmsmw.Ops(), Logger: logger}); err != nil {
 		return nil, err
 	}
-	if s.Backends, err = openBackends(ctx, s.Config, getenv, logger, s.Metrics, o.TolerateBackendErrors, o.WrapBackend); err != nil {
+	if s.Backends, err = openBackends(ctx, s.Config, s.Store, getenv, logger, s.Metrics, o.TolerateBackendErrors, o.WrapBackend); err != nil {
 		return nil, err
 	}
+	s.Metrics.SetBackends(s.Backends)
 	actor := o.Actor
 	if actor == "" {
 		actor = "library"
@@ -362,10 +363,10 @@ func (e missingStoreError) Unwrap() error { return fs.ErrNotExist }
 // middleware. With tolerate, a backend that cannot be opened is replaced by
 // one whose every call fails with that error. wrap, when not nil, wraps
 // each opened backend inside the middleware.
-func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) string, logger *slog.Logger, obs kmsmw.Observer, tolerate bool, wrap func(string, rekey.KMS) rekey.KMS) (map[string]rekey.KMS, error) {
+func openBackends(ctx context.Context, cfg *config.Config, st rekey.Store, getenv func(string) string, logger *slog.Logger, obs kmsmw.Observer, tolerate bool, wrap func(string, rekey.KMS) rekey.KMS) (map[string]rekey.KMS, error) {
 	out := make(map[string]rekey.KMS, len(cfg.Backends))
 	for _, name := range slices.Sorted(maps.Keys(cfg.Backends)) {
-		inner, err := openBackend(ctx, name, cfg.Backends[name], getenv, logger)
+		inner, err := openBackend(ctx, name, cfg.Backends[name], getenv, logger, usageLimit(st, name))
 		if err != nil {
 			err = fmt.Errorf("backend %s: %w", name, err)
 			if !tolerate {
@@ -386,6 +387,7 @@ func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) s
 		}
 		out[name] = kmsmw.Wrap(inner, kmsmw.Options{
 			Name: name, RateLimit: config.EffectiveRateLimit(cfg.Backends[name], cfg.Worker.KMSRateLimit), Observer: obs, Logger: logger,
+			Usage: &kmsmw.UsageOptions{Counter: st, Limit: usageLimit(st, name)},
 		})
 	}
 	return out, nil
@@ -393,7 +395,8 @@ func openBackends(ctx context.Context, cfg *config.Config, getenv func(string) s
 
 // openBackend opens one backend from its settings (config dispatches the
 // YAML to each backend package's settings type).
-func openBackend(ctx context.Context, name string, b config.BackendConfig, getenv func(string) string, logger *slog.Logger) (rekey.KMS, error) {
+func openBackend(ctx context.Context, name string, b config.BackendConfig, getenv func(string) string, logger *slog.Logger,
+	keyLimit func(context.Context, string) (int64, error)) (rekey.KMS, error) {
 	switch s := b.Settings.(type) {
 	case *localkms.Settings:
 		mk, err := masterKeyFromEnv(getenv)
@@ -401,7 +404,7 @@ func openBackend(ctx context.Context, name string, b config.BackendConfig, geten
 			return nil, err
 		}
 		return localkms.New(ctx, localkms.Config{
-			Keyring: s.Keyring, MasterKeyFile: s.MasterKeyFile, MasterKey: mk, Logger: logger,
+			Keyring: s.Keyring, MasterKeyFile: s.MasterKeyFile, MasterKey: mk, Logger: logger, KeyLimit: keyLimit,
 		})
 	case *keyprotect.Settings:
 		key, source, err := keyprotect.APIKey(s, getenv)

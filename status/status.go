@@ -20,6 +20,10 @@ type PolicyView struct {
 	NotifyWithin   string `json:"notify_within"`
 	Grace          string `json:"grace"`
 	DestroyAfter   string `json:"destroy_after"`
+	// MaxEncryptions and RotateAt are the usage limit in force (the
+	// defaults filled in): see rekey.Policy.
+	MaxEncryptions int64   `json:"max_encryptions"`
+	RotateAt       float64 `json:"rotate_at"`
 }
 
 // NewPolicyView renders p.
@@ -34,6 +38,8 @@ func NewPolicyView(p rekey.Policy) PolicyView {
 		NotifyWithin:   rekey.FormatDuration(p.NotifyWithin),
 		Grace:          rekey.FormatDuration(p.Grace),
 		DestroyAfter:   destroy,
+		MaxEncryptions: p.EffectiveMaxEncryptions(),
+		RotateAt:       p.EffectiveRotateAt(),
 	}
 }
 
@@ -55,6 +61,9 @@ type VersionView struct {
 	// number there (rekey.PlacementOf).
 	Backend        string `json:"backend"`
 	BackendVersion int    `json:"backend_version"`
+	// Encryptions is the version's wrap count (rekey.VersionUsage); absent
+	// when nothing counts its backend's wraps or it could not be read.
+	Encryptions *int64 `json:"encryptions,omitempty"`
 }
 
 // KeyView is a key as `rekey key show --json` prints it (contract fields
@@ -69,8 +78,14 @@ type KeyView struct {
 	Versions      []VersionView `json:"versions"`
 	DEKs          int64         `json:"deks"`
 	Due           bool          `json:"due"`
-	DueSoon       bool          `json:"due_soon"`
-	Overdue       bool          `json:"overdue"`
+	// DueReason is why the key is due (rekey.RotationDue): scheduled or
+	// usage; empty when it is not.
+	DueReason rekey.RotationReason `json:"due_reason,omitempty"`
+	// Usage is the active version's wrap count against max_encryptions;
+	// absent when it is not counted.
+	Usage   *rekey.Usage `json:"usage,omitempty"`
+	DueSoon bool         `json:"due_soon"`
+	Overdue bool         `json:"overdue"`
 	// ExpiresIn is expires_at - now in seconds (negative when overdue).
 	ExpiresIn float64 `json:"expires_in_seconds"`
 	// Sources counts the key's rows per version in each DEK source (the
@@ -113,10 +128,10 @@ type Status struct {
 	Recent    []RotationView `json:"recent_rotations"`
 }
 
-// Key builds the view of the key called name. It returns
-// rekey.ErrKeyNotFound for an unknown name, and the store's error when a
-// read fails.
-func Key(ctx context.Context, s rekey.Store, name string, now time.Time) (KeyView, error) {
+// Key builds the view of the key called name, with wrap counts read
+// through backends (nil: none). It returns rekey.ErrKeyNotFound for an
+// unknown name, and the store's error when a read fails.
+func Key(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, name string, now time.Time) (KeyView, error) {
 	k, err := s.GetKey(ctx, name)
 	if err != nil {
 		return KeyView{}, fmt.Errorf("key %s: %w", name, err)
@@ -128,13 +143,13 @@ func Key(ctx context.Context, s rekey.Store, name string, now time.Time) (KeyVie
 	case err != nil:
 		return KeyView{}, fmt.Errorf("key %s: open rotation: %w", name, err)
 	}
-	return keyView(ctx, s, k, open, now)
+	return keyView(ctx, s, backends, k, open, now)
 }
 
 // keyView builds k's view; rotationOpen says whether a rotation of k is
 // open (it re-wraps the DEKs of older versions, which are then not
 // blocked).
-func keyView(ctx context.Context, s rekey.Store, k rekey.Key, rotationOpen bool, now time.Time) (KeyView, error) {
+func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, k rekey.Key, rotationOpen bool, now time.Time) (KeyView, error) {
 	versions, err := s.ListVersions(ctx, k.Name)
 	if err != nil {
 		return KeyView{}, fmt.Errorf("key %s: versions: %w", k.Name, err)
@@ -161,21 +176,36 @@ func keyView(ctx context.Context, s rekey.Store, k rekey.Key, rotationOpen bool,
 			t := kv.RetiredAt
 			vv.RetiredAt = &t
 		}
+		if backends != nil && kv.State.Usable() {
+			if u, err := rekey.VersionUsage(ctx, backends, k, kv); err == nil {
+				n := u.Encryptions
+				vv.Encryptions = &n
+				if kv.Version == k.ActiveVersion {
+					v.Usage = &u
+				}
+			}
+		}
 		vv.RetirementBlocked = rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: kv, DEKs: vv.DEKs, RotationOpen: rotationOpen}, now).RetirementBlocked()
 		v.DEKs += vv.DEKs
 		v.Versions = append(v.Versions, vv)
 	}
+	var wraps int64
+	if v.Usage != nil {
+		wraps = v.Usage.Encryptions
+	}
+	v.DueReason, v.Due = rekey.RotationDue(k, now, wraps)
 	return v, nil
 }
 
-// Build builds the status of every key, the open rotations and the ten most
-// recent ones. It returns the store's error when a read fails.
-func Build(ctx context.Context, s rekey.Store, now time.Time) (Status, error) {
-	return BuildWith(ctx, s, now, Options{})
+// Build builds the status of every key (wrap counts read through backends;
+// nil: none), the open rotations and the ten most recent ones. It returns
+// the store's error when a read fails.
+func Build(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, now time.Time) (Status, error) {
+	return BuildWith(ctx, s, backends, now, Options{})
 }
 
 // BuildWith is Build with the additions of opt (the DEK sources' counts).
-func BuildWith(ctx context.Context, s rekey.Store, now time.Time, opt Options) (Status, error) {
+func BuildWith(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, now time.Time, opt Options) (Status, error) {
 	keys, err := s.ListKeys(ctx)
 	if err != nil {
 		return Status{}, fmt.Errorf("list keys: %w", err)
@@ -191,7 +221,7 @@ func BuildWith(ctx context.Context, s rekey.Store, now time.Time, opt Options) (
 		st.Rotations = append(st.Rotations, NewRotationView(r))
 	}
 	for _, k := range keys {
-		v, err := keyView(ctx, s, k, rotating[k.Name], now)
+		v, err := keyView(ctx, s, backends, k, rotating[k.Name], now)
 		if err != nil {
 			return Status{}, err
 		}

@@ -52,7 +52,7 @@ func TestBuildCountsAndDue(t *testing.T) {
 	if _, err := kr.NewDEKs(ctx, "payments", "", 7); err != nil {
 		t.Fatal(err)
 	}
-	st, err := status.Build(ctx, s, now.Add(84*rekey.Day))
+	st, err := status.Build(ctx, s, nil, now.Add(84*rekey.Day))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,11 +63,11 @@ func TestBuildCountsAndDue(t *testing.T) {
 	if k.DEKs != 7 || len(k.Versions) != 1 || k.Versions[0].DEKs != 7 || !k.Due || !k.DueSoon || k.Overdue {
 		t.Fatalf("day 84: %+v", k)
 	}
-	st, _ = status.Build(ctx, s, now.Add(91*rekey.Day))
+	st, _ = status.Build(ctx, s, nil, now.Add(91*rekey.Day))
 	if !st.Keys[0].Overdue || st.Keys[0].ExpiresIn >= 0 {
 		t.Fatalf("day 91: %+v", st.Keys[0])
 	}
-	if _, err := status.Key(ctx, s, "nosuch", now); err == nil {
+	if _, err := status.Key(ctx, s, nil, "nosuch", now); err == nil {
 		t.Fatal("unknown key: no error")
 	}
 	if st.Rotations == nil || st.Recent == nil {
@@ -107,11 +107,11 @@ func TestRetirementBlockedIsDecideVersion(t *testing.T) {
 	}
 	blocked := func(at time.Time) (fromBuild, fromKey bool, progress float64) {
 		t.Helper()
-		st, err := status.Build(ctx, s, at)
+		st, err := status.Build(ctx, s, nil, at)
 		if err != nil {
 			t.Fatal(err)
 		}
-		kv, err := status.Key(ctx, s, "k", at)
+		kv, err := status.Key(ctx, s, nil, "k", at)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -19,6 +19,8 @@ func testKeysRoundTrip(t *testing.T, f *fixture) {
 			NotifyWithin:   2 * time.Hour,
 			Grace:          3 * time.Second,
 			DestroyAfter:   time.Duration(i) * time.Minute,
+			MaxEncryptions: int64(i) * 1000, // 0: the default
+			RotateAt:       float64(i) * 0.25,
 		}
 		k.ExpiresAt = f.at(time.Duration(i) * time.Hour)
 		if err := f.s.CreateKey(f.ctx, k, v); err != nil {
@@ -93,7 +95,8 @@ func testKeysErrors(t *testing.T, f *fixture) {
 
 func testKeysUpdatePolicy(t *testing.T, f *fixture) {
 	k := f.createKey(t, "payments")
-	p := rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: time.Hour, DestroyAfter: 60 * rekey.Day}
+	p := rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: time.Hour, DestroyAfter: 60 * rekey.Day,
+		MaxEncryptions: 1 << 20, RotateAt: 0.75}
 	exp := f.at(30 * rekey.Day)
 	if err := f.s.UpdateKeyPolicy(f.ctx, k.Name, p, exp, event(rekey.AuditPolicyChanged, k.Name, f.at(time.Second))); err != nil {
 		t.Fatalf("UpdateKeyPolicy: %v", err)

@@ -36,6 +36,10 @@
 //   - Audit checkpoints are kept by seq (one per seq), only for an event the
 //     trail holds with that hash, and come back with their MAC and KeyID
 //     as written; the store never shares a MAC slice with its caller.
+//   - Wrap counts (rekey.WrapCounter) are per backend, ref and version,
+//     start at 0, never pass the reservation's limit (a reservation is cut
+//     to what is left; none left is a *rekey.UsageLimitError and changes
+//     nothing), and concurrent reservations add up exactly.
 package storetest
 
 import (
@@ -115,6 +119,9 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"Ranges/CommitFenced", testRangesCommitFenced},
 		{"Ranges/CommitStale", testRangesCommitStale},
 		{"Ranges/Concurrent", testRangesConcurrent},
+		{"WrapCounts/Reserve", testWrapCountsReserve},
+		{"WrapCounts/Invalid", testWrapCountsInvalid},
+		{"WrapCounts/Concurrent", testWrapCountsConcurrent},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,6 +21,8 @@ func (c *cli) keyCommand() *cobra.Command {
 
 func (c *cli) keyCreateCommand() *cobra.Command {
 	var backend, period, within, notify, grace, destroy string
+	var maxEnc int64
+	var rotateAt float64
 	cmd := &cobra.Command{
 		Use:   "create NAME",
 		Short: "Create a root key (version 1) in a backend",
@@ -59,6 +61,18 @@ syntax plus d for days: 90d, 12h, 3s.`,
 				}
 				*f.dst = d
 			}
+			if f := cmd.Flags().Lookup("max-encryptions"); f.Changed {
+				if maxEnc < 1 || maxEnc > rekey.MaxMaxEncryptions {
+					return usagef("--max-encryptions %d: must be 1 to %d (2^32, the AES-GCM random-nonce bound); the default is %d (2^30)", maxEnc, rekey.MaxMaxEncryptions, rekey.DefaultMaxEncryptions)
+				}
+				p.MaxEncryptions = maxEnc
+			}
+			if f := cmd.Flags().Lookup("rotate-at"); f.Changed {
+				if !(rotateAt > 0 && rotateAt <= 1) {
+					return usagef("--rotate-at %g: must be a fraction above 0 and at most 1 (default %g)", rotateAt, rekey.DefaultRotateAt)
+				}
+				p.RotateAt = rotateAt
+			}
 			if err := p.Validate(); err != nil {
 				return usagef("%v", err)
 			}
@@ -79,7 +93,7 @@ syntax plus d for days: 90d, 12h, 3s.`,
 				return err
 			}
 			if c.jsonOut {
-				v, err := status.Key(cmd.Context(), a.Store, k.Name, c.now())
+				v, err := status.Key(cmd.Context(), a.Store, a.Backends, k.Name, c.now())
 				if err != nil {
 					return err
 				}
@@ -97,6 +111,8 @@ syntax plus d for days: 90d, 12h, 3s.`,
 	f.StringVar(&notify, "notify-within", "", "signal \"due soon\" when expiry is this close (default 14d)")
 	f.StringVar(&grace, "grace", "", "keep an old version pending retirement this long (default 7d)")
 	f.StringVar(&destroy, "destroy-after", "", "destroy retired versions after this long, or never (default never)")
+	f.Int64Var(&maxEnc, "max-encryptions", 0, "wraps one key version may do; past it new wraps are refused until the key rotates (default from config: 1073741824 = 2^30)")
+	f.Float64Var(&rotateAt, "rotate-at", 0, "the key is due when its active version did this fraction of --max-encryptions (default 0.8)")
 	return cmd
 }
 
@@ -132,6 +148,8 @@ func dueWord(k status.KeyView) string {
 	switch {
 	case k.Overdue:
 		return "OVERDUE"
+	case k.Due && k.DueReason == rekey.ReasonUsage:
+		return "due by usage"
 	case k.Due:
 		return "due"
 	case k.DueSoon:
@@ -150,7 +168,7 @@ func (c *cli) keyShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := status.Key(cmd.Context(), a.Store, args[0], c.now())
+			v, err := status.Key(cmd.Context(), a.Store, a.Backends, args[0], c.now())
 			if err != nil {
 				return err
 			}
@@ -174,8 +192,12 @@ func (c *cli) printKey(v status.KeyView) {
 	fmt.Fprintf(c.stdout, "  expires at      %s (%s, %s)\n", v.ExpiresAt.Format(time.RFC3339), humanUntil(v.ExpiresIn), dueWord(v))
 	fmt.Fprintf(c.stdout, "  policy          period %s, rotate within %s, notify within %s, grace %s, destroy after %s\n",
 		v.Policy.RotationPeriod, v.Policy.RotateWithin, v.Policy.NotifyWithin, v.Policy.Grace, v.Policy.DestroyAfter)
+	fmt.Fprintf(c.stdout, "  usage limit     max_encryptions %d, due at rotate_at %g\n", v.Policy.MaxEncryptions, v.Policy.RotateAt)
+	if v.Usage != nil {
+		fmt.Fprintf(c.stdout, "  usage           %s\n", formatUsage(*v.Usage))
+	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  VERSION\tSTATE\tDEKS\tCREATED\tRETIRE AFTER")
+	fmt.Fprintln(tw, "  VERSION\tSTATE\tDEKS\tWRAPS\tCREATED\tRETIRE AFTER")
 	for _, vv := range v.Versions {
 		ra := "-"
 		if vv.RetireAfter != nil {
@@ -184,7 +206,11 @@ func (c *cli) printKey(v status.KeyView) {
 				ra += " (blocked: DEKs still reference it)"
 			}
 		}
-		fmt.Fprintf(tw, "  v%d\t%s\t%d\t%s\t%s\n", vv.Version, vv.State, vv.DEKs, vv.CreatedAt.Format(time.RFC3339), ra)
+		wraps := "-"
+		if vv.Encryptions != nil {
+			wraps = fmt.Sprint(*vv.Encryptions)
+		}
+		fmt.Fprintf(tw, "  v%d\t%s\t%d\t%s\t%s\t%s\n", vv.Version, vv.State, vv.DEKs, wraps, vv.CreatedAt.Format(time.RFC3339), ra)
 	}
 	tw.Flush()
 }

@@ -58,7 +58,7 @@ func (c *cli) buildStatus(ctx context.Context) (status.Status, error) {
 	if err != nil {
 		return status.Status{}, err
 	}
-	return status.Build(ctx, a.Store, c.now())
+	return status.Build(ctx, a.Store, a.Backends, c.now())
 }
 
 // statusKey is a key of status --json: the key view and the problem its

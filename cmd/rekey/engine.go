@@ -145,12 +145,17 @@ func (c *cli) printPlan(p rotation.Plan) {
 		switch {
 		case k.Overdue:
 			state = "OVERDUE"
+		case k.Due && k.DueReason == rekey.ReasonUsage:
+			state = "due by usage"
 		case k.Due:
 			state = "due"
 		case k.DueSoon:
 			state = "due soon"
 		}
 		fmt.Fprintf(c.stdout, "key %s (backend %s, v%d active, expires %s, %s)\n", k.Key, k.Backend, k.ActiveVersion, k.ExpiresAt.Format(time.RFC3339), state)
+		if k.Usage != nil {
+			fmt.Fprintf(c.stdout, "  usage: %s\n", formatUsage(*k.Usage))
+		}
 		fmt.Fprintf(c.stdout, "  next cycle: %s\n", k.Action)
 		if k.MoveTo != "" {
 			fmt.Fprintf(c.stdout, "  move: backend %s → %s (new version on %s; every DEK unwrapped on %s, wrapped on %s)\n", k.Backend, k.MoveTo, k.MoveTo, k.Backend, k.MoveTo)
@@ -273,4 +278,11 @@ func (c *cli) retireCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+// formatUsage prints a wrap count against its limit: "900 of 1000 wraps
+// (90%; due at 800, refused at 1000)".
+func formatUsage(u rekey.Usage) string {
+	return fmt.Sprintf("%d of max_encryptions %d wraps (%.0f%%; due at %d, new wraps refused at %d)",
+		u.Encryptions, u.Max, 100*u.Ratio(), u.Threshold, u.Max)
 }

@@ -80,6 +80,10 @@ type Options struct {
 	Retry     retry.Policy // for transient errors of retryable ops
 	Observer  Observer     // nil = none
 	Logger    *slog.Logger // nil = discard
+	// Usage, when set, counts this backend's wraps in rekey's store and
+	// refuses wraps past a key's max_encryptions, unless the backend
+	// counts its own (a rekey.UsageCounter): see UsageOptions.
+	Usage *UsageOptions
 
 	// Now and Sleep are the rate limiter's clock; nil means the real
 	// one (tests give a fake clock).
@@ -118,6 +122,7 @@ type KMS struct {
 	retry   retry.Policy
 	obs     Observer // never nil
 	log     *slog.Logger
+	usage   *usage // nil: the middleware does not count wraps
 }
 
 var (
@@ -129,6 +134,7 @@ var (
 	_ rekey.MACer              = (*KMS)(nil)
 	_ rekey.CapabilityReporter = (*KMS)(nil)
 	_ io.Closer                = (*KMS)(nil)
+	_ rekey.UsageCounter       = (*KMS)(nil)
 )
 
 // Wrap returns inner wrapped in the middleware configured by o. inner must
@@ -145,6 +151,9 @@ func Wrap(inner rekey.KMS, o Options) *KMS {
 	}
 	if k.obs == nil {
 		k.obs = nopObserver{}
+	}
+	if _, counts := inner.(rekey.UsageCounter); !counts {
+		k.usage = newUsage(o.Name, o.Usage)
 	}
 	if k.log == nil {
 		k.log = slog.New(slog.DiscardHandler)
@@ -241,7 +250,7 @@ func (k *KMS) RotateKey(ctx context.Context, ref string) (int, error) {
 // Wrap implements rekey.KMS, retrying transient failures.
 func (k *KMS) Wrap(ctx context.Context, ref string, version int, plaintext []byte) ([]byte, error) {
 	var out []byte
-	err := k.retried(ctx, OpWrap, func(ctx context.Context) (err error) {
+	err := k.retriedCounted(ctx, OpWrap, ref, version, 1, func(ctx context.Context) (err error) {
 		out, err = k.inner.Wrap(ctx, ref, version, plaintext)
 		return err
 	})
@@ -267,7 +276,7 @@ func (k *KMS) Rewrap(ctx context.Context, ref string, fromVersion int, wrapped [
 		return nil, k.unsupported(OpRewrap)
 	}
 	var out []byte
-	err := k.retried(ctx, OpRewrap, func(ctx context.Context) (err error) {
+	err := k.retriedCounted(ctx, OpRewrap, ref, toVersion, 1, func(ctx context.Context) (err error) {
 		out, err = rw.Rewrap(ctx, ref, fromVersion, wrapped, toVersion)
 		return err
 	})
@@ -287,7 +296,7 @@ func (k *KMS) RewrapBatch(ctx context.Context, ref string, toVersion int, items 
 		return nil, k.unsupported(OpRewrapBatch)
 	}
 	var results []rekey.RewrapResult
-	err := k.retried(ctx, OpRewrapBatch, func(ctx context.Context) error {
+	err := k.retriedCounted(ctx, OpRewrapBatch, ref, toVersion, len(items), func(ctx context.Context) error {
 		res, err := brw.RewrapBatch(ctx, ref, toVersion, items)
 		if err != nil {
 			return err
@@ -403,9 +412,20 @@ func (k *KMS) unsupported(op string) error {
 
 // retried runs one request with the retry policy.
 func (k *KMS) retried(ctx context.Context, op string, fn func(context.Context) error) error {
+	return k.retriedCounted(ctx, op, "", 0, 0, fn)
+}
+
+// retriedCounted is retried for a call that wraps n times under version
+// of ref: before each try (a failed try may have encrypted at the
+// backend) the wraps are counted (countWraps), outside the request's
+// metrics; a refusal (the key's limit) is not retried.
+func (k *KMS) retriedCounted(ctx context.Context, op, ref string, version, n int, fn func(context.Context) error) error {
 	attempt := 0
 	return k.retry.Do(ctx, func(ctx context.Context) error {
 		attempt++
+		if err := k.countWraps(ctx, ref, version, n); err != nil {
+			return err
+		}
 		err := k.try(ctx, op, fn)
 		if err != nil && rekey.IsTransient(err) {
 			k.log.LogAttrs(ctx, slog.LevelDebug, "kms request failed transiently",

@@ -108,11 +108,21 @@ type Config struct {
 	// processes and restarts. 0 means DefaultUsageLimit; at most
 	// MaxUsageLimit.
 	UsageLimit uint64
-	// CounterBlock is how many encryption counts a process reserves in the
-	// keyring at a time; counts reserved and not used (the process exits)
-	// are lost, which is the price of never writing the file per wrap. 0
-	// means DefaultCounterBlock.
+	// CounterBlock is the most encryption counts a process reserves in the
+	// keyring at a time: its first reservation for a version is 1 count,
+	// each next one twice the last, up to CounterBlock, so that a short
+	// process (one CLI call) reserves about what it uses and a long one
+	// rarely writes the file. Counts reserved and not used are given back
+	// by Close when no other process reserved after them, and lost
+	// otherwise (the process was killed): the count then reads higher
+	// than the wraps done, never lower. 0 means DefaultCounterBlock.
 	CounterBlock uint64
+	// KeyLimit, if set, returns the usage limit of the key with reference
+	// ref (rekey's max_encryptions for it; 0 means none): reservations
+	// stop there, below UsageLimit, and Wrap past it returns a
+	// *rekey.UsageLimitError. It is called once per reservation, before
+	// the keyring's lock is taken.
+	KeyLimit func(ctx context.Context, ref string) (int64, error)
 	// LockTimeout bounds the wait for the keyring's lock file when another
 	// process holds it; then the call fails with ErrKeyringLocked. 0 means
 	// DefaultLockTimeout.
@@ -134,6 +144,7 @@ type Client struct {
 	masterHint   string // where the master key came from, for error messages
 	usageLimit   uint64
 	counterBlock uint64
+	keyLimit     func(ctx context.Context, ref string) (int64, error)
 	log          *slog.Logger
 	now          func() time.Time
 	refreshEvery time.Duration
@@ -160,8 +171,9 @@ type versionRef struct {
 }
 
 // countBlock is the part of a version's reserved encryption counts this
-// Client may still use: next up to (not including) limit.
-type countBlock struct{ next, limit uint64 }
+// Client may still use: next up to (not including) limit; size is how
+// many the reservation asked for (the next one asks for twice as many).
+type countBlock struct{ next, limit, size uint64 }
 
 var (
 	_ rekey.KMS            = (*Client)(nil)
@@ -170,6 +182,7 @@ var (
 	_ rekey.VersionRetirer = (*Client)(nil)
 	_ rekey.Pinger         = (*Client)(nil)
 	_ rekey.MACer          = (*Client)(nil)
+	_ rekey.UsageCounter   = (*Client)(nil)
 )
 
 var errClosed = errors.New("localkms: the client is closed")
@@ -206,6 +219,7 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 		masterHint:   hint,
 		usageLimit:   limit,
 		counterBlock: block,
+		keyLimit:     cfg.KeyLimit,
 		log:          cfg.Logger,
 		now:          cfg.Now,
 		refreshEvery: defaultRefreshEvery,
@@ -318,9 +332,12 @@ func (c *Client) lock(ctx context.Context) (func(), error) {
 	return unlock, err
 }
 
-// Close zeroes the master key and the key material this Client holds (best
-// effort). Calls after Close fail.
+// Close gives back the encryption counts this Client reserved and did not
+// use, where no other process reserved after them, then zeroes the master
+// key and the key material this Client holds (best effort). Calls after
+// Close fail.
 func (c *Client) Close() error {
+	c.giveBackCounts()
 	c.fileMu.Lock()
 	defer c.fileMu.Unlock()
 	if c.closed.Swap(true) {
@@ -602,8 +619,25 @@ func (c *Client) takeCount(ctx context.Context, ref string, version int) error {
 
 // reserve records in the keyring that this Client takes the next block of
 // counts of vr, so that no other process, and no restart of this one, uses
-// them again.
+// them again. The block never passes the version's limit: the smaller of
+// Config.UsageLimit and the key's own (Config.KeyLimit).
 func (c *Client) reserve(ctx context.Context, vr versionRef) error {
+	limit := c.usageLimit
+	if c.keyLimit != nil {
+		kl, err := c.keyLimit(ctx, vr.ref)
+		if err != nil {
+			return fmt.Errorf("localkms: key %q: usage limit: %w", vr.ref, err)
+		}
+		if kl > 0 && uint64(kl) < limit {
+			limit = uint64(kl)
+		}
+	}
+	size := uint64(1)
+	c.countMu.Lock()
+	if b := c.counters[vr]; b != nil {
+		size = min(b.size*2, c.counterBlock)
+	}
+	c.countMu.Unlock()
 	var block countBlock
 	return c.change(ctx, func(d *keyringData) (bool, error) {
 		c.countMu.Lock()
@@ -624,10 +658,10 @@ func (c *Client) reserve(ctx context.Context, vr versionRef) error {
 		if v.State != stateUsable {
 			return false, fmt.Errorf("localkms: key %q version %d is %s: %w", vr.ref, vr.version, v.State, rekey.ErrVersionDisabled)
 		}
-		if v.Reserved >= c.usageLimit {
-			return false, fmt.Errorf("localkms: key %q version %d did %d encryptions: %w", vr.ref, vr.version, v.Reserved, rekey.ErrUsageLimit)
+		if v.Reserved >= limit {
+			return false, fmt.Errorf("localkms: %w", &rekey.UsageLimitError{Ref: vr.ref, Version: vr.version, Count: int64(v.Reserved), Limit: int64(limit)})
 		}
-		block = countBlock{next: v.Reserved, limit: min(v.Reserved+c.counterBlock, c.usageLimit)}
+		block = countBlock{next: v.Reserved, limit: min(v.Reserved+size, limit), size: size}
 		v.Reserved = block.limit
 		return true, nil
 	}, func() {
@@ -640,6 +674,70 @@ func (c *Client) reserve(ctx context.Context, vr versionRef) error {
 		c.counters[vr] = &published
 		c.countMu.Unlock()
 	})
+}
+
+// giveBackCounts lowers the keyring's reserved count of each version back
+// to what this Client used, where its block is still the last one
+// reserved (no other process reserved after it). The blocks are ended
+// first, so that no wrap of this Client uses a count given back. A failure
+// is logged: the counts stay reserved, which over-counts, never under.
+func (c *Client) giveBackCounts() {
+	if c.closed.Load() {
+		return
+	}
+	type unused struct {
+		vr        versionRef
+		used, top uint64
+	}
+	var back []unused
+	c.countMu.Lock()
+	for vr, b := range c.counters {
+		if b.next < b.limit {
+			back = append(back, unused{vr, b.next, b.limit})
+			b.limit = b.next
+		}
+	}
+	c.countMu.Unlock()
+	if len(back) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.lockTimeout)
+	defer cancel()
+	err := c.change(ctx, func(d *keyringData) (bool, error) {
+		changed := false
+		for _, u := range back {
+			k := d.Keys[u.vr.ref]
+			if k == nil || u.vr.version > len(k.Versions) {
+				continue
+			}
+			if v := k.Versions[u.vr.version-1]; v.Reserved == u.top {
+				v.Reserved, changed = u.used, true
+			}
+		}
+		return changed, nil
+	}, nil)
+	if err != nil {
+		c.log.Warn("localkms: could not give back unused encryption counts; they stay counted", "keyring", c.path, "err", err)
+	}
+}
+
+// Encryptions implements rekey.UsageCounter: the count of encryptions
+// reserved in the keyring for version of ref, by every process, read from
+// the file. It is never lower than the encryptions done; it is higher by
+// the counts reserved and not used yet (by processes still running, or
+// killed before Close gave them back).
+func (c *Client) Encryptions(ctx context.Context, ref string, version int) (int64, error) {
+	if version < 1 || version > maxVersion {
+		return 0, fmt.Errorf("localkms: key %q version %d: %w", ref, version, rekey.ErrVersionNotFound)
+	}
+	if err := c.reload(); err != nil {
+		return 0, err
+	}
+	_, v, err := c.lookup(ref, version)
+	if err != nil {
+		return 0, err
+	}
+	return int64(v.Reserved), nil
 }
 
 // Wrap implements rekey.KMS. It returns ErrInvalidArgument for an empty

@@ -628,8 +628,10 @@ func TestCountsSurviveRestart(t *testing.T) {
 	limits := func(c *Config) { c.UsageLimit, c.CounterBlock = 20, 7 }
 	a := f.open(t, limits)
 	ref := mustCreate(t, a, "payments")
-	mustWrap(t, a, ref, 1, dek(1)) // reserves 0..7, uses 1
-	a.Close()                      // "crashes": its 6 unused counts are gone, never reused
+	for i := range 4 {
+		mustWrap(t, a, ref, 1, dek(i)) // reserves blocks of 1, 2 and 4: 0..7, uses 4
+	}
+	// a "crashes" (no Close): its 3 unused counts are gone, never reused.
 
 	b := f.open(t, limits)
 	n := 0

@@ -48,6 +48,7 @@ type Store struct {
 	audit     []rekey.AuditEvent
 	auditCPs  []rekey.AuditCheckpoint         // ascending seq
 	ranges    map[string][]*rekey.RewrapRange // rotation id -> its re-wrap ranges
+	wraps     map[wrapCountKey]int64          // wrap counts (usage.go)
 }
 
 type keyRecord struct {

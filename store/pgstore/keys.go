@@ -34,14 +34,16 @@ func collect[T any](rows pgx.Rows, err error, scan func(scanner) (T, error)) ([]
 }
 
 const keyColumns = `name, backend, backend_ref, active_version, expires_at,
-	rotation_period, rotate_within, notify_within, grace, destroy_after, created_at, updated_at`
+	rotation_period, rotate_within, notify_within, grace, destroy_after, created_at, updated_at,
+	max_encryptions, rotate_at`
 
 func scanKey(sc scanner) (rekey.Key, error) {
 	var k rekey.Key
-	var period, within, notify, grace, destroy int64
+	var period, within, notify, grace, destroy, maxEnc int64
+	var rotateAt float64
 	var expires, created, updated *time.Time
 	err := sc.Scan(&k.Name, &k.Backend, &k.BackendRef, &k.ActiveVersion, &expires,
-		&period, &within, &notify, &grace, &destroy, &created, &updated)
+		&period, &within, &notify, &grace, &destroy, &created, &updated, &maxEnc, &rotateAt)
 	if err != nil {
 		return rekey.Key{}, err
 	}
@@ -52,6 +54,8 @@ func scanKey(sc scanner) (rekey.Key, error) {
 		NotifyWithin:   time.Duration(notify),
 		Grace:          time.Duration(grace),
 		DestroyAfter:   time.Duration(destroy),
+		MaxEncryptions: maxEnc,
+		RotateAt:       rotateAt,
 	}
 	return k, nil
 }
@@ -97,11 +101,11 @@ func (s *Store) CreateKey(ctx context.Context, k rekey.Key, v rekey.KeyVersion, 
 	}
 	return s.write(ctx, op, func(tx pgx.Tx) error {
 		p := k.Policy
-		tag, err := tx.Exec(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		tag, err := tx.Exec(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 			ON CONFLICT (name) DO NOTHING`,
 			k.Name, k.Backend, k.BackendRef, k.ActiveVersion, ts(k.ExpiresAt),
 			int64(p.RotationPeriod), int64(p.RotateWithin), int64(p.NotifyWithin), int64(p.Grace), int64(p.DestroyAfter),
-			ts(k.CreatedAt), ts(k.UpdatedAt))
+			ts(k.CreatedAt), ts(k.UpdatedAt), p.MaxEncryptions, p.RotateAt)
 		if err != nil {
 			return err
 		}
@@ -155,9 +159,10 @@ func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy
 	return s.write(ctx, op, func(tx pgx.Tx) error {
 		var active int
 		err := tx.QueryRow(ctx, `UPDATE keys SET rotation_period = $1, rotate_within = $2, notify_within = $3,
-			grace = $4, destroy_after = $5, expires_at = $6, updated_at = $7 WHERE name = $8 RETURNING active_version`,
+			grace = $4, destroy_after = $5, expires_at = $6, updated_at = $7, max_encryptions = $8, rotate_at = $9
+			WHERE name = $10 RETURNING active_version`,
 			int64(p.RotationPeriod), int64(p.RotateWithin), int64(p.NotifyWithin), int64(p.Grace), int64(p.DestroyAfter),
-			ts(expiresAt), ts(now), name).Scan(&active)
+			ts(expiresAt), ts(now), p.MaxEncryptions, p.RotateAt, name).Scan(&active)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("key %q: %w", name, rekey.ErrKeyNotFound)
 		}

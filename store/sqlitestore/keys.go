@@ -13,14 +13,16 @@ import (
 )
 
 const keyColumns = `name, backend, backend_ref, active_version, expires_at,
-	rotation_period, rotate_within, notify_within, grace, destroy_after, created_at, updated_at`
+	rotation_period, rotate_within, notify_within, grace, destroy_after, created_at, updated_at,
+	max_encryptions, rotate_at`
 
 func scanKey(sc scanner) (rekey.Key, error) {
 	var k rekey.Key
-	var period, within, notify, grace, destroy int64
+	var period, within, notify, grace, destroy, maxEnc int64
+	var rotateAt float64
 	var expires, created, updated sql.NullInt64
 	err := sc.Scan(&k.Name, &k.Backend, &k.BackendRef, &k.ActiveVersion, &expires,
-		&period, &within, &notify, &grace, &destroy, &created, &updated)
+		&period, &within, &notify, &grace, &destroy, &created, &updated, &maxEnc, &rotateAt)
 	if err != nil {
 		return rekey.Key{}, err
 	}
@@ -31,6 +33,8 @@ func scanKey(sc scanner) (rekey.Key, error) {
 		NotifyWithin:   time.Duration(notify),
 		Grace:          time.Duration(grace),
 		DestroyAfter:   time.Duration(destroy),
+		MaxEncryptions: maxEnc,
+		RotateAt:       rotateAt,
 	}
 	return k, nil
 }
@@ -74,10 +78,10 @@ func (s *Store) CreateKey(ctx context.Context, k rekey.Key, v rekey.KeyVersion, 
 	}
 	return s.write(ctx, op, func(tx *sql.Tx) error {
 		p := k.Policy
-		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		_, err := tx.ExecContext(ctx, `INSERT INTO keys (`+keyColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			k.Name, k.Backend, k.BackendRef, k.ActiveVersion, micros(k.ExpiresAt),
 			int64(p.RotationPeriod), int64(p.RotateWithin), int64(p.NotifyWithin), int64(p.Grace), int64(p.DestroyAfter),
-			micros(k.CreatedAt), micros(k.UpdatedAt))
+			micros(k.CreatedAt), micros(k.UpdatedAt), p.MaxEncryptions, p.RotateAt)
 		if err != nil {
 			if errors.Is(mapErr(err), rekey.ErrConflict) {
 				return fmt.Errorf("key %q: %w", k.Name, rekey.ErrKeyExists)
@@ -135,9 +139,9 @@ func (s *Store) UpdateKeyPolicy(ctx context.Context, name string, p rekey.Policy
 	}
 	return s.write(ctx, op, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE keys SET rotation_period = ?, rotate_within = ?, notify_within = ?,
-			grace = ?, destroy_after = ?, expires_at = ?, updated_at = ? WHERE name = ?`,
+			grace = ?, destroy_after = ?, expires_at = ?, updated_at = ?, max_encryptions = ?, rotate_at = ? WHERE name = ?`,
 			int64(p.RotationPeriod), int64(p.RotateWithin), int64(p.NotifyWithin), int64(p.Grace), int64(p.DestroyAfter),
-			micros(expiresAt), micros(now), name)
+			micros(expiresAt), micros(now), p.MaxEncryptions, p.RotateAt, name)
 		if err != nil {
 			return err
 		}

@@ -1,0 +1,40 @@
+package rotation
+
+import (
+	"context"
+	"errors"
+
+	"github.com/rekeyhq/rekey"
+)
+
+// activeUsage reads the wrap count of k's active version against its limit
+// (rekey.VersionUsage). ok is false when the count cannot be read (nothing
+// counts the backend's wraps, or the read failed: logged); the key is then
+// judged by its schedule alone.
+func (e *Engine) activeUsage(ctx context.Context, k rekey.Key) (rekey.Usage, bool) {
+	vs, err := e.store.ListVersions(ctx, k.Name)
+	if err != nil {
+		e.log.Warn("cannot read the key's versions for its wrap count", "key_id", k.Name, "error", err)
+		return rekey.Usage{}, false
+	}
+	for _, v := range vs {
+		if v.Version != k.ActiveVersion {
+			continue
+		}
+		u, err := rekey.VersionUsage(ctx, e.cfg.Backends, k, v)
+		if err != nil {
+			if !errors.Is(err, rekey.ErrUnsupported) {
+				e.log.Warn("cannot read the active version's wrap count: the key is judged by its schedule alone", "key_id", k.Name, "version", v.Version, "error", err)
+			}
+			return rekey.Usage{}, false
+		}
+		return u, true
+	}
+	return rekey.Usage{}, false
+}
+
+// activeWraps is the active version's wrap count, 0 when it cannot be read.
+func (e *Engine) activeWraps(ctx context.Context, k rekey.Key) int64 {
+	u, _ := e.activeUsage(ctx, k)
+	return u.Encryptions
+}
