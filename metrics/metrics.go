@@ -432,11 +432,11 @@ func (m *Metrics) DEKsRewrapped(key string, n int) {
 }
 
 // KMSCall implements kmsmw.Observer: it counts the call in
-// rekey_kms_requests_total{backend,op,result} (any result but "success"
-// counts as "failure") and observes d in
+// rekey_kms_requests_total{backend,op,result} ("success", "throttled";
+// any other result counts as "failure") and observes d in
 // rekey_kms_request_duration_seconds{backend,op}.
 func (m *Metrics) KMSCall(backend, op, result string, d time.Duration) {
-	if result != resultSuccess {
+	if result != resultSuccess && result != resultThrottled {
 		result = resultFailure
 	}
 	if c, err := m.kmsRequests.GetMetricWithLabelValues(backend, op, result); err == nil {

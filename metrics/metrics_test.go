@@ -445,12 +445,14 @@ func TestObserverHooks(t *testing.T) {
 	b.m.KMSCall("local", "rewrap", "success", 4*time.Millisecond)
 	b.m.KMSCall("local", "rotate_key", "failure", time.Second)
 	b.m.KMSCall("local", "rotate_key", "timeout", time.Second) // counts as a failure
+	b.m.KMSCall("local", "rewrap", "throttled", time.Millisecond)
+	b.wantValue(t, "rekey_kms_requests_total", L{"backend": "local", "op": "rewrap", "result": "throttled"}, 1)
 	b.wantValue(t, "rekey_kms_requests_total", L{"backend": "local", "op": "rewrap", "result": "success"}, 2)
 	b.wantValue(t, "rekey_kms_requests_total", L{"backend": "local", "op": "rotate_key", "result": "failure"}, 2)
 	b.wantValue(t, "rekey_kms_requests_total", L{"backend": "local", "op": "rotate_key", "result": "success"}, 0)
 	h, _ = b.series(t, "rekey_kms_request_duration_seconds", L{"backend": "local", "op": "rewrap"})
-	if got := h.GetHistogram().GetSampleCount(); got != 2 {
-		t.Errorf("kms duration sample count = %d, want 2", got)
+	if got := h.GetHistogram().GetSampleCount(); got != 3 {
+		t.Errorf("kms duration sample count = %d, want 3", got)
 	}
 
 	at := time.Unix(1_700_000_000, 500_000_000)
