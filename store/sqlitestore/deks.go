@@ -103,7 +103,7 @@ func (s *Store) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
 
 // ListDEKs implements rekey.DEKSource. It reads the (key, id) index from
 // the After cursor on, filtering on the version if asked (there is no
-// index on the version: see migration 0006).
+// index on the version: see migration 0007).
 func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
 	const op = "list deks"
 	if err := storecheck.ValidateDEKQuery(q); err != nil {
