@@ -75,6 +75,8 @@ func Run(t *testing.T, newStore func(t *testing.T) rekey.Store) {
 		{"DEKs/List", testDEKsList},
 		{"DEKs/ListPaging", testDEKsListPaging},
 		{"DEKs/Count", testDEKsCount},
+		{"DEKs/CountsAgree", testCountsAgree},
+		{"DEKs/CountsConcurrent", testCountsConcurrent},
 		{"Swap/CompareAndSwap", testSwapCAS},
 		{"Swap/Fenced", testSwapFenced},
 		{"Swap/Invalid", testSwapInvalid},
