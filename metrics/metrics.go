@@ -38,6 +38,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/status"
 )
 
 // Metric names: the contract of DESIGN.md.
@@ -144,6 +145,7 @@ type Metrics struct {
 	blocked    *prometheus.Desc
 	usage      usageDescs
 	backends   atomic.Pointer[map[string]rekey.KMS] // wrap counts (usage.go)
+	sources    atomic.Pointer[SourceCountsFunc]     // DEK source rows (blocked.go)
 }
 
 var _ prometheus.Collector = (*Metrics)(nil)
@@ -275,6 +277,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		snap, err = readSnapshot(ctx, m.store)
 		if err == nil {
 			m.readUsage(ctx, snap)
+			m.readSourceCounts(ctx, snap)
 		}
 		cancel()
 		if err != nil {
@@ -300,7 +303,8 @@ type keySnapshot struct {
 	versions []rekey.KeyVersion
 	counts   map[int]int64
 	open     *rekey.Rotation
-	wraps    map[int]int64 // wrap counts of the versions counted (usage.go)
+	wraps    map[int]int64        // wrap counts of the versions counted (usage.go)
+	sources  []status.SourceCount // the key's rows in the DEK sources (blocked.go)
 }
 
 // readSnapshot reads every key of s. A key deleted between ListKeys and
@@ -362,7 +366,7 @@ func (m *Metrics) collectKey(ch chan<- prometheus.Metric, ks keySnapshot, now ti
 		ver := strconv.Itoa(v.Version)
 		n := ks.counts[v.Version]
 		m.emit(ch, m.deks, float64(n), k.Name, ver, string(v.State))
-		d := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: n, RotationOpen: ks.open != nil}, now)
+		d := rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: status.BlockingDEKs(n, ks.sources, v.Version), RotationOpen: ks.open != nil}, now)
 		m.emit(ch, m.blocked, boolFloat(d.RetirementBlocked()), k.Name, ver)
 	}
 	m.collectUsage(ch, ks)

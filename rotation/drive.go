@@ -19,6 +19,10 @@ type driver struct {
 	b     *backend
 	r     rekey.Rotation
 	start time.Time
+	// srcAfter is, per DEK source split into ranges of the shared
+	// re-wrap, the cursor after its last range: the rewrapping state's
+	// source pass starts there (shareRewrap sets it).
+	srcAfter map[string]string
 }
 
 // claim stores a new rotation of k in state claimed (rule 1: the store's

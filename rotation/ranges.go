@@ -96,8 +96,17 @@ func (d *driver) shareRewrap(ctx context.Context) error {
 	if got.State != rekey.RotationRewrapping {
 		return fmt.Errorf("rotation %s of key %s is %s after its ranges: %w", d.r.ID, d.r.Key, got.State, rekey.ErrStale)
 	}
-	last := ranges[len(ranges)-1]
-	got.Cursor = max(got.Cursor, last.From, last.Cursor)
+	// The plain pass of rekey's own DEKs resumes after the last range of
+	// them (not when a source pass began: its cursor names the source),
+	// and each split source's pass after its last range.
+	if !isSourceCursor(got.Cursor) {
+		for _, rg := range ranges {
+			if spanOf(rg).source == "" {
+				got.Cursor = max(got.Cursor, rg.From, rg.Cursor)
+			}
+		}
+	}
+	d.srcAfter = sourceResume(ranges)
 	d.r = got
 	e.log.Info("shared re-wrap ranges finished", "key_id", d.key.Name, "rotation_id", d.r.ID, "ranges", len(ranges),
 		"deks_rotated", d.r.Done, "deks_failed", d.r.Failed)
@@ -121,6 +130,9 @@ func (d *driver) split(ctx context.Context, rs rekey.RangeSharer) ([]rekey.Rewra
 		// written meanwhile, which the last range takes anyway.
 		bounds = bounds[:n-1]
 	}
+	// Then the sources' ranges (srcranges.go): after every id of rekey's
+	// own DEKs.
+	bounds = append(bounds, d.sourceBounds(ctx, bounds, size)...)
 	if len(bounds) == 0 {
 		return nil, nil
 	}
@@ -192,6 +204,15 @@ func (e *Engine) workRanges(ctx context.Context, k rekey.Key, b *backend, r reke
 		if err := ctx.Err(); err != nil {
 			return total, context.Cause(ctx)
 		}
+		if src := spanOf(rg).source; src != "" {
+			if _, _, ok := e.sourceNamed(k.Name, src); !ok {
+				// Left to a worker that has the source (the one that split
+				// the re-wrap has it).
+				e.log.Warn("re-wrap range of a DEK source this worker does not have; left to the others: configure the same dek_sources on every replica",
+					"key_id", k.Name, "rotation_id", r.ID, "range", rg.Index, "source", src)
+				continue
+			}
+		}
 		var n int64
 		err := e.withLease(ctx, rg.LeaseKey(), true, func(ctx context.Context, kl *keyLease) error {
 			var err error
@@ -235,6 +256,9 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 		return 0, nil
 	}
 	rg := ranges[index]
+	if spanOf(rg).source != "" {
+		return e.workSourceRange(ctx, kl, k, b, r, rg, count)
+	}
 	cursor := max(rg.Cursor, rg.From)
 	e.log.Info("re-wrapping a range of a shared rotation", "key_id", k.Name, "rotation_id", r.ID,
 		"range", index, "of", count, "from", cursor, "to", rg.To)
@@ -248,9 +272,9 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 			return done, err
 		}
 		end := len(deks) < e.cfg.BatchSize
-		if rg.To != "" {
+		if to := spanOf(rg).to; to != "" {
 			for i, dk := range deks {
-				if dk.ID > rg.To {
+				if dk.ID > to {
 					deks, end = deks[:i], true
 					break
 				}

@@ -259,17 +259,26 @@ func (d *driver) sourcePasses(ctx context.Context, state rekey.RotationState) er
 	if len(srcs) == 0 {
 		return nil
 	}
-	start, cursor := 0, ""
+	start, resume, resumed := 0, "", false
 	if name, id, ok := parseSourceCursor(d.r.Cursor); ok {
 		for i, s := range srcs {
 			if s.Name == name {
-				start, cursor = i, id
+				start, resume, resumed = i, id, true
 			}
 		}
 	}
-	for _, s := range srcs[start:] {
+	for i, s := range srcs[start:] {
+		cursor := ""
+		switch {
+		case i == 0 && resumed:
+			cursor = resume
+		case state == rekey.RotationRewrapping:
+			// After a shared re-wrap, a split source's rows before its
+			// last range's cursor were met by its ranges (srcranges.go);
+			// the final sweep after the commit lists them all again.
+			cursor = d.srcAfter[s.Name]
+		}
 		err := d.sourcePass(ctx, state, s, cursor)
-		cursor = ""
 		if err != nil && !d.e.skipBroken(ctx, d.key.Name, s, err) {
 			return err
 		}

@@ -234,6 +234,8 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 	}); err != nil {
 		return nil, err
 	}
+	// rekey_retirement_blocked counts the sources' rows too.
+	s.Metrics.SetSourceCounts(s.sourceCounts())
 
 	s.Audit = &audit.Keeper{Store: s.Store, AnchorPath: filepath.Join(s.Home, "audit.anchor"), StoreID: s.storeID(), Now: now, Logger: logger}
 	s.Audit.MACer, s.Audit.KeyID = auditMACer(s.Backends)

@@ -106,9 +106,18 @@ func addHTTPSources(cfg *httpapi.Config, s *System) {
 	for _, src := range s.Sources {
 		cfg.Sources = append(cfg.Sources, httpapi.Source{Name: src.Name(), Key: src.Config().Key, Probe: src.Probe})
 	}
+	cfg.SourceCounts = s.sourceCounts()
+}
+
+// sourceCounts returns the count of a key's rows in every DEK source, each
+// call bounded in time (a hung database must not hang the status page or
+// a scrape), or nil when there are no sources.
+func (s *System) sourceCounts() metrics.SourceCountsFunc {
+	if len(s.Sources) == 0 || s.Engine == nil {
+		return nil
+	}
 	eng := s.Engine
-	cfg.SourceCounts = func(ctx context.Context, key string) []status.SourceCount {
-		// A hung database must not hang the status page: bounded.
+	return func(ctx context.Context, key string) []status.SourceCount {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		return eng.SourceCounts(ctx, key)

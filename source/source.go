@@ -267,6 +267,17 @@ func (s *Source) idSelect() string {
 // ListDEKs returns up to q.Limit rows of q.Key matching q (and the filter),
 // in ascending id order. It returns ErrInvalidArgument when q.Key is empty.
 func (s *Source) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
+	return s.list(ctx, q, "")
+}
+
+// ListDEKsUpTo is ListDEKs limited to ids up to upTo (inclusive, in the id
+// column's own order; "" is no bound): the rows of one range of a shared
+// re-wrap (rotation's source ranges).
+func (s *Source) ListDEKsUpTo(ctx context.Context, q rekey.DEKQuery, upTo string) ([]rekey.DEK, error) {
+	return s.list(ctx, q, upTo)
+}
+
+func (s *Source) list(ctx context.Context, q rekey.DEKQuery, upTo string) ([]rekey.DEK, error) {
 	if q.Key == "" {
 		return nil, fmt.Errorf("%w: source %s: list DEKs: key is required", rekey.ErrInvalidArgument, s.cfg.Name)
 	}
@@ -295,6 +306,14 @@ func (s *Source) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, e
 			return nil, err
 		}
 		conds = append(conds, s.quoteIdent(s.cfg.IDColumn)+" > "+p)
+	}
+	if upTo != "" {
+		args = append(args, upTo)
+		p, err := s.idParam(ctx, len(args))
+		if err != nil {
+			return nil, err
+		}
+		conds = append(conds, s.quoteIdent(s.cfg.IDColumn)+" <= "+p)
 	}
 	query := "SELECT " + s.idSelect() + ", " + s.quoteIdent(s.cfg.WrappedColumn) + ", " + s.quoteIdent(s.cfg.VersionColumn) + " FROM " + s.table()
 	if len(conds) > 0 {
@@ -569,4 +588,49 @@ func (s *Source) KeysNamed(ctx context.Context) (map[string]int64, error) {
 		return nil, s.wrap("count rows per key", err)
 	}
 	return out, nil
+}
+
+// DEKBounds returns the id of every every-th row of key not on notVersion
+// (a NULL version included), in the id column's order: the upper bounds
+// of ranges of about every rows each, as rekey.RangeSharer.DEKBounds does
+// for rekey's own DEKs. It reads ids only, one keyset step per bound.
+func (s *Source) DEKBounds(ctx context.Context, key string, notVersion, every int) ([]string, error) {
+	if key == "" || every <= 0 {
+		return nil, fmt.Errorf("%w: source %s: dek bounds need a key and a positive step (got %q, %d)", rekey.ErrInvalidArgument, s.cfg.Name, key, every)
+	}
+	if !s.Holds(key) {
+		return nil, nil
+	}
+	var out []string
+	after := ""
+	for {
+		conds, args := s.filter(key, 1)
+		if notVersion > 0 {
+			args = append(args, notVersion)
+			conds = append(conds, "("+s.quoteIdent(s.cfg.VersionColumn)+" IS NULL OR "+s.quoteIdent(s.cfg.VersionColumn)+" <> "+s.ph(len(args))+")")
+		}
+		if after != "" {
+			args = append(args, after)
+			p, err := s.idParam(ctx, len(args))
+			if err != nil {
+				return nil, err
+			}
+			conds = append(conds, s.quoteIdent(s.cfg.IDColumn)+" > "+p)
+		}
+		query := "SELECT " + s.idSelect() + " FROM " + s.table()
+		if len(conds) > 0 {
+			query += " WHERE " + strings.Join(conds, " AND ")
+		}
+		query += " ORDER BY " + s.quoteIdent(s.cfg.IDColumn) + " LIMIT 1 OFFSET " + strconv.Itoa(every-1)
+		var id any
+		err := s.db.QueryRowContext(ctx, query, args...).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, s.wrap("dek bounds", err)
+		}
+		after = idString(id)
+		out = append(out, after)
+	}
 }

@@ -54,7 +54,9 @@ type VersionView struct {
 	// RetirementBlocked is rekey.DecideVersion's verdict (the same as the
 	// rekey_retirement_blocked metric): the version should have retired
 	// (grace over) or, compromised, been disabled, but DEKs still reference
-	// it and no rotation of the key is re-wrapping them.
+	// it and no rotation of the key is re-wrapping them. The DEKs counted
+	// are rekey's own and, when the view has them (Options.SourceCounts),
+	// the rows of the DEK sources that gate the retirement (BlockingDEKs).
 	RetirementBlocked bool `json:"retirement_blocked,omitempty"`
 	// Backend and BackendVersion say where the version lives (a key moved
 	// with rekey key move has versions on more than one backend) and its
@@ -143,13 +145,51 @@ func Key(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, name
 	case err != nil:
 		return KeyView{}, fmt.Errorf("key %s: open rotation: %w", name, err)
 	}
-	return keyView(ctx, s, backends, k, open, now)
+	return keyView(ctx, s, backends, k, open, now, Options{})
+}
+
+// KeyWith is Key with the additions of opt: the key's rows in the DEK
+// sources (KeyView.Sources), which count in RetirementBlocked.
+func KeyWith(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, name string, now time.Time, opt Options) (KeyView, error) {
+	k, err := s.GetKey(ctx, name)
+	if err != nil {
+		return KeyView{}, fmt.Errorf("key %s: %w", name, err)
+	}
+	open := true
+	switch _, err := s.OpenRotation(ctx, name); {
+	case errors.Is(err, rekey.ErrRotationNotFound):
+		open = false
+	case err != nil:
+		return KeyView{}, fmt.Errorf("key %s: open rotation: %w", name, err)
+	}
+	return keyView(ctx, s, backends, k, open, now, opt)
+}
+
+// BlockingDEKs returns how many DEKs keep version of a key from retiring,
+// as the rotation engine's retirement gate counts them: own (rekey's own
+// DEKs on it) plus, in every DEK source, the rows on the version and the
+// rows whose version is unknown (a NULL version column, counted under 0).
+// A source that could not be counted blocks every version (the engine
+// retires none while it cannot count): it adds 1.
+func BlockingDEKs(own int64, sources []SourceCount, version int) int64 {
+	n := own
+	for _, sc := range sources {
+		if sc.Error != "" {
+			n++
+			continue
+		}
+		n += sc.Versions[version]
+		if version != 0 {
+			n += sc.Versions[0]
+		}
+	}
+	return n
 }
 
 // keyView builds k's view; rotationOpen says whether a rotation of k is
 // open (it re-wraps the DEKs of older versions, which are then not
 // blocked).
-func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, k rekey.Key, rotationOpen bool, now time.Time) (KeyView, error) {
+func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, k rekey.Key, rotationOpen bool, now time.Time, opt Options) (KeyView, error) {
 	versions, err := s.ListVersions(ctx, k.Name)
 	if err != nil {
 		return KeyView{}, fmt.Errorf("key %s: versions: %w", k.Name, err)
@@ -163,6 +203,9 @@ func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, 
 		Policy: NewPolicyView(k.Policy), Versions: make([]VersionView, 0, len(versions)),
 		Due: k.Due(now), DueSoon: k.DueSoon(now), Overdue: k.Overdue(now),
 		ExpiresIn: k.ExpiresAt.Sub(now).Seconds(),
+	}
+	if opt.SourceCounts != nil {
+		v.Sources = opt.SourceCounts(ctx, k.Name)
 	}
 	for _, kv := range versions {
 		pl := rekey.PlacementOf(k, kv)
@@ -185,7 +228,8 @@ func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, 
 				}
 			}
 		}
-		vv.RetirementBlocked = rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: kv, DEKs: vv.DEKs, RotationOpen: rotationOpen}, now).RetirementBlocked()
+		blocking := BlockingDEKs(vv.DEKs, v.Sources, kv.Version)
+		vv.RetirementBlocked = rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: kv, DEKs: blocking, RotationOpen: rotationOpen}, now).RetirementBlocked()
 		v.DEKs += vv.DEKs
 		v.Versions = append(v.Versions, vv)
 	}
@@ -221,12 +265,9 @@ func BuildWith(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS
 		st.Rotations = append(st.Rotations, NewRotationView(r))
 	}
 	for _, k := range keys {
-		v, err := keyView(ctx, s, backends, k, rotating[k.Name], now)
+		v, err := keyView(ctx, s, backends, k, rotating[k.Name], now, opt)
 		if err != nil {
 			return Status{}, err
-		}
-		if opt.SourceCounts != nil {
-			v.Sources = opt.SourceCounts(ctx, k.Name)
 		}
 		st.Keys = append(st.Keys, v)
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/rekeyhq/rekey"
-	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/status"
 	"github.com/rekeyhq/rekey/store/retrystore"
 	"github.com/spf13/cobra"
@@ -168,19 +167,15 @@ func (c *cli) keyShowCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := status.Key(cmd.Context(), a.Store, a.Backends, args[0], c.now())
+			v, err := status.KeyWith(cmd.Context(), a.Store, a.Backends, args[0], c.now(), c.statusOptions())
 			if err != nil {
 				return err
 			}
-			sources := c.sourceCounts(cmd.Context(), v.Name)
 			if c.jsonOut {
-				return c.printJSON(struct {
-					status.KeyView
-					Sources []rotation.SourceCount `json:"sources,omitempty"`
-				}{v, sources})
+				return c.printJSON(v)
 			}
 			c.printKey(v)
-			c.printSourceCounts(sources)
+			c.printSourceCounts(v.Sources)
 			return nil
 		},
 	}

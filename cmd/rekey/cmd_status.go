@@ -9,7 +9,6 @@ import (
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/kms/kmsmw"
-	"github.com/rekeyhq/rekey/rotation"
 	"github.com/rekeyhq/rekey/status"
 	"github.com/spf13/cobra"
 )
@@ -23,7 +22,7 @@ func (c *cli) statusCommand() *cobra.Command {
 			// A broken backend (a corrupt keyring) must not hide what the
 			// store holds: open it tolerated, and report it per key.
 			c.tolerateBackendErrors = true
-			st, err := c.buildStatus(cmd.Context())
+			st, err := c.buildStatusWith(cmd.Context(), c.statusOptions())
 			if err != nil {
 				return err
 			}
@@ -32,7 +31,7 @@ func (c *cli) statusCommand() *cobra.Command {
 			if c.jsonOut {
 				keys := make([]statusKey, len(st.Keys))
 				for i, k := range st.Keys {
-					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name], BackendNote: notes[k.Name], Sources: c.sourceCounts(cmd.Context(), k.Name)}
+					keys[i] = statusKey{KeyView: k, BackendError: problems[k.Name], BackendNote: notes[k.Name]}
 				}
 				if err := c.printJSON(struct {
 					status.Status
@@ -54,11 +53,25 @@ func (c *cli) statusCommand() *cobra.Command {
 // buildStatus opens the store and builds the status view that status, key
 // list and /api/v1/status print.
 func (c *cli) buildStatus(ctx context.Context) (status.Status, error) {
+	return c.buildStatusWith(ctx, status.Options{})
+}
+
+// buildStatusWith is buildStatus with the additions of opt.
+func (c *cli) buildStatusWith(ctx context.Context, opt status.Options) (status.Status, error) {
 	a, err := c.open(ctx)
 	if err != nil {
 		return status.Status{}, err
 	}
-	return status.Build(ctx, a.Store, a.Backends, c.now())
+	if opt.SourceCounts != nil && (c.sys == nil || len(c.sys.Sources) == 0) {
+		opt.SourceCounts = nil
+	}
+	return status.BuildWith(ctx, a.Store, a.Backends, c.now(), opt)
+}
+
+// statusOptions adds the DEK sources' counts to a status view (KeyView.Sources,
+// which also count in retirement_blocked).
+func (c *cli) statusOptions() status.Options {
+	return status.Options{SourceCounts: c.sourceCounts}
 }
 
 // statusKey is a key of status --json: the key view and the problem its
@@ -69,8 +82,6 @@ type statusKey struct {
 	// BackendNote says what the backend cannot do for this key (retire
 	// single versions), so that status does not pretend it did.
 	BackendNote string `json:"backend_note,omitempty"`
-	// Sources counts the key's rows per version in each DEK source.
-	Sources []rotation.SourceCount `json:"sources,omitempty"`
 }
 
 // backendNotes returns, per key whose backend works but cannot retire
@@ -200,7 +211,7 @@ func (c *cli) printStatus(st status.Status, problems, notes map[string]string) {
 			fmt.Fprintln(c.stdout)
 		}
 		c.printKey(k)
-		c.printSourceCounts(c.sourceCounts(context.Background(), k.Name))
+		c.printSourceCounts(k.Sources)
 		if p := problems[k.Name]; p != "" {
 			fmt.Fprintf(c.stdout, "  BACKEND ERROR   %s\n", printable(p))
 		}
