@@ -88,7 +88,7 @@ func BenchmarkSwap(b *testing.B) {
 		fn   func(context.Context, pgx.Tx, []rekey.DEKSwap, string, time.Time) ([]string, error)
 	}{
 		{"unnest", func(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
-			return swapRound(ctx, tx, swapSQL, swaps, key, now)
+			return swapRounds(ctx, tx, swapSQL, swaps, key, now)
 		}},
 		{"pipelined", swapPipelined},
 		{"copy", swapCopy},
