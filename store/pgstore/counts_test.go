@@ -3,6 +3,7 @@ package pgstore
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -81,5 +82,80 @@ func TestMigration5LeanDEKs(t *testing.T) {
 	}
 	if got, err := s.CountDEKs(ctx, "a"); err != nil || got[2] != 6 || got[1] != 3 {
 		t.Errorf("CountDEKs(a) after an insert = %v, %v; want 1: 3, 2: 6", got, err)
+	}
+}
+
+// TestSwapAfterConcurrentWrite: a swap whose row another transaction
+// changed (same wrapped bytes) after the swap's snapshot, while the swap
+// waited for its lock, still wins (the fast statement misses the tuple;
+// the locked one applies it) and moves the counters from the version the
+// row held.
+func TestSwapAfterConcurrentWrite(t *testing.T) {
+	s := openTemp(t)
+	ctx := t.Context()
+	now := rekey.NormalizeTime(time.Now())
+	k := rekey.Key{Name: "k", Backend: "local", BackendRef: "k", ActiveVersion: 1, Policy: rekey.DefaultPolicy(), ExpiresAt: now.Add(time.Hour)}
+	if err := s.CreateKey(ctx, k, rekey.KeyVersion{Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.pool.Exec(ctx, `INSERT INTO key_versions (key, version, state) VALUES ('k', 2, 'created')`); err != nil {
+		t.Fatal(err)
+	}
+	deks := []rekey.DEK{{ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w0")}, {ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w1")}, {ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w2")}}
+	if err := s.InsertDEKs(ctx, deks); err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.AcquireLease(ctx, "k", "w", time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `UPDATE deks SET label = 'touched' WHERE id = $1`, deks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		lost []string
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		lost, err := s.SwapDEKs(ctx, []rekey.DEKSwap{
+			{ID: deks[0].ID, OldWrapped: []byte("w0"), NewWrapped: []byte("n0"), NewVersion: 2},
+			{ID: deks[1].ID, OldWrapped: []byte("w1"), NewWrapped: []byte("n1"), NewVersion: 2},
+		}, l)
+		done <- result{lost, err}
+	}()
+	// Until the swap waits for the row lock tx holds (read outside tx:
+	// a transaction sees pg_stat_activity as of its first read).
+	for i := 0; ; i++ {
+		var waiting int
+		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if i == 500 {
+			t.Fatal("the swap never waited for the row lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || len(r.lost) != 0 {
+		t.Fatalf("SwapDEKs after a concurrent write of the same bytes = %v, %v; want no loss", r.lost, r.err)
+	}
+	d, err := s.GetDEK(ctx, deks[0].ID)
+	if err != nil || string(d.Wrapped) != "n0" || d.Version != 2 || d.Label != "touched" {
+		t.Errorf("dek after the swap: %+v, %v; want n0 on version 2, label touched", d, err)
+	}
+	if got, err := s.CountDEKs(ctx, "k"); err != nil || fmt.Sprint(got) != fmt.Sprint(map[int]int64{1: 1, 2: 2}) {
+		t.Errorf("CountDEKs(k) = %v, %v; want 1: 1, 2: 2", got, err)
 	}
 }

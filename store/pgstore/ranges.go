@@ -174,8 +174,8 @@ func (s *Store) ListRewrapRanges(ctx context.Context, rotationID string) ([]reke
 
 // rangeSwapSQL is swapSQL restricted to the ids of one range, (lo, hi]
 // ($7, $8; an empty hi is no upper bound).
-const rangeSwapSQL = swapHead + `
-	WHERE d.key = $6 AND d.wrapped = s.old_wrapped AND d.id > $7 AND ($8 = '' OR d.id <= $8)` + swapTail
+var rangeSwapSQL = newSwapStatements(`
+		WHERE d.key = $6 AND d.wrapped = s.old_wrapped AND d.id > $7 AND ($8 = '' OR d.id <= $8)`)
 
 // CommitRangeBatch implements rekey.RangeSharer, in one transaction and
 // in the package's lock order: the rotation FOR UPDATE (ErrRotationNotFound),
