@@ -11,9 +11,35 @@ import (
 	"github.com/rekeyhq/rekey"
 )
 
-// The three ways to write a compare-and-swap batch that BenchmarkSwap
-// compares. swapRound (unnest) is the one the store uses; the other two
-// are here only to be measured against it.
+// The ways to write a compare-and-swap batch that BenchmarkSwap
+// compares. swapRounds (unnest) is the one the store uses; the others are
+// here only to be measured against it.
+
+// swapPlain is the store's statement before migration 0005: the same
+// unnest UPDATE without the row lock that reads the old version and
+// without the counters of dek_counts.
+func swapPlain(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
+	ids := make([]string, len(swaps))
+	olds, news := make([][]byte, len(swaps)), make([][]byte, len(swaps))
+	versions := make([]int32, len(swaps))
+	for i, sw := range swaps {
+		ids[i], olds[i], news[i], versions[i] = sw.ID, sw.OldWrapped, sw.NewWrapped, int32(sw.NewVersion)
+	}
+	r, err := tx.Query(ctx, `UPDATE deks d SET wrapped = s.new_wrapped, version = s.new_version, updated_at = $5
+		FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) AS s(id, old_wrapped, new_wrapped, new_version)
+		WHERE d.id = s.id AND d.key = $6 AND d.wrapped = s.old_wrapped RETURNING d.id`, ids, olds, news, versions, now, key)
+	won, err := collect(r, err, func(sc scanner) (string, error) {
+		var id string
+		return id, sc.Scan(&id)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if len(won) != len(swaps) {
+		return nil, fmt.Errorf("%d of %d swaps lost", len(swaps)-len(won), len(swaps))
+	}
+	return nil, nil
+}
 
 // swapPipelined sends one UPDATE per swap, all in one pgx.Batch (one
 // round trip, pipelined), and returns the ids that lost.
@@ -74,7 +100,8 @@ func swapCopy(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string,
 }
 
 // BenchmarkSwap measures the CAS swap of 1000-row batches, one
-// transaction each, over 20,000 DEKs of one key, three ways. Every swap
+// transaction each, over 20,000 DEKs of one key, moving them between
+// versions 1 and 2, four ways. Every swap
 // must win (the benchmark fails otherwise). Run against the test server:
 //
 //	eval "$(scripts/pg start)"
@@ -88,8 +115,14 @@ func BenchmarkSwap(b *testing.B) {
 		fn   func(context.Context, pgx.Tx, []rekey.DEKSwap, string, time.Time) ([]string, error)
 	}{
 		{"unnest", func(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
-			return swapRound(ctx, tx, swapSQL, swaps, key, now)
+			return swapRounds(ctx, tx, swapSQL, swaps, key, now)
 		}},
+		{"locked", func(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key string, now time.Time) ([]string, error) {
+			q := swapSQL
+			q.fast = q.locked // every swap through the locked statement
+			return swapRounds(ctx, tx, q, swaps, key, now)
+		}},
+		{"plain", swapPlain},
 		{"pipelined", swapPipelined},
 		{"copy", swapCopy},
 	}
@@ -123,7 +156,8 @@ func BenchmarkSwap(b *testing.B) {
 				for j := range swaps {
 					i := first + j
 					next := fmt.Appendf(make([]byte, 0, 60), "%052d-%07d", i, n)
-					swaps[j] = rekey.DEKSwap{ID: ids[i], OldWrapped: wrapped[i], NewWrapped: next, NewVersion: 1}
+					// Versions 1 and 2 in turn: the counters move.
+					swaps[j] = rekey.DEKSwap{ID: ids[i], OldWrapped: wrapped[i], NewWrapped: next, NewVersion: 1 + (n/(total/batch)+1)%2}
 					wrapped[i] = next
 				}
 				tx, err := s.pool.Begin(ctx)

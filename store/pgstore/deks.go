@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -80,9 +81,7 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 				return err
 			}
 		}
-		_, err := tx.Exec(ctx, `INSERT INTO deks (`+dekColumns+`)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::timestamptz[], $7::timestamptz[])`,
-			ids, keys, versions, wrapped, labels, created, updated)
+		_, err := tx.Exec(ctx, insertDEKsSQL, ids, keys, versions, wrapped, labels, created, updated)
 		if err != nil {
 			if errors.Is(mapErr(err), rekey.ErrConflict) {
 				return fmt.Errorf("a dek of the batch exists (%s): %w", mapErr(err), rekey.ErrConflict)
@@ -92,6 +91,17 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 		return nil
 	})
 }
+
+// insertDEKsSQL inserts the rows, then adds them to the counters of
+// dek_counts in the same statement, in (key, version) order (see
+// migration 0005 for the lock order).
+const insertDEKsSQL = `WITH ins AS (
+		INSERT INTO deks (` + dekColumns + `)
+		SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::bytea[], $5::text[], $6::timestamptz[], $7::timestamptz[])
+		RETURNING key, version)
+	INSERT INTO dek_counts (key, version, n)
+		SELECT key, version, count(*) FROM ins GROUP BY key, version ORDER BY key, version
+	ON CONFLICT (key, version) DO UPDATE SET n = dek_counts.n + EXCLUDED.n`
 
 // GetDEK implements rekey.Store.
 func (s *Store) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
@@ -109,7 +119,7 @@ func (s *Store) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
 }
 
 // ListDEKs implements rekey.DEKSource. It reads one index range, (key, id)
-// or (key, version, id), from the After cursor on.
+// or the primary key, from the After cursor on, filtering the versions.
 func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
 	const op = "list deks"
 	if s.closed.Load() {
@@ -166,10 +176,22 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 	return lost, nil
 }
 
-// swapSQL is the compare-and-swap of a whole batch in one statement: the
-// batch goes as four arrays, joined to deks by id, and a row is updated
-// only if it still holds the old wrapped bytes. It returns the ids that
-// won.
+// swapSQL is the compare-and-swap of a whole batch: the batch goes as
+// four arrays, joined to deks by id, and a row is updated only if it
+// still holds the old wrapped bytes. Each statement returns the ids that
+// won with the version each left, for the counters of dek_counts (a plain
+// UPDATE … RETURNING shows only the new values).
+//
+// The fast statement reads the rows to swap in the CTE o (their ctid and
+// version as of the statement's snapshot) and updates exactly those tuples
+// (ctid = o.tid, a TID scan, no second index lookup): if another
+// transaction changed a row since the snapshot, its newest tuple has
+// another ctid and the swap is not applied, so the version returned is
+// always the one the row left. The swaps it did not apply go through the
+// locked statement: the CTE locks the rows (FOR UPDATE), which reads a row
+// changed since the snapshot again at its newest version, compares there,
+// and returns that version; a swap it does not apply lost. In a re-wrap
+// nothing else writes the rows, so the locked statement never runs.
 //
 // Measured (BenchmarkSwap: 1000-row batches of 60-byte wrapped DEKs, one
 // transaction each, over 20,000 DEKs of one key; PostgreSQL 15 on
@@ -180,10 +202,30 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 // 8,000-11,700 rows/s (the temp table costs catalog work in every
 // transaction). unnest is the fastest and the simplest: one statement, no
 // temp table.
-const swapSQL = `UPDATE deks d SET wrapped = s.new_wrapped, version = s.new_version, updated_at = $5
-	FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) AS s(id, old_wrapped, new_wrapped, new_version)
-	WHERE d.id = s.id AND d.key = $6 AND d.wrapped = s.old_wrapped
-	RETURNING d.id`
+var swapSQL = newSwapStatements(`
+		WHERE d.key = $6 AND d.wrapped = s.old_wrapped`)
+
+// swapStatements are the two statements of a compare-and-swap (swapSQL):
+// $1-$4 the batch, $5 the time, $6 the key, and the range's bounds after
+// them in rangeSwapSQL.
+type swapStatements struct{ fast, locked string }
+
+// newSwapStatements returns the statements of a compare-and-swap whose
+// rows to swap are those of s JOIN deks d meeting where.
+func newSwapStatements(where string) swapStatements {
+	const head = `WITH s AS (
+		SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) AS s(id, old_wrapped, new_wrapped, new_version)),
+	o AS (
+		SELECT d.ctid AS tid, d.id, d.version AS old_version, s.new_wrapped, s.new_version FROM s JOIN deks d ON d.id = s.id`
+	const set = `
+	UPDATE deks d SET wrapped = o.new_wrapped, version = o.new_version, updated_at = $5 FROM o`
+	const returning = `
+	RETURNING d.id, o.old_version`
+	return swapStatements{
+		fast:   head + where + `)` + set + ` WHERE d.ctid = o.tid` + returning,
+		locked: head + where + ` FOR UPDATE OF d)` + set + ` WHERE d.id = o.id` + returning,
+	}
+}
 
 // swapDEKs applies swaps in tx as SwapDEKs documents, with now as the
 // DEKs' UpdatedAt, and returns the ids of the swaps that lost. A batch
@@ -200,17 +242,55 @@ func swapDEKs(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, fence rekey
 	if err := checkVersionsExist(ctx, tx, fence.Key, swaps); err != nil {
 		return nil, err
 	}
+	return swapRounds(ctx, tx, swapSQL, swaps, fence.Key, now)
+}
+
+// swapRounds runs the statements of query (swapSQL, or rangeSwapSQL with
+// the range's bounds as extra) for swaps in rounds without a repeated id, then moves the
+// counters of dek_counts by the swaps that won, once, after every row (the
+// lock order of migration 0005). It returns the ids that lost.
+func swapRounds(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, error) {
 	var lost []string
+	delta := countDelta{}
 	for rest := swaps; len(rest) > 0; {
 		round, next := splitRepeats(rest)
-		l, err := swapRound(ctx, tx, swapSQL, round, fence.Key, now)
+		l, err := swapRound(ctx, tx, query, round, key, now, delta, extra...)
 		if err != nil {
 			return nil, err
 		}
 		lost = append(lost, l...)
 		rest = next
 	}
+	if err := addCounts(ctx, tx, key, delta); err != nil {
+		return nil, err
+	}
 	return lost, nil
+}
+
+// countDelta is a change of the DEK counters of one key, per version.
+type countDelta map[int]int64
+
+// addCounts adds delta to key's counters in dek_counts, creating those
+// missing, in version order; versions whose change is 0 are left alone.
+func addCounts(ctx context.Context, tx pgx.Tx, key string, delta countDelta) error {
+	versions := make([]int32, 0, len(delta))
+	for v, n := range delta {
+		if n != 0 {
+			versions = append(versions, int32(v))
+		}
+	}
+	if len(versions) == 0 {
+		return nil
+	}
+	slices.Sort(versions)
+	ns := make([]int64, len(versions))
+	for i, v := range versions {
+		ns[i] = delta[int(v)]
+	}
+	_, err := tx.Exec(ctx, `INSERT INTO dek_counts (key, version, n)
+		SELECT $1, v, n FROM unnest($2::int[], $3::bigint[]) AS c(v, n)
+		ON CONFLICT (key, version) DO UPDATE SET n = dek_counts.n + EXCLUDED.n`, key, versions, ns)
+	return err
 }
 
 // splitRepeats returns the longest prefix of swaps without a repeated id,
@@ -226,10 +306,41 @@ func splitRepeats(swaps []rekey.DEKSwap) (round, rest []rekey.DEKSwap) {
 	return swaps, nil
 }
 
-// swapRound runs query (swapSQL, or rangeSwapSQL with the range's bounds
-// as extra) for swaps (no id twice) and returns the ids that lost, in the
-// order of swaps.
-func swapRound(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, error) {
+// swapRound runs the statements of query (swapSQL, or rangeSwapSQL with
+// the range's bounds as extra) for swaps (no id twice), adds the versions
+// the winners left and took to delta, and returns the ids that lost, in
+// the order of swaps.
+func swapRound(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rekey.DEKSwap, key string, now time.Time, delta countDelta, extra ...any) ([]string, error) {
+	won, err := swapOnce(ctx, tx, query.fast, swaps, key, now, delta, extra)
+	if err != nil {
+		return nil, err
+	}
+	if len(won) == len(swaps) {
+		return nil, nil
+	}
+	var again []rekey.DEKSwap
+	for _, sw := range swaps {
+		if !won[sw.ID] {
+			again = append(again, sw)
+		}
+	}
+	won2, err := swapOnce(ctx, tx, query.locked, again, key, now, delta, extra)
+	if err != nil {
+		return nil, err
+	}
+	var lost []string
+	for _, sw := range again {
+		if !won2[sw.ID] {
+			lost = append(lost, sw.ID)
+		}
+	}
+	return lost, nil
+}
+
+// swapOnce runs one statement of swapStatements for swaps, adds the
+// versions the winners left and took to delta, and returns the ids that
+// won.
+func swapOnce(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSwap, key string, now time.Time, delta countDelta, extra []any) (map[string]bool, error) {
 	n := len(swaps)
 	ids := make([]string, n)
 	olds, news := make([][]byte, n), make([][]byte, n)
@@ -241,27 +352,28 @@ func swapRound(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSw
 		}
 	}
 	rows, err := tx.Query(ctx, query, append([]any{ids, olds, news, versions, now, key}, extra...)...)
-	won, err := collect(rows, err, func(sc scanner) (string, error) {
-		var id string
-		return id, sc.Scan(&id)
+	type winner struct {
+		id         string
+		oldVersion int
+	}
+	won, err := collect(rows, err, func(sc scanner) (winner, error) {
+		var w winner
+		return w, sc.Scan(&w.id, &w.oldVersion)
 	})
 	if err != nil {
 		return nil, err
 	}
-	if len(won) == n {
-		return nil, nil
-	}
 	applied := make(map[string]bool, len(won))
-	for _, id := range won {
-		applied[id] = true
+	for _, w := range won {
+		applied[w.id] = true
+		delta[w.oldVersion]--
 	}
-	var lost []string
-	for _, id := range ids {
-		if !applied[id] {
-			lost = append(lost, id)
+	for _, sw := range swaps {
+		if applied[sw.ID] {
+			delta[sw.NewVersion]++
 		}
 	}
-	return lost, nil
+	return applied, nil
 }
 
 // checkVersionsExist returns ErrVersionNotFound unless every NewVersion of
@@ -286,7 +398,11 @@ func checkVersionsExist(ctx context.Context, tx pgx.Tx, key string, swaps []reke
 	return nil
 }
 
-// CountDEKs implements rekey.DEKSource, from the (key, version, id) index.
+// CountDEKs implements rekey.DEKSource from dek_counts, the counters kept
+// by every write of DEKs in its own transaction (one row per version, not
+// a count of the rows: see migration 0005); versions whose counter is 0
+// or less are left out. Retirement never relies on it
+// (ChangeVersionState counts the rows).
 func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
 	const op = "count deks"
 	if s.closed.Load() {
@@ -296,7 +412,7 @@ func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error
 		v int
 		n int64
 	}
-	rows, err := s.pool.Query(ctx, `SELECT version, count(*) FROM deks WHERE key = $1 GROUP BY version`, key)
+	rows, err := s.pool.Query(ctx, `SELECT version, n FROM dek_counts WHERE key = $1 AND n > 0`, key)
 	counts, err := collect(rows, err, func(sc scanner) (vc, error) {
 		var c vc
 		return c, sc.Scan(&c.v, &c.n)

@@ -236,6 +236,8 @@ func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, f
 			return fmt.Errorf("key %q version %d is %s, not one of %v: %w", c.Key, c.Version, state, c.From, rekey.ErrStale)
 		}
 		if c.RequireUnused {
+			// The rows themselves, never the counter of dek_counts: a
+			// counter set wrong must not retire a version still in use.
 			var n int64
 			if err := tx.QueryRow(ctx, `SELECT count(*) FROM deks WHERE key = $1 AND version = $2`, c.Key, c.Version).Scan(&n); err != nil {
 				return err

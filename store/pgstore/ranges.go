@@ -174,10 +174,8 @@ func (s *Store) ListRewrapRanges(ctx context.Context, rotationID string) ([]reke
 
 // rangeSwapSQL is swapSQL restricted to the ids of one range, (lo, hi]
 // ($7, $8; an empty hi is no upper bound).
-const rangeSwapSQL = `UPDATE deks d SET wrapped = s.new_wrapped, version = s.new_version, updated_at = $5
-	FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) AS s(id, old_wrapped, new_wrapped, new_version)
-	WHERE d.id = s.id AND d.key = $6 AND d.wrapped = s.old_wrapped AND d.id > $7 AND ($8 = '' OR d.id <= $8)
-	RETURNING d.id`
+var rangeSwapSQL = newSwapStatements(`
+		WHERE d.key = $6 AND d.wrapped = s.old_wrapped AND d.id > $7 AND ($8 = '' OR d.id <= $8)`)
 
 // CommitRangeBatch implements rekey.RangeSharer, in one transaction and
 // in the package's lock order: the rotation FOR UPDATE (ErrRotationNotFound),
@@ -277,15 +275,5 @@ func swapRange(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key, lo, h
 	if err := checkVersionsExist(ctx, tx, key, swaps); err != nil {
 		return nil, err
 	}
-	var lost []string
-	for rest := swaps; len(rest) > 0; {
-		round, next := splitRepeats(rest)
-		l, err := swapRound(ctx, tx, rangeSwapSQL, round, key, now, lo, hi)
-		if err != nil {
-			return nil, err
-		}
-		lost = append(lost, l...)
-		rest = next
-	}
-	return lost, nil
+	return swapRounds(ctx, tx, rangeSwapSQL, swaps, key, now, lo, hi)
 }
