@@ -237,3 +237,82 @@ func VersionUsage(ctx context.Context, backends map[string]KMS, k Key, v KeyVers
 	}
 	return UsageOf(k, n), nil
 }
+
+// UsageTooLow is why a key due by usage is not rotated: a rotation
+// re-wraps every one of the key's DEKs under the new version, and each
+// re-wrap counts as a wrap under it, so with DEKs at or above the
+// threshold (rotate_at × max_encryptions) the new version is due again as
+// soon as the rotation ends: a rotation by usage would start every cycle.
+// The engine then starts none (a rotation by schedule still runs) and
+// reports it; the fix is a higher max_encryptions.
+type UsageTooLow struct {
+	// DEKs is the number of DEKs a rotation of the key re-wraps.
+	DEKs int64 `json:"deks"`
+	// MaxEncryptions and Threshold are the key's max_encryptions and
+	// rotate_at × max_encryptions.
+	MaxEncryptions int64 `json:"max_encryptions"`
+	Threshold      int64 `json:"rotate_at_encryptions"`
+	// MinMaxEncryptions is the smallest max_encryptions that works
+	// (MinMaxEncryptions); 0 when none up to 2^32 does.
+	MinMaxEncryptions int64 `json:"min_max_encryptions"`
+}
+
+// String says what is wrong and how to fix it, for logs, plan and status.
+func (u UsageTooLow) String() string {
+	fix := fmt.Sprintf("set max_encryptions to at least %d (the key's max_encryptions in the config's keys: entry, or rekey key create --max-encryptions for a new key)", u.MinMaxEncryptions)
+	if u.MinMaxEncryptions == 0 {
+		fix = fmt.Sprintf("no max_encryptions up to %d (2^32) works: spread the DEKs over more keys", MaxMaxEncryptions)
+	}
+	return fmt.Sprintf("due by usage, but max_encryptions %d is too low for the key's %d DEKs: a rotation re-wraps them all, which counts %d wraps under the new version, at or above the threshold %d (rotate_at × max_encryptions), so the key would rotate again every cycle; no rotation by usage is started: %s",
+		u.MaxEncryptions, u.DEKs, u.DEKs, u.Threshold, fix)
+}
+
+// MinMaxEncryptions is the smallest max_encryptions (at p's rotate_at)
+// with which a key of deks DEKs is not due by usage right after a
+// rotation, with room for the count's over-estimate: while the process
+// that re-wrapped runs, counts it reserved in doubling blocks but did not
+// use are counted too, so the count can read up to twice the re-wraps. It
+// is the smallest m whose threshold exceeds 2 × deks, or 0 when no m up
+// to MaxMaxEncryptions does.
+func (p Policy) MinMaxEncryptions(deks int64) int64 {
+	need := 2*max(deks, 0) + 1 // the threshold must reach this
+	ra := p.EffectiveRotateAt()
+	m := max(1, int64(math.Floor(float64(need)/ra)))
+	threshold := func(m int64) int64 {
+		q := p
+		q.MaxEncryptions = m
+		return q.UsageThreshold()
+	}
+	for m > 1 && threshold(m-1) >= need {
+		m--
+	}
+	for m <= MaxMaxEncryptions && threshold(m) < need {
+		m++
+	}
+	if m > MaxMaxEncryptions {
+		return 0
+	}
+	return m
+}
+
+// CheckUsageLimit returns why a rotation by usage of a key with policy p
+// and deks DEKs (all of them: rekey's store and the DEK sources) would
+// loop, or nil when it would not: deks at or above p's threshold.
+func CheckUsageLimit(p Policy, deks int64) *UsageTooLow {
+	if deks < p.UsageThreshold() {
+		return nil
+	}
+	return &UsageTooLow{DEKs: deks, MaxEncryptions: p.EffectiveMaxEncryptions(), Threshold: p.UsageThreshold(), MinMaxEncryptions: p.MinMaxEncryptions(deks)}
+}
+
+// UsageRotationBlocked is the rule every caller applies to a key k due
+// for reason (rekey.RotationDue) with deks DEKs: when the reason is usage
+// and the key's max_encryptions is too low for its DEKs (CheckUsageLimit),
+// it returns why, and no rotation starts. A key due by schedule is never
+// blocked.
+func UsageRotationBlocked(k Key, reason RotationReason, deks int64) *UsageTooLow {
+	if reason != ReasonUsage {
+		return nil
+	}
+	return CheckUsageLimit(k.Policy, deks)
+}

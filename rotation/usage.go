@@ -38,3 +38,19 @@ func (e *Engine) activeWraps(ctx context.Context, k rekey.Key) int64 {
 	u, _ := e.activeUsage(ctx, k)
 	return u.Encryptions
 }
+
+// usageTooLow says whether k's max_encryptions is too low for its DEKs
+// (rekey.CheckUsageLimit), counting the DEKs a rotation would re-wrap: in
+// rekey's store and in the DEK sources (a source that cannot be counted is
+// left out: the count is then a lower bound, and a loop it shows is sure).
+func (e *Engine) usageTooLow(ctx context.Context, k rekey.Key) (*rekey.UsageTooLow, error) {
+	counts, _, err := e.countDEKsAvail(ctx, k.Name, true)
+	if err != nil {
+		return nil, err
+	}
+	var deks int64
+	for _, n := range counts {
+		deks += n
+	}
+	return rekey.CheckUsageLimit(k.Policy, deks), nil
+}

@@ -83,9 +83,13 @@ type KeyView struct {
 	DueReason rekey.RotationReason `json:"due_reason,omitempty"`
 	// Usage is the active version's wrap count against max_encryptions;
 	// absent when it is not counted.
-	Usage   *rekey.Usage `json:"usage,omitempty"`
-	DueSoon bool         `json:"due_soon"`
-	Overdue bool         `json:"overdue"`
+	Usage *rekey.Usage `json:"usage,omitempty"`
+	// UsageTooLow is set when the key is due by usage but is not rotated:
+	// its max_encryptions is too low for its DEKs (rekey.UsageRotationBlocked),
+	// with the minimum that works.
+	UsageTooLow *rekey.UsageTooLow `json:"usage_too_low,omitempty"`
+	DueSoon     bool               `json:"due_soon"`
+	Overdue     bool               `json:"overdue"`
 	// ExpiresIn is expires_at - now in seconds (negative when overdue).
 	ExpiresIn float64 `json:"expires_in_seconds"`
 	// Sources counts the key's rows per version in each DEK source (the
@@ -194,6 +198,7 @@ func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, 
 		wraps = v.Usage.Encryptions
 	}
 	v.DueReason, v.Due = rekey.RotationDue(k, now, wraps)
+	v.usageTooLow(k)
 	return v, nil
 }
 
@@ -227,6 +232,7 @@ func BuildWith(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS
 		}
 		if opt.SourceCounts != nil {
 			v.Sources = opt.SourceCounts(ctx, k.Name)
+			v.usageTooLow(k)
 		}
 		st.Keys = append(st.Keys, v)
 	}
@@ -238,4 +244,16 @@ func BuildWith(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS
 		st.Recent = append(st.Recent, NewRotationView(r))
 	}
 	return st, nil
+}
+
+// usageTooLow sets v.UsageTooLow from the DEKs a rotation of k would
+// re-wrap: those in rekey's store and in the DEK sources counted so far.
+func (v *KeyView) usageTooLow(k rekey.Key) {
+	deks := v.DEKs
+	for _, sc := range v.Sources {
+		for _, n := range sc.Versions {
+			deks += n
+		}
+	}
+	v.UsageTooLow = rekey.UsageRotationBlocked(k, v.DueReason, deks)
 }
