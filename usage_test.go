@@ -72,25 +72,27 @@ func TestUsageRotationBlocked(t *testing.T) {
 	k := rekey.Key{Name: "k", Policy: rekey.DefaultPolicy()}
 	k.Policy.MaxEncryptions = 1000 // threshold 800
 	for _, c := range []struct {
-		reason  rekey.RotationReason
-		deks    int64
-		blocked bool
+		reason          rekey.RotationReason
+		deks, rewrapped int64
+		blocked         bool
 	}{
-		{rekey.ReasonUsage, 0, false},
-		{rekey.ReasonUsage, 799, false},
-		{rekey.ReasonUsage, 800, true},
-		{rekey.ReasonUsage, 1000, true},
-		{rekey.ReasonScheduled, 1000, false},
-		{"", 1000, false},
+		{rekey.ReasonUsage, 0, 0, false},
+		{rekey.ReasonUsage, 1000, 0, false},   // never rotated: the first rotation runs
+		{rekey.ReasonUsage, 1000, 799, false}, // the last rotation left room
+		{rekey.ReasonUsage, 799, 800, false},  // DEKs went below since: a rotation helps
+		{rekey.ReasonUsage, 800, 800, true},
+		{rekey.ReasonUsage, 1000, 1000, true},
+		{rekey.ReasonScheduled, 1000, 1000, false},
+		{"", 1000, 1000, false},
 	} {
-		got := rekey.UsageRotationBlocked(k, c.reason, c.deks)
+		got := rekey.UsageRotationBlocked(k, c.reason, c.deks, c.rewrapped)
 		if (got != nil) != c.blocked {
-			t.Errorf("UsageRotationBlocked(%q, %d DEKs) = %+v, want blocked %v", c.reason, c.deks, got, c.blocked)
+			t.Errorf("UsageRotationBlocked(%q, %d DEKs, %d re-wrapped) = %+v, want blocked %v", c.reason, c.deks, c.rewrapped, got, c.blocked)
 		}
 	}
-	tl := rekey.UsageRotationBlocked(k, rekey.ReasonUsage, 1000)
+	tl := rekey.UsageRotationBlocked(k, rekey.ReasonUsage, 1000, 1000)
 	// 2 × 1000 DEKs + 1 = 2001 at rotate_at 0.8: ceil(0.8 × 2502) = 2002, ceil(0.8 × 2501) = 2001.
-	want := rekey.UsageTooLow{DEKs: 1000, MaxEncryptions: 1000, Threshold: 800, MinMaxEncryptions: 2501}
+	want := rekey.UsageTooLow{DEKs: 1000, Rewrapped: 1000, MaxEncryptions: 1000, Threshold: 800, MinMaxEncryptions: 2501}
 	if *tl != want {
 		t.Errorf("UsageRotationBlocked = %+v, want %+v", *tl, want)
 	}

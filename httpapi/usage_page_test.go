@@ -60,7 +60,7 @@ func TestStatusPageUsage(t *testing.T) {
 	high := key("high", 900, 1000)
 	stuck := key("stuck", 1000, 1000)
 	stuck.Due, stuck.DueReason, stuck.DEKs = true, rekey.ReasonUsage, 1000
-	stuck.UsageTooLow = rekey.CheckUsageLimit(rekey.Policy{MaxEncryptions: 1000}, 1000)
+	stuck.UsageTooLow = rekey.UsageRotationBlocked(rekey.Key{Policy: rekey.Policy{MaxEncryptions: 1000}}, rekey.ReasonUsage, 1000, 1000)
 	uncounted := status.KeyView{Name: "uncounted", ActiveVersion: 1, ExpiresAt: exp, Policy: status.NewPolicyView(rekey.DefaultPolicy())}
 	st := status.Status{Time: testNow, Keys: []status.KeyView{low, edge, high, stuck, uncounted}}
 

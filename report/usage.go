@@ -55,8 +55,14 @@ func (b *keyBuilder) usage(ctx context.Context, kr *Key, versions []rekey.KeyVer
 		}
 		reason, due := rekey.RotationDue(b.k, b.now, u.Encryptions)
 		kr.Due = kr.Due || due
+		var rewrapped int64
+		if reason == rekey.ReasonUsage {
+			if rewrapped, err = rekey.LastRewrapped(ctx, b.s, b.k); err != nil {
+				return
+			}
+		}
 		ku := &Usage{Version: v.Version, Encryptions: u.Encryptions, Max: u.Max, Threshold: u.Threshold, Ratio: u.Ratio(),
-			High: u.Ratio() >= UsageHighRatio, DueByUsage: u.Due(), TooLow: rekey.UsageRotationBlocked(b.k, reason, kr.DEKs)}
+			High: u.Ratio() >= UsageHighRatio, DueByUsage: u.Due(), TooLow: rekey.UsageRotationBlocked(b.k, reason, kr.DEKs, rewrapped)}
 		ku.Text = usageText(*ku)
 		kr.Usage = ku
 	}

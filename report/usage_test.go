@@ -31,7 +31,8 @@ func (c countingKMS) Encryptions(_ context.Context, ref string, _ int) (int64, e
 // TestReportUsage: with backends, the report has a usage line per key
 // (the active version's wraps against max_encryptions, "usage high" from
 // 90%), a key due by usage counts as due, and a key whose max_encryptions
-// is too low for its DEKs is an open problem naming the minimum.
+// is too low for its DEKs (its last rotation re-wrapped at least the
+// threshold) is an open problem naming the minimum.
 func TestReportUsage(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -45,6 +46,9 @@ func TestReportUsage(t *testing.T) {
 		ids[i] = "dek-" + string(rune('a'+i%26)) + time.Duration(i).String()
 	}
 	insertDEKs(t, s, "stuck", 1, ids...)
+	// Its last rotation re-wrapped its 1000 DEKs: 1000 wraps under v2.
+	rotate(t, s, "stuck", rot{id: "r-stuck", reason: rekey.ReasonUsage, start: at(65 * rekey.Day), commit: at(65 * rekey.Day),
+		finish: at(65 * rekey.Day), rewrap: ids})
 	kms := countingKMS{KMS: memkms.New(), counts: map[string]int64{
 		backendRefPrefix + "calm": 120, backendRefPrefix + "busy": 905, backendRefPrefix + "stuck": 1000}}
 	rep, err := report.BuildWith(ctx, s, time.Time{}, now, report.ChainCheck{Valid: true, CheckedAt: now},
@@ -64,7 +68,7 @@ func TestReportUsage(t *testing.T) {
 	}{
 		{"calm", false, false, "v1 did 120 of max_encryptions 1000 wraps (12.0%); due by usage from 800 wraps"},
 		{"busy", true, true, "v1 did 905 of max_encryptions 1000 wraps (90.5%): usage high; due by usage (from 800 wraps"},
-		{"stuck", true, true, "v1 did 1000 of max_encryptions 1000 wraps (100.0%): limit reached, new wraps are refused"},
+		{"stuck", true, true, "v2 did 1000 of max_encryptions 1000 wraps (100.0%): limit reached, new wraps are refused"},
 	} {
 		k := byName[c.key]
 		if k.Usage == nil {

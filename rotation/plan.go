@@ -164,11 +164,13 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		return kp, err
 	}
 	kp.DEKsByVersion = counts
-	var deks int64
-	for _, n := range counts {
-		deks += n
+	if kp.Due && kp.DueReason == rekey.ReasonUsage {
+		rewrapped, err := rekey.LastRewrapped(ctx, e.store, k)
+		if err != nil {
+			return kp, err
+		}
+		kp.UsageTooLow = rekey.UsageRotationBlocked(k, kp.DueReason, sumCounts(counts), rewrapped)
 	}
-	kp.UsageTooLow = rekey.UsageRotationBlocked(k, kp.DueReason, deks)
 	kp.Sources = e.SourceCounts(ctx, k.Name)
 	var open *rekey.Rotation
 	r, err := e.store.OpenRotation(ctx, k.Name)

@@ -39,18 +39,27 @@ func (e *Engine) activeWraps(ctx context.Context, k rekey.Key) int64 {
 	return u.Encryptions
 }
 
-// usageTooLow says whether k's max_encryptions is too low for its DEKs
-// (rekey.CheckUsageLimit), counting the DEKs a rotation would re-wrap: in
-// rekey's store and in the DEK sources (a source that cannot be counted is
-// left out: the count is then a lower bound, and a loop it shows is sure).
+// usageTooLow says whether a rotation by usage of k would loop
+// (rekey.UsageRotationBlocked), counting the DEKs a rotation would
+// re-wrap: in rekey's store and in the DEK sources (a source that cannot
+// be counted is left out: the count is then a lower bound, and a loop it
+// shows is sure).
 func (e *Engine) usageTooLow(ctx context.Context, k rekey.Key) (*rekey.UsageTooLow, error) {
+	rewrapped, err := rekey.LastRewrapped(ctx, e.store, k)
+	if err != nil || rewrapped < k.Policy.UsageThreshold() {
+		return nil, err
+	}
 	counts, _, err := e.countDEKsAvail(ctx, k.Name, true)
 	if err != nil {
 		return nil, err
 	}
-	var deks int64
-	for _, n := range counts {
-		deks += n
+	return rekey.UsageRotationBlocked(k, rekey.ReasonUsage, sumCounts(counts), rewrapped), nil
+}
+
+func sumCounts(counts map[int]int64) int64 {
+	var n int64
+	for _, c := range counts {
+		n += c
 	}
-	return rekey.CheckUsageLimit(k.Policy, deks), nil
+	return n
 }

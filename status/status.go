@@ -96,6 +96,8 @@ type KeyView struct {
 	// application's own tables) that may hold rows of it; the DEKs and
 	// version counts above are rekey's own store only.
 	Sources []SourceCount `json:"sources,omitempty"`
+
+	lastRewrapped int64 // rekey.LastRewrapped, read when due by usage
 }
 
 // SourceCount is how many rows of one key a DEK source holds per version,
@@ -198,6 +200,11 @@ func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, 
 		wraps = v.Usage.Encryptions
 	}
 	v.DueReason, v.Due = rekey.RotationDue(k, now, wraps)
+	if v.Due && v.DueReason == rekey.ReasonUsage {
+		if v.lastRewrapped, err = rekey.LastRewrapped(ctx, s, k); err != nil {
+			return KeyView{}, err
+		}
+	}
 	v.usageTooLow(k)
 	return v, nil
 }
@@ -255,5 +262,5 @@ func (v *KeyView) usageTooLow(k rekey.Key) {
 			deks += n
 		}
 	}
-	v.UsageTooLow = rekey.UsageRotationBlocked(k, v.DueReason, deks)
+	v.UsageTooLow = rekey.UsageRotationBlocked(k, v.DueReason, deks, v.lastRewrapped)
 }

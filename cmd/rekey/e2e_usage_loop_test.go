@@ -9,25 +9,26 @@ import (
 // e2eTooLow is the usage_too_low part of plan --json and status --json.
 type e2eTooLow struct {
 	DEKs              int64 `json:"deks"`
+	Rewrapped         int64 `json:"rewrapped_by_last_rotation"`
 	MaxEncryptions    int64 `json:"max_encryptions"`
 	Threshold         int64 `json:"rotate_at_encryptions"`
 	MinMaxEncryptions int64 `json:"min_max_encryptions"`
 }
 
 // TestE2E_UsageRotationNeverLoops is issue 14's leftover: a key with 1000
-// DEKs and max_encryptions 1000 is due by usage, but a rotation would
-// re-wrap 1000 DEKs, counted under the new version, so it would be due
-// again at once. run --once does not rotate it by usage (before or after a
-// rotation by schedule, which still runs), logs an ERROR each cycle, and
+// DEKs and max_encryptions 1000 is due by usage; its rotation re-wraps
+// 1000 DEKs, counted under the new version, so it is due again at once.
+// Further run --once cycles do not rotate it by usage again (a rotation
+// by schedule still runs, and after it neither), each logs an ERROR, and
 // plan and status say why and the minimum max_encryptions that works. A
-// config change that lowers max_encryptions below the DEKs warns.
+// config change that leaves max_encryptions below the DEKs warns.
 func TestE2E_UsageRotationNeverLoops(t *testing.T) {
 	t.Parallel()
 	h := newE2EHome(t, e2eOpts{})
 	h.must("key", "create", "lim", "--max-encryptions", "1000")
 	h.createDEKs("lim", 1000)
 
-	want := e2eTooLow{DEKs: 1000, MaxEncryptions: 1000, Threshold: 800, MinMaxEncryptions: 2501}
+	want := e2eTooLow{DEKs: 1000, Rewrapped: 1000, MaxEncryptions: 1000, Threshold: 800, MinMaxEncryptions: 2501}
 	explained := func(when string) {
 		t.Helper()
 		var p struct {
@@ -73,27 +74,35 @@ func TestE2E_UsageRotationNeverLoops(t *testing.T) {
 		}
 	}
 
-	explained("before any rotation")
-	cycles("before any rotation", 2)
-	if st := h.status(); len(st.Recent) != 0 {
-		t.Fatalf("rotations after cycles of a key whose max_encryptions is too low: %+v, want none", st.Recent)
+	// The first rotation by usage runs: nothing shows yet that it loops.
+	if out := h.must("plan"); !strings.Contains(out, "next cycle: rotate") || strings.Contains(out, "too low") {
+		t.Errorf("plan before any rotation: want a rotation, no complaint:\n%s", out)
 	}
-	h.assertAllOn("lim", 1, 1000)
-
-	// A rotation by schedule is never held back: it runs, its re-wrap
-	// counts 1000 under v2, and the cycles after it do not rotate again.
-	h.makeDue("lim")
 	h.must("run", "--once")
 	h.assertAllOn("lim", 2, 1000)
-	if st := h.status(); len(st.Recent) != 1 || st.Recent[0].Reason != "scheduled" {
-		t.Fatalf("after the key's expiry: rotations %+v, want one, scheduled", st.Recent)
+	if st := h.status(); len(st.Recent) != 1 || st.Recent[0].Reason != "usage" {
+		t.Fatalf("after the first cycle: rotations %+v, want one, by usage", st.Recent)
 	}
-	explained("after a rotation")
-	cycles("after a rotation", 3)
+	explained("after the rotation by usage")
+	cycles("after the rotation by usage", 3)
 	if st := h.status(); len(st.Recent) != 1 {
-		t.Fatalf("cycles after the rotation rotated again: %+v", st.Recent)
+		t.Fatalf("cycles after the rotation by usage rotated again: %+v", st.Recent)
 	}
 	h.assertAllOn("lim", 2, 1000)
+
+	// A rotation by schedule is never held back: it runs, its re-wrap
+	// counts 1000 under v3, and the cycles after it do not rotate again.
+	h.makeDue("lim")
+	h.must("run", "--once")
+	h.assertAllOn("lim", 3, 1000)
+	if st := h.status(); len(st.Recent) != 2 || st.Recent[0].Reason != "scheduled" {
+		t.Fatalf("after the key's expiry: rotations %+v, want a second one, scheduled", st.Recent)
+	}
+	explained("after the rotation by schedule")
+	cycles("after the rotation by schedule", 2)
+	if st := h.status(); len(st.Recent) != 2 {
+		t.Fatalf("cycles after the scheduled rotation rotated again: %+v", st.Recent)
+	}
 
 	// The config declares the key with a max_encryptions still too low: a
 	// warning names the numbers.
