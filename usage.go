@@ -237,3 +237,111 @@ func VersionUsage(ctx context.Context, backends map[string]KMS, k Key, v KeyVers
 	}
 	return UsageOf(k, n), nil
 }
+
+// UsageTooLow is why a key due by usage is not rotated: a rotation
+// re-wraps every one of the key's DEKs under the new version, and each
+// re-wrap counts as a wrap under it, so when the rotation that made the
+// active version already re-wrapped at least the threshold (rotate_at ×
+// max_encryptions), and the key still has that many DEKs, another
+// rotation by usage would be due again as soon as it ended: it would
+// start every cycle. The engine then starts none (a rotation by schedule
+// still runs) and reports it; the fix is a higher max_encryptions.
+type UsageTooLow struct {
+	// DEKs is the number of DEKs a rotation of the key re-wraps now.
+	DEKs int64 `json:"deks"`
+	// Rewrapped is the number of DEKs the rotation that made the active
+	// version re-wrapped (wraps counted under it by that rotation alone).
+	Rewrapped int64 `json:"rewrapped_by_last_rotation"`
+	// MaxEncryptions and Threshold are the key's max_encryptions and
+	// rotate_at × max_encryptions.
+	MaxEncryptions int64 `json:"max_encryptions"`
+	Threshold      int64 `json:"rotate_at_encryptions"`
+	// MinMaxEncryptions is the smallest max_encryptions that works
+	// (Policy.MinMaxEncryptions); 0 when none up to 2^32 does.
+	MinMaxEncryptions int64 `json:"min_max_encryptions"`
+}
+
+// String says what is wrong and how to fix it, for logs, plan and status.
+func (u UsageTooLow) String() string {
+	fix := fmt.Sprintf("set max_encryptions to at least %d (the key's max_encryptions in the config's keys: entry, or rekey key create --max-encryptions for a new key)", u.MinMaxEncryptions)
+	if u.MinMaxEncryptions == 0 {
+		fix = fmt.Sprintf("no max_encryptions up to %d (2^32) works: spread the DEKs over more keys", MaxMaxEncryptions)
+	}
+	return fmt.Sprintf("due by usage, but max_encryptions %d is too low for the key's %d DEKs: its last rotation re-wrapped %d, counted as wraps under the new version, at or above the threshold %d (rotate_at × max_encryptions), so another would be due again at once; no rotation by usage is started: %s",
+		u.MaxEncryptions, u.DEKs, u.Rewrapped, u.Threshold, fix)
+}
+
+// MinMaxEncryptions is the smallest max_encryptions (at p's rotate_at)
+// with which a key of deks DEKs is not due by usage right after a
+// rotation, with room for the count's over-estimate: while the process
+// that re-wrapped runs, counts it reserved in doubling blocks but did not
+// use are counted too, so the count can read up to twice the re-wraps. It
+// is the smallest m whose threshold exceeds 2 × deks, or 0 when no m up
+// to MaxMaxEncryptions does.
+func (p Policy) MinMaxEncryptions(deks int64) int64 {
+	need := 2*max(deks, 0) + 1 // the threshold must reach this
+	ra := p.EffectiveRotateAt()
+	m := max(1, int64(math.Floor(float64(need)/ra)))
+	threshold := func(m int64) int64 {
+		q := p
+		q.MaxEncryptions = m
+		return q.UsageThreshold()
+	}
+	for m > 1 && threshold(m-1) >= need {
+		m--
+	}
+	for m <= MaxMaxEncryptions && threshold(m) < need {
+		m++
+	}
+	if m > MaxMaxEncryptions {
+		return 0
+	}
+	return m
+}
+
+// CheckUsageLimit says whether p's max_encryptions is too low for a key
+// with deks DEKs (all of them: rekey's store and the DEK sources): a
+// rotation would re-wrap at least the threshold. It returns nil when not.
+// Rewrapped is left 0: UsageRotationBlocked fills it.
+func CheckUsageLimit(p Policy, deks int64) *UsageTooLow {
+	if deks < p.UsageThreshold() {
+		return nil
+	}
+	return &UsageTooLow{DEKs: deks, MaxEncryptions: p.EffectiveMaxEncryptions(), Threshold: p.UsageThreshold(), MinMaxEncryptions: p.MinMaxEncryptions(deks)}
+}
+
+// UsageRotationBlocked is the rule every caller applies to a key k due
+// for reason (rekey.RotationDue): when the reason is usage, the rotation
+// that made the active version re-wrapped rewrapped DEKs (LastRewrapped),
+// at least the threshold, and the key still has deks at least the
+// threshold, another rotation by usage would loop, and it returns why; no
+// rotation starts. A key never rotated gets its first rotation by usage
+// (it may be the one that shows the loop); a key due by schedule is never
+// blocked.
+func UsageRotationBlocked(k Key, reason RotationReason, deks, rewrapped int64) *UsageTooLow {
+	if reason != ReasonUsage || rewrapped < k.Policy.UsageThreshold() {
+		return nil
+	}
+	tl := CheckUsageLimit(k.Policy, deks)
+	if tl != nil {
+		tl.Rewrapped = rewrapped
+	}
+	return tl
+}
+
+// LastRewrapped is the number of DEKs re-wrapped by the rotation that made
+// k's active version (the newest committed or done rotation to it, among
+// the key's last 20), 0 when none did (a key never rotated). It returns
+// the store's error.
+func LastRewrapped(ctx context.Context, s Store, k Key) (int64, error) {
+	rs, err := s.ListRotations(ctx, RotationQuery{Key: k.Name, Limit: 20})
+	if err != nil {
+		return 0, fmt.Errorf("key %s: rotations: %w", k.Name, err)
+	}
+	for _, r := range rs {
+		if r.ToVersion == k.ActiveVersion && (r.State == RotationDone || r.State == RotationCommitted) {
+			return r.Done, nil
+		}
+	}
+	return 0, nil
+}

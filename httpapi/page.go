@@ -101,6 +101,41 @@ type keyCard struct {
 	Recent        []rotationRow
 	Failed        []failedDEKs
 	Sources       []sourceRow
+	Usage         *usageRow // the active version's wraps; nil when not counted
+}
+
+// usageHighRatio is the share of max_encryptions at which the page shows
+// "usage high": the threshold of the alert RekeyKeyUsageHigh.
+const usageHighRatio = 0.9
+
+// usageRow is the active version's wrap count against max_encryptions.
+type usageRow struct {
+	Level      string // warn when High or TooLow
+	Version    int    // the active version
+	Count, Max string
+	Pct        string // of Max, 0..100 (the bar is clamped; Text is not)
+	PctText    string
+	High       bool   // at least usageHighRatio of Max
+	Threshold  string // rotate_at × max_encryptions: due at this count
+	TooLow     string // rekey.UsageTooLow's explanation, when set
+}
+
+// newUsageRow renders k's usage; nil when it is not counted.
+func newUsageRow(k status.KeyView) *usageRow {
+	if k.Usage == nil {
+		return nil
+	}
+	u := *k.Usage
+	r := &usageRow{Level: levelOK, Version: k.ActiveVersion, Count: formatCount(u.Encryptions), Max: formatCount(u.Max), Threshold: formatCount(u.Threshold),
+		Pct: pct(u.Ratio()), PctText: strconv.FormatFloat(math.Floor(u.Ratio()*1000)/10, 'f', 1, 64) + "%",
+		High: u.Max > 0 && u.Ratio() >= usageHighRatio}
+	if r.High {
+		r.Level = levelWarn
+	}
+	if k.UsageTooLow != nil {
+		r.Level, r.TooLow = levelWarn, k.UsageTooLow.String()
+	}
+	return r
 }
 
 // sourceRow is one DEK source's rows of a key, per version (newest first).
@@ -237,7 +272,7 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 		HasMetrics: hasMetrics,
 	}
 	var deks int64
-	var overdue, due, soon, blocked, badSources int
+	var overdue, due, soon, blocked, badSources, usageHigh int
 	badSource := map[string]bool{}
 	for _, k := range st.Keys {
 		deks += k.DEKs
@@ -249,6 +284,7 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 			ExpiresAt:     formatTime(k.ExpiresAt),
 			Policy:        k.Policy,
 			Timeline:      newTimeline(k, now),
+			Usage:         newUsageRow(k),
 		}
 		switch {
 		case k.Overdue:
@@ -312,6 +348,12 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 		if c.Blocked > 0 {
 			c.Level = worse(c.Level, levelWarn)
 		}
+		if c.Usage != nil {
+			c.Level = worse(c.Level, c.Usage.Level)
+			if c.Usage.High || c.Usage.TooLow != "" {
+				usageHigh++
+			}
+		}
 		if r, ok := open[k.Name]; ok {
 			row := newRotationRow(r, now)
 			c.Open = &row
@@ -353,6 +395,7 @@ func buildPage(st status.Status, recent map[string][]rekey.Rotation, hasMetrics 
 	add(blocked, levelWarn, "1 retirement blocked", "%d retirements blocked")
 	add(stuck, levelWarn, "1 rotation with unreadable DEKs", "%d rotations with unreadable DEKs")
 	add(badSources, levelWarn, "1 DEK source unreadable", "%d DEK sources unreadable")
+	add(usageHigh, levelWarn, "1 key with usage high", "%d keys with usage high")
 	add(due, levelWarn, "1 key due for rotation", "%d keys due for rotation")
 	add(soon, levelInfo, "1 key due soon", "%d keys due soon")
 	add(running, levelInfo, "1 rotation in progress", "%d rotations in progress")

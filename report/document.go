@@ -174,6 +174,16 @@ func (r *Report) keyBlocks(k Key, add func(block)) {
 	para = append(para, status...)
 	para = append(para, txt(fmt.Sprintf(". %s in all.", plural(k.DEKs, "DEK"))))
 	add(block{Para: para})
+	if u := k.Usage; u != nil {
+		line := []span{strong("Usage:"), txt(" " + u.Text + ".")}
+		if u.High {
+			line = []span{strong("Usage:"), txt(" "), span{Text: u.Text, Strong: true, Class: "late"}, txt(".")}
+		}
+		if u.TooLow != nil {
+			line = append(line, txt(" "), span{Text: "Not rotated: " + u.TooLow.String() + ".", Class: "late"})
+		}
+		add(block{Para: line})
+	}
 	p := k.Policy
 	add(block{Para: []span{strong("Policy:"), txt(fmt.Sprintf(" rotate every %s (rotation_period); a rotation is due %s before the period ends (rotate_within) and flagged due soon %s before (notify_within); after a rotation the old version stays pending retirement for %s (grace); retired versions are destroyed after: %s (destroy_after).",
 		p.RotationPeriod, p.RotateWithin, p.NotifyWithin, p.Grace, p.DestroyAfter))}})

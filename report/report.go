@@ -101,6 +101,9 @@ const (
 	ProblemDEKUnwrapFailed      = "dek_unwrap_failed"
 	ProblemCompromisedInUse     = "compromised_version_in_use"
 	ProblemScheduleUnverifiable = "deadline_unknown"
+	// ProblemUsageLimitTooLow: the key is due by usage but its
+	// max_encryptions is too low for its DEKs, so it is not rotated.
+	ProblemUsageLimitTooLow = "usage_limit_too_low"
 )
 
 // Report is the compliance report for one period. Its JSON encoding (see
@@ -183,6 +186,10 @@ type Key struct {
 	Rotations        []Rotation   `json:"rotations"`
 	Retirements      []Retirement `json:"retirements"`
 	CreatedAt        time.Time    `json:"created_at"`
+	// Usage is the active version's wrap count against max_encryptions;
+	// absent when the report was built without backends or nothing
+	// counts the backend's wraps.
+	Usage *Usage `json:"usage,omitempty"`
 }
 
 // Policy is a key's policy, each duration in seconds and as text ("30d";
@@ -280,6 +287,12 @@ type Retirement struct {
 // It returns an error wrapping rekey.ErrInvalidArgument when since is after
 // now, and the store's error when a read fails.
 func Build(ctx context.Context, s rekey.Store, since, now time.Time, chain ChainCheck) (*Report, error) {
+	return BuildWith(ctx, s, since, now, chain, Options{})
+}
+
+// BuildWith is Build with the additions of opt: with opt.Backends, each
+// key's usage (the active version's wraps against max_encryptions).
+func BuildWith(ctx context.Context, s rekey.Store, since, now time.Time, chain ChainCheck, opt Options) (*Report, error) {
 	if s == nil {
 		return nil, fmt.Errorf("%w: report: no store", rekey.ErrInvalidArgument)
 	}
@@ -309,7 +322,7 @@ func Build(ctx context.Context, s rekey.Store, since, now time.Time, chain Chain
 			Text: "The audit trail was not verified for this report: run `rekey audit verify` and build the report again."})
 	}
 	for _, k := range keys {
-		kb := &keyBuilder{s: s, k: k, since: since, now: now}
+		kb := &keyBuilder{s: s, k: k, since: since, now: now, backends: opt.Backends}
 		kr, problems, err := kb.build(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("report: key %s: %w", k.Name, err)
@@ -399,6 +412,7 @@ type keyBuilder struct {
 	s          rekey.Store
 	k          rekey.Key
 	since, now time.Time
+	backends   map[string]rekey.KMS // for wrap counts; nil: none
 
 	versions map[int]rekey.KeyVersion
 	counts   map[int]int64
@@ -441,6 +455,8 @@ func (b *keyBuilder) build(ctx context.Context) (Key, []Problem, error) {
 			RetirementBlocked: rekey.DecideVersion(rekey.VersionFacts{Key: k, Version: v, DEKs: n, RotationOpen: rotationOpen}, b.now).RetirementBlocked(),
 		})
 	}
+
+	b.usage(ctx, &kr, versions)
 
 	// The audit trail is read from the earliest start of a reported
 	// rotation, so that an open rotation begun before the period still
@@ -658,6 +674,10 @@ func (b *keyBuilder) problems(ctx context.Context, kr Key) ([]Problem, error) {
 					k.Name, v.Version, plural(v.DEKs, "DEK"), agree(v.DEKs, "still references", "still reference"),
 					agree(v.DEKs, "it", "them"), agree(v.DEKs, "it is", "they are"), k.Name, v.Version)})
 		}
+	}
+	if u := kr.Usage; u != nil && u.TooLow != nil {
+		ps = append(ps, Problem{Kind: ProblemUsageLimitTooLow, Key: k.Name, Version: k.ActiveVersion,
+			Text: fmt.Sprintf("Key %s is %s.", k.Name, u.TooLow)})
 	}
 	failed, err := b.failedDEKs(ctx, kr)
 	if err != nil {

@@ -48,8 +48,11 @@ type KeyReport struct {
 	Retired     []int            `json:"retired_versions,omitempty"`
 	Destroyed   []int            `json:"destroyed_versions,omitempty"`
 	Blocked     []BlockedVersion `json:"blocked_versions,omitempty"`
-	Error       string           `json:"error,omitempty"`
-	Err         error            `json:"-"`
+	// UsageTooLow is set when the key is due by usage but was not rotated:
+	// its max_encryptions is too low for its DEKs (rekey.UsageRotationBlocked).
+	UsageTooLow *rekey.UsageTooLow `json:"usage_too_low,omitempty"`
+	Error       string             `json:"error,omitempty"`
+	Err         error              `json:"-"`
 }
 
 // BlockedVersion is a version whose retirement is blocked by DEKs that
@@ -145,10 +148,11 @@ func (e *Engine) cycleKey(ctx context.Context, name string) KeyReport {
 				return err
 			}
 			if open == nil {
-				reason, compromised, due, err := e.needsRotation(ctx, k)
+				reason, compromised, due, tooLow, err := e.needsRotation(ctx, k)
 				if err != nil {
 					return err
 				}
+				rep.UsageTooLow = tooLow
 				if to := e.declaredMove(k); to != "" && reason != rekey.ReasonEmergency {
 					r, err := e.claimMove(ctx, kl, k, to, "declared in the configuration")
 					if r.ID != "" {
@@ -216,20 +220,34 @@ func (e *Engine) cycleKey(ctx context.Context, name string) KeyReport {
 
 // needsRotation says whether k should start a rotation now, and why: its
 // active version is compromised (an emergency left unfinished), or it is
-// due (rekey.RotationDue: by schedule, or by usage).
-func (e *Engine) needsRotation(ctx context.Context, k rekey.Key) (rekey.RotationReason, int, bool, error) {
+// due (rekey.RotationDue: by schedule, or by usage). A key due by usage
+// whose max_encryptions is too low for its DEKs (rekey.UsageRotationBlocked:
+// the rotation would make it due again) is not rotated: tooLow says why,
+// and an ERROR line says it every cycle.
+func (e *Engine) needsRotation(ctx context.Context, k rekey.Key) (reason rekey.RotationReason, compromised int, due bool, tooLow *rekey.UsageTooLow, err error) {
 	state, err := e.versionState(ctx, k.Name, k.ActiveVersion)
 	if err != nil {
-		return "", 0, false, err
+		return "", 0, false, nil, err
 	}
 	if state == rekey.VersionCompromised {
-		return rekey.ReasonEmergency, k.ActiveVersion, true, nil
+		return rekey.ReasonEmergency, k.ActiveVersion, true, nil, nil
 	}
-	reason, due := rekey.RotationDue(k, e.now(), e.activeWraps(ctx, k))
+	reason, due = rekey.RotationDue(k, e.now(), e.activeWraps(ctx, k))
 	if !due {
-		return rekey.ReasonScheduled, 0, false, nil
+		return rekey.ReasonScheduled, 0, false, nil, nil
 	}
-	return reason, 0, true, nil
+	if reason == rekey.ReasonUsage {
+		if tooLow, err = e.usageTooLow(ctx, k); err != nil {
+			return "", 0, false, nil, err
+		}
+		if tooLow != nil {
+			e.log.Error("key not rotated by usage: max_encryptions is too low for its DEKs", "key_id", k.Name,
+				"deks", tooLow.DEKs, "max_encryptions", tooLow.MaxEncryptions, "rotate_at_encryptions", tooLow.Threshold,
+				"min_max_encryptions", tooLow.MinMaxEncryptions, "error", tooLow.String())
+			return reason, 0, false, tooLow, nil
+		}
+	}
+	return reason, 0, true, nil, nil
 }
 
 // Rotate rotates key now and runs the rotation to done. An open rotation of

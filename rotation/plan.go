@@ -46,8 +46,13 @@ type KeyPlan struct {
 	DueReason rekey.RotationReason `json:"due_reason,omitempty"`
 	// Usage is the active version's wrap count against max_encryptions;
 	// nil when nothing counts the backend's wraps.
-	Usage  *rekey.Usage `json:"usage,omitempty"`
-	Action string       `json:"action"`
+	Usage *rekey.Usage `json:"usage,omitempty"`
+	// UsageTooLow is set when the key is due by usage but no rotation
+	// starts: its max_encryptions is too low for its DEKs, so a rotation
+	// would make it due again (rekey.UsageRotationBlocked). It says the
+	// minimum max_encryptions that works.
+	UsageTooLow *rekey.UsageTooLow `json:"usage_too_low,omitempty"`
+	Action      string             `json:"action"`
 	// MoveTo is the backend the key is moving to: the open rotation's
 	// target, or the backend the configuration declares it on (action
 	// move). Empty when the key stays where it is.
@@ -159,6 +164,13 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 		return kp, err
 	}
 	kp.DEKsByVersion = counts
+	if kp.Due && kp.DueReason == rekey.ReasonUsage {
+		rewrapped, err := rekey.LastRewrapped(ctx, e.store, k)
+		if err != nil {
+			return kp, err
+		}
+		kp.UsageTooLow = rekey.UsageRotationBlocked(k, kp.DueReason, sumCounts(counts), rewrapped)
+	}
 	kp.Sources = e.SourceCounts(ctx, k.Name)
 	var open *rekey.Rotation
 	r, err := e.store.OpenRotation(ctx, k.Name)
@@ -186,7 +198,7 @@ func (e *Engine) planKey(ctx context.Context, k rekey.Key, now time.Time) (KeyPl
 			kp.Action = ActionEmergency
 		case e.declaredMove(k) != "":
 			kp.Action, kp.MoveTo = ActionMove, e.declaredMove(k)
-		case kp.Due:
+		case kp.Due && kp.UsageTooLow == nil:
 			kp.Action = ActionRotate
 		}
 	}

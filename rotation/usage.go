@@ -38,3 +38,28 @@ func (e *Engine) activeWraps(ctx context.Context, k rekey.Key) int64 {
 	u, _ := e.activeUsage(ctx, k)
 	return u.Encryptions
 }
+
+// usageTooLow says whether a rotation by usage of k would loop
+// (rekey.UsageRotationBlocked), counting the DEKs a rotation would
+// re-wrap: in rekey's store and in the DEK sources (a source that cannot
+// be counted is left out: the count is then a lower bound, and a loop it
+// shows is sure).
+func (e *Engine) usageTooLow(ctx context.Context, k rekey.Key) (*rekey.UsageTooLow, error) {
+	rewrapped, err := rekey.LastRewrapped(ctx, e.store, k)
+	if err != nil || rewrapped < k.Policy.UsageThreshold() {
+		return nil, err
+	}
+	counts, _, err := e.countDEKsAvail(ctx, k.Name, true)
+	if err != nil {
+		return nil, err
+	}
+	return rekey.UsageRotationBlocked(k, rekey.ReasonUsage, sumCounts(counts), rewrapped), nil
+}
+
+func sumCounts(counts map[int]int64) int64 {
+	var n int64
+	for _, c := range counts {
+		n += c
+	}
+	return n
+}

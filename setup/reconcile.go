@@ -75,7 +75,31 @@ func (s *System) updatePolicy(ctx context.Context, k rekey.Key, p rekey.Policy) 
 		return err
 	}
 	s.Logger.Info("declared key policy changed", "key_id", k.Name, "change", ev.Reason, "expires_at", expires)
+	s.warnUsageTooLow(ctx, k.Name, k.Policy, p)
 	return nil
+}
+
+// warnUsageTooLow logs a warning when a policy change leaves the key's
+// max_encryptions too low for the DEKs it has (rekey.CheckUsageLimit): a
+// rotation by usage would make it due again, so the worker will not start
+// one. A DEK count that cannot be read is skipped: it is only a warning.
+func (s *System) warnUsageTooLow(ctx context.Context, key string, old, p rekey.Policy) {
+	if old.UsageThreshold() == p.UsageThreshold() {
+		return
+	}
+	counts, err := s.Store.CountDEKs(ctx, key)
+	if err != nil {
+		return
+	}
+	var deks int64
+	for _, n := range counts {
+		deks += n
+	}
+	if tl := rekey.CheckUsageLimit(p, deks); tl != nil {
+		s.Logger.Warn("declared key's max_encryptions is too low for its DEKs: it will not be rotated by usage; raise max_encryptions in its keys: entry",
+			"key_id", key, "deks", tl.DEKs, "max_encryptions", tl.MaxEncryptions, "rotate_at_encryptions", tl.Threshold,
+			"min_max_encryptions", tl.MinMaxEncryptions)
+	}
 }
 
 // PolicyDiff describes what changed between two policies, for the audit

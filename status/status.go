@@ -85,15 +85,21 @@ type KeyView struct {
 	DueReason rekey.RotationReason `json:"due_reason,omitempty"`
 	// Usage is the active version's wrap count against max_encryptions;
 	// absent when it is not counted.
-	Usage   *rekey.Usage `json:"usage,omitempty"`
-	DueSoon bool         `json:"due_soon"`
-	Overdue bool         `json:"overdue"`
+	Usage *rekey.Usage `json:"usage,omitempty"`
+	// UsageTooLow is set when the key is due by usage but is not rotated:
+	// its max_encryptions is too low for its DEKs (rekey.UsageRotationBlocked),
+	// with the minimum that works.
+	UsageTooLow *rekey.UsageTooLow `json:"usage_too_low,omitempty"`
+	DueSoon     bool               `json:"due_soon"`
+	Overdue     bool               `json:"overdue"`
 	// ExpiresIn is expires_at - now in seconds (negative when overdue).
 	ExpiresIn float64 `json:"expires_in_seconds"`
 	// Sources counts the key's rows per version in each DEK source (the
 	// application's own tables) that may hold rows of it; the DEKs and
 	// version counts above are rekey's own store only.
 	Sources []SourceCount `json:"sources,omitempty"`
+
+	lastRewrapped int64 // rekey.LastRewrapped, read when due by usage
 }
 
 // SourceCount is how many rows of one key a DEK source holds per version,
@@ -238,6 +244,12 @@ func keyView(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS, 
 		wraps = v.Usage.Encryptions
 	}
 	v.DueReason, v.Due = rekey.RotationDue(k, now, wraps)
+	if v.Due && v.DueReason == rekey.ReasonUsage {
+		if v.lastRewrapped, err = rekey.LastRewrapped(ctx, s, k); err != nil {
+			return KeyView{}, err
+		}
+	}
+	v.usageTooLow(k)
 	return v, nil
 }
 
@@ -279,4 +291,16 @@ func BuildWith(ctx context.Context, s rekey.Store, backends map[string]rekey.KMS
 		st.Recent = append(st.Recent, NewRotationView(r))
 	}
 	return st, nil
+}
+
+// usageTooLow sets v.UsageTooLow from the DEKs a rotation of k would
+// re-wrap: those in rekey's store and in the DEK sources counted so far.
+func (v *KeyView) usageTooLow(k rekey.Key) {
+	deks := v.DEKs
+	for _, sc := range v.Sources {
+		for _, n := range sc.Versions {
+			deks += n
+		}
+	}
+	v.UsageTooLow = rekey.UsageRotationBlocked(k, v.DueReason, deks, v.lastRewrapped)
 }

@@ -147,6 +147,8 @@ func dueWord(k status.KeyView) string {
 	switch {
 	case k.Overdue:
 		return "OVERDUE"
+	case k.Due && k.DueReason == rekey.ReasonUsage && k.UsageTooLow != nil:
+		return "due by usage, max_encryptions too low"
 	case k.Due && k.DueReason == rekey.ReasonUsage:
 		return "due by usage"
 	case k.Due:
@@ -190,6 +192,9 @@ func (c *cli) printKey(v status.KeyView) {
 	fmt.Fprintf(c.stdout, "  usage limit     max_encryptions %d, due at rotate_at %g\n", v.Policy.MaxEncryptions, v.Policy.RotateAt)
 	if v.Usage != nil {
 		fmt.Fprintf(c.stdout, "  usage           %s\n", formatUsage(*v.Usage))
+	}
+	if v.UsageTooLow != nil {
+		fmt.Fprintf(c.stdout, "  NOT ROTATED     %s\n", v.UsageTooLow)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  VERSION\tSTATE\tDEKS\tWRAPS\tCREATED\tRETIRE AFTER")

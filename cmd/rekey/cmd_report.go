@@ -51,7 +51,7 @@ RFC 3339 time; default: all history.`,
 			if res.FirstBad != nil {
 				chain.FirstBad = res.FirstBad.String()
 			}
-			r, err := report.Build(cmd.Context(), a.Store, from, now, chain)
+			r, err := report.BuildWith(cmd.Context(), a.Store, from, now, chain, report.Options{Backends: a.Backends})
 			if err != nil {
 				return err
 			}

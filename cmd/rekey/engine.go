@@ -145,6 +145,8 @@ func (c *cli) printPlan(p rotation.Plan) {
 		switch {
 		case k.Overdue:
 			state = "OVERDUE"
+		case k.Due && k.DueReason == rekey.ReasonUsage && k.UsageTooLow != nil:
+			state = "due by usage, max_encryptions too low"
 		case k.Due && k.DueReason == rekey.ReasonUsage:
 			state = "due by usage"
 		case k.Due:
@@ -155,6 +157,9 @@ func (c *cli) printPlan(p rotation.Plan) {
 		fmt.Fprintf(c.stdout, "key %s (backend %s, v%d active, expires %s, %s)\n", k.Key, k.Backend, k.ActiveVersion, k.ExpiresAt.Format(time.RFC3339), state)
 		if k.Usage != nil {
 			fmt.Fprintf(c.stdout, "  usage: %s\n", formatUsage(*k.Usage))
+		}
+		if k.UsageTooLow != nil {
+			fmt.Fprintf(c.stdout, "  NOT ROTATED: %s\n", k.UsageTooLow)
 		}
 		fmt.Fprintf(c.stdout, "  next cycle: %s\n", k.Action)
 		if k.MoveTo != "" {
