@@ -345,3 +345,16 @@ func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error
 	}
 	return out, nil
 }
+
+// CountDEKRows implements rekey.DEKRowCounter: the rows of key on version,
+// counted (a scan of the key's deks_key_id entries), not read from
+// dek_counts.
+func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int64, error) {
+	var n int64
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM deks WHERE key = ? AND version = ?`, key, version).Scan(&n); err != nil {
+		return 0, s.fail("count dek rows", err)
+	}
+	return n, nil
+}
+
+var _ rekey.DEKRowCounter = (*Store)(nil)
