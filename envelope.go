@@ -311,12 +311,12 @@ func (r *envelopeReader) next() error {
 		segLen = len(r.seg) - 1
 	}
 	if segLen < envelopeTagLen {
-		return fmt.Errorf("%w: envelope truncated: %s", ErrInvalidCiphertext, fixDamaged)
+		return errEnvelopeTruncated()
 	}
 	segmentNonce(&r.nonce, r.counter, last)
 	plain, oerr := r.aead.Open(r.seg[:0:segLen], r.nonce[:], r.seg[:segLen], r.ad)
 	if oerr != nil {
-		return fmt.Errorf("%w: envelope segment %d does not authenticate: the file is damaged or was sealed with other associated data: restore it from a backup, or give the --aad it was sealed with", ErrInvalidCiphertext, r.counter)
+		return errSegment(r.counter)
 	}
 	r.counter++
 	r.plain = plain
@@ -328,23 +328,36 @@ func (r *envelopeReader) next() error {
 	return nil
 }
 
-// SealEnvelope seals plaintext under dek in one envelope naming dekID.
+// SealEnvelope seals plaintext under dek in one envelope naming dekID. It
+// writes the same bytes as NewEnvelopeWriter (one segment per chunk, the
+// last flagged), sealing each chunk straight from plaintext into the one
+// buffer it returns: no copy of the plaintext, one allocation.
 func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	// Room for the header and one tag per 64 KiB segment, so that the
-	// buffer does not regrow.
-	buf.Grow(len(plaintext) + len(plaintext)/1024 + 256)
-	w, err := NewEnvelopeWriter(&buf, dekID, dek, aad)
+	if !ValidID(dekID) {
+		return nil, Invalidf("malformed DEK id")
+	}
+	h := EnvelopeHeader{DEKID: dekID, ChunkShift: defaultChunkShift}
+	if _, err := rand.Read(h.Salt[:]); err != nil {
+		return nil, err
+	}
+	raw := h.encode()
+	aead, ad, err := segmentCipher(dek, h, raw, aad)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := w.Write(plaintext); err != nil {
-		return nil, err
+	size := 1 << h.ChunkShift
+	// A full chunk is its own segment; the last segment may be short or
+	// empty (an empty plaintext is one empty segment).
+	segs := max(1, (len(plaintext)+size-1)/size)
+	out := make([]byte, 0, len(raw)+len(plaintext)+segs*envelopeTagLen)
+	out = append(out, raw...)
+	var nonce [envelopeNonceLen]byte
+	for i := range segs {
+		chunk := plaintext[i*size : min((i+1)*size, len(plaintext))]
+		segmentNonce(&nonce, uint64(i), i == segs-1)
+		out = aead.Seal(out, nonce[:], chunk, ad)
 	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return out, nil
 }
 
 // OpenEnvelope opens a whole envelope sealed under dek. It returns
@@ -355,15 +368,53 @@ func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	r, err := NewEnvelopeReader(src, h, dek, aad)
+	return openEnvelopeBody(sealed[len(sealed)-src.Len():], h, dek, aad)
+}
+
+// openEnvelopeBody opens the segments of an envelope whose header h was
+// read from the bytes before body, each straight from body into the one
+// buffer it returns, with the rules and errors of the envelopeReader. On
+// an error it clears what it had opened.
+func openEnvelopeBody(body []byte, h EnvelopeHeader, dek, aad []byte) ([]byte, error) {
+	aead, ad, err := segmentCipher(dek, h, h.raw, aad)
 	if err != nil {
 		return nil, err
 	}
-	out := bytesWriter{b: make([]byte, 0, len(sealed))} // the plaintext is shorter
-	if _, err := io.Copy(&out, r); err != nil {
-		return nil, err
+	full := 1<<h.ChunkShift + envelopeTagLen
+	out := make([]byte, 0, len(body)) // the plaintext is shorter
+	var nonce [envelopeNonceLen]byte
+	for counter := uint64(0); ; counter++ {
+		// A segment is the last one when no more than a full segment is
+		// left (the reader's rule: fewer than a full segment plus one).
+		last := len(body) <= full
+		seg := body
+		if !last {
+			seg, body = body[:full], body[full:]
+		}
+		if len(seg) < envelopeTagLen {
+			clear(out)
+			return nil, errEnvelopeTruncated()
+		}
+		segmentNonce(&nonce, counter, last)
+		if out, err = aead.Open(out, nonce[:], seg, ad); err != nil {
+			clear(out[:cap(out)])
+			return nil, errSegment(counter)
+		}
+		if last {
+			return out, nil
+		}
 	}
-	return out.b, nil
+}
+
+// errEnvelopeTruncated is the error of an envelope cut inside a segment's
+// tag.
+func errEnvelopeTruncated() error {
+	return fmt.Errorf("%w: envelope truncated: %s", ErrInvalidCiphertext, fixDamaged)
+}
+
+// errSegment is the error of segment counter that does not authenticate.
+func errSegment(counter uint64) error {
+	return fmt.Errorf("%w: envelope segment %d does not authenticate: the file is damaged or was sealed with other associated data: restore it from a backup, or give the --aad it was sealed with", ErrInvalidCiphertext, counter)
 }
 
 // zero overwrites b. Go may have copied the bytes elsewhere (the garbage
@@ -372,9 +423,3 @@ func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
 func zero(b []byte) {
 	clear(b)
 }
-
-type bytesWriter struct{ b []byte }
-
-func (w *bytesWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

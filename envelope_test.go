@@ -17,6 +17,21 @@ func testDEK(t testing.TB) []byte {
 	return k
 }
 
+// openStreamed opens sealed through ReadEnvelopeHeader and the stream
+// reader, as OpenStream does.
+func openStreamed(sealed, dek, aad []byte) ([]byte, error) {
+	src := bytes.NewReader(sealed)
+	h, err := ReadEnvelopeHeader(src)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewEnvelopeReader(src, h, dek, aad)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(r)
+}
+
 func TestEnvelopeRoundTrip(t *testing.T) {
 	t.Parallel()
 	dek := testDEK(t)
@@ -40,6 +55,28 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 			h, err := ReadEnvelopeHeader(bytes.NewReader(sealed))
 			if err != nil || h.DEKID != id {
 				t.Fatalf("size %d: header id %q, err %v", size, h.DEKID, err)
+			}
+			// The whole-buffer and the stream paths write and read the
+			// same format: each opens what the other sealed.
+			if got, err := openStreamed(sealed, dek, aad); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("size %d: the stream reader on SealEnvelope's bytes: %v (equal %v)", size, err, bytes.Equal(got, plain))
+			}
+			var streamed bytes.Buffer
+			w, err := NewEnvelopeWriter(&streamed, id, dek, aad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(plain); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if streamed.Len() != len(sealed) {
+				t.Fatalf("size %d: the stream writer wrote %d bytes, SealEnvelope %d", size, streamed.Len(), len(sealed))
+			}
+			if got, err := OpenEnvelope(streamed.Bytes(), dek, aad); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("size %d: OpenEnvelope on the stream writer's bytes: %v (equal %v)", size, err, bytes.Equal(got, plain))
 			}
 		}
 	}
@@ -77,6 +114,13 @@ func TestEnvelopeTamper(t *testing.T) {
 		if !errors.Is(err, ErrInvalidCiphertext) {
 			t.Errorf("%s: err = %v, want ErrInvalidCiphertext", name, err)
 		}
+		_, serr := openStreamed(data, key, aad)
+		if !errors.Is(serr, ErrInvalidCiphertext) {
+			t.Errorf("%s: the stream reader: err = %v, want ErrInvalidCiphertext", name, serr)
+		}
+		if err != nil && serr != nil && err.Error() != serr.Error() {
+			t.Errorf("%s: OpenEnvelope says %q, the stream reader %q", name, err, serr)
+		}
 	}
 	hdr := 7 + len(id) + envelopeSaltLen
 	seg := chunk + envelopeTagLen
@@ -84,9 +128,11 @@ func TestEnvelopeTamper(t *testing.T) {
 	for _, pos := range []int{0, 4, 5, 6, 7, hdr - 1, hdr, hdr + 1, hdr + seg - 1, hdr + seg, hdr + 2*seg, len(sealed) - 1} {
 		c := bytes.Clone(sealed)
 		c[pos] ^= 0x01
-		_, err := OpenEnvelope(c, dek, []byte("ad"))
-		if err == nil {
+		if _, err := OpenEnvelope(c, dek, []byte("ad")); err == nil {
 			t.Errorf("bit flip at %d: opened", pos)
+		}
+		if _, err := openStreamed(c, dek, []byte("ad")); err == nil {
+			t.Errorf("bit flip at %d: the stream reader opened it", pos)
 		}
 	}
 	for _, n := range []int{0, 3, hdr - 1, hdr, hdr + 10, hdr + seg, hdr + seg + 1, hdr + 2*seg, len(sealed) - 1} {
