@@ -148,13 +148,18 @@ func (c *cli) runDemo(ctx context.Context, listen string, listenSet bool) (err e
 	say("rotating: the worker checks every %s; Ctrl-C stops the demo", rekey.FormatDuration(sys.Config.Worker.CheckInterval))
 
 	narrated := make(chan struct{})
+	n := demoNarrator{sys: sys, say: say, sealed: sealed, now: c.now}
 	go func() {
 		defer close(narrated)
-		n := demoNarrator{sys: sys, say: say, sealed: sealed, now: c.now}
 		n.follow(ctx)
 	}()
 	werr := sys.Worker.Run(ctx)
 	<-narrated
+	// Tell what the worker wrote after the narrator's last look: every
+	// step taken before the stop is on the screen.
+	drainCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	n.catchUp(drainCtx)
+	cancel()
 	say("demo stopped; removing %s", dir)
 	if werr != nil && !errors.Is(werr, context.Canceled) {
 		return werr

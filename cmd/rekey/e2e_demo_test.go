@@ -142,6 +142,13 @@ func TestE2EDemo(t *testing.T) {
 	}
 
 	t.Logf("the sample decrypted %v after the start", time.Since(start).Round(time.Millisecond))
+	// The narrator prints from the audit trail every second, apart from
+	// the status page: wait for its lines of what the status shows.
+	told := []string{"rotation v1 → v2 committed: 3001 DEKs re-wrapped", "rotation v2 → v3 completed",
+		"demo v1 retired", "sample.txt.rekey still decrypts (its DEK is now wrapped under v3)"}
+	for !containsAll(out.text(), told) && time.Now().Before(deadline) {
+		time.Sleep(250 * time.Millisecond)
+	}
 	// Ctrl-C: exit 0, the demo home removed.
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)
@@ -157,8 +164,7 @@ func TestE2EDemo(t *testing.T) {
 	}
 	t.Logf("stopped %v after the start", time.Since(start).Round(time.Millisecond))
 	text := out.text()
-	for _, want := range []string{"rotation v1 → v2 committed: 3001 DEKs re-wrapped", "rotation v2 → v3 completed",
-		"demo v1 retired", "sample.txt.rekey still decrypts (its DEK is now wrapped under v3)", "demo stopped"} {
+	for _, want := range append(told, "demo stopped") {
 		if !strings.Contains(text, want) {
 			t.Errorf("the demo did not print %q:\n%s", want, text)
 		}
@@ -235,4 +241,14 @@ func snapshotDir(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	return snap
+}
+
+// containsAll reports whether text contains every one of subs.
+func containsAll(text string, subs []string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(text, sub) {
+			return false
+		}
+	}
+	return true
 }
