@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"unsafe"
 )
 
 // The sealed-data envelope (format 1):
@@ -333,10 +335,27 @@ func (r *envelopeReader) next() error {
 // last flagged), sealing each chunk straight from plaintext into the one
 // buffer it returns: no copy of the plaintext, one allocation.
 func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
+	return AppendSealEnvelope(nil, dekID, dek, plaintext, aad)
+}
+
+// AppendSealEnvelope is SealEnvelope appending the envelope to dst, as
+// cipher.AEAD.Seal does: with dst's spare capacity large enough (the
+// plaintext plus SealedOverhead) it allocates nothing, so a caller sealing
+// many messages can reuse one buffer. The spare capacity of dst must not
+// overlap plaintext (ErrInvalidArgument).
+func AppendSealEnvelope(dst []byte, dekID string, dek, plaintext, aad []byte) ([]byte, error) {
 	if !ValidID(dekID) {
 		return nil, Invalidf("malformed DEK id")
 	}
 	h := EnvelopeHeader{DEKID: dekID, ChunkShift: defaultChunkShift}
+	size := 1 << h.ChunkShift
+	// A full chunk is its own segment; the last segment may be short or
+	// empty (an empty plaintext is one empty segment).
+	segs := max(1, (len(plaintext)+size-1)/size)
+	n := 7 + len(dekID) + envelopeSaltLen + len(plaintext) + segs*envelopeTagLen
+	if cap(dst)-len(dst) >= n && overlaps(dst[len(dst):cap(dst)], plaintext) {
+		return nil, Invalidf("the buffer to append the envelope to overlaps the plaintext: give a separate buffer")
+	}
 	if _, err := rand.Read(h.Salt[:]); err != nil {
 		return nil, err
 	}
@@ -345,11 +364,7 @@ func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	size := 1 << h.ChunkShift
-	// A full chunk is its own segment; the last segment may be short or
-	// empty (an empty plaintext is one empty segment).
-	segs := max(1, (len(plaintext)+size-1)/size)
-	out := make([]byte, 0, len(raw)+len(plaintext)+segs*envelopeTagLen)
+	out := slices.Grow(dst, n)
 	out = append(out, raw...)
 	var nonce [envelopeNonceLen]byte
 	for i := range segs {
@@ -360,28 +375,52 @@ func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
 	return out, nil
 }
 
+// SealedOverhead returns how many bytes an envelope of a plaintext of n
+// bytes under a DEK id of idLen characters adds to it: the header and one
+// tag per 64 KiB chunk.
+func SealedOverhead(n, idLen int) int {
+	size := 1 << defaultChunkShift
+	return 7 + idLen + envelopeSaltLen + max(1, (n+size-1)/size)*envelopeTagLen
+}
+
 // OpenEnvelope opens a whole envelope sealed under dek. It returns
 // ErrInvalidCiphertext for anything that does not authenticate.
 func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
+	return AppendOpenEnvelope(nil, sealed, dek, aad)
+}
+
+// AppendOpenEnvelope is OpenEnvelope appending the plaintext to dst, as
+// cipher.AEAD.Open does: with len(sealed) bytes of spare capacity in dst
+// it allocates nothing. The spare capacity of dst must not overlap sealed
+// (ErrInvalidArgument).
+func AppendOpenEnvelope(dst, sealed, dek, aad []byte) ([]byte, error) {
 	src := bytes.NewReader(sealed)
 	h, err := ReadEnvelopeHeader(src)
 	if err != nil {
 		return nil, err
 	}
-	return openEnvelopeBody(sealed[len(sealed)-src.Len():], h, dek, aad)
+	return openEnvelopeBody(dst, sealed[len(sealed)-src.Len():], h, dek, aad)
 }
 
 // openEnvelopeBody opens the segments of an envelope whose header h was
-// read from the bytes before body, each straight from body into the one
-// buffer it returns, with the rules and errors of the envelopeReader. On
-// an error it clears what it had opened.
-func openEnvelopeBody(body []byte, h EnvelopeHeader, dek, aad []byte) ([]byte, error) {
+// read from the bytes before body, each straight from body into dst's
+// spare capacity (grown once if short), with the rules and errors of the
+// envelopeReader. On an error it clears what it had opened.
+func openEnvelopeBody(dst, body []byte, h EnvelopeHeader, dek, aad []byte) ([]byte, error) {
+	if cap(dst)-len(dst) >= len(body) && overlaps(dst[len(dst):cap(dst)], body) {
+		return nil, Invalidf("the buffer to append the plaintext to overlaps the envelope: give a separate buffer")
+	}
 	aead, ad, err := segmentCipher(dek, h, h.raw, aad)
 	if err != nil {
 		return nil, err
 	}
 	full := 1<<h.ChunkShift + envelopeTagLen
-	out := make([]byte, 0, len(body)) // the plaintext is shorter
+	out := slices.Grow(dst, len(body)) // the plaintext is shorter
+	start := len(out)
+	fail := func(err error) ([]byte, error) {
+		clear(out[start:cap(out)])
+		return nil, err
+	}
 	var nonce [envelopeNonceLen]byte
 	for counter := uint64(0); ; counter++ {
 		// A segment is the last one when no more than a full segment is
@@ -392,18 +431,27 @@ func openEnvelopeBody(body []byte, h EnvelopeHeader, dek, aad []byte) ([]byte, e
 			seg, body = body[:full], body[full:]
 		}
 		if len(seg) < envelopeTagLen {
-			clear(out)
-			return nil, errEnvelopeTruncated()
+			return fail(errEnvelopeTruncated())
 		}
 		segmentNonce(&nonce, counter, last)
-		if out, err = aead.Open(out, nonce[:], seg, ad); err != nil {
-			clear(out[:cap(out)])
-			return nil, errSegment(counter)
+		opened, err := aead.Open(out, nonce[:], seg, ad)
+		if err != nil {
+			return fail(errSegment(counter)) // Open may have written into out's capacity
 		}
+		out = opened
 		if last {
 			return out, nil
 		}
 	}
+}
+
+// overlaps reports whether a and b share memory.
+func overlaps(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	a0, b0 := uintptr(unsafe.Pointer(unsafe.SliceData(a))), uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return a0 < b0+uintptr(len(b)) && b0 < a0+uintptr(len(a))
 }
 
 // errEnvelopeTruncated is the error of an envelope cut inside a segment's

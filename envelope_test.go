@@ -264,3 +264,66 @@ func BenchmarkSealStream(b *testing.B) {
 		}
 	}
 }
+
+// AppendSealEnvelope and AppendOpenEnvelope append to dst as
+// cipher.AEAD does: into its spare capacity when there is enough (no new
+// buffer), after what dst holds; a buffer overlapping the input is
+// refused; a failed open leaves no plaintext in dst's capacity.
+func TestEnvelopeAppend(t *testing.T) {
+	t.Parallel()
+	dek := testDEK(t)
+	id := NewID()
+	plain := make([]byte, 3<<defaultChunkShift+5)
+	rand.Read(plain)
+	prefix := []byte("prefix:")
+
+	dst := append(make([]byte, 0, len(prefix)+len(plain)+SealedOverhead(len(plain), len(id))), prefix...)
+	sealed, err := AppendSealEnvelope(dst, id, dek, plain, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &sealed[0] != &dst[0] || !bytes.HasPrefix(sealed, prefix) {
+		t.Fatal("AppendSealEnvelope with enough capacity did not append in dst's buffer")
+	}
+	if len(sealed)-len(prefix) != len(plain)+SealedOverhead(len(plain), len(id)) {
+		t.Fatalf("envelope of %d bytes, SealedOverhead says %d", len(sealed)-len(prefix), len(plain)+SealedOverhead(len(plain), len(id)))
+	}
+	env := sealed[len(prefix):]
+	if got, err := OpenEnvelope(env, dek, nil); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("OpenEnvelope of an appended envelope: %v", err)
+	}
+
+	out := append(make([]byte, 0, len(prefix)+len(env)), prefix...)
+	got, err := AppendOpenEnvelope(out, env, dek, nil)
+	if err != nil || &got[0] != &out[0] || !bytes.Equal(got[len(prefix):], plain) || !bytes.HasPrefix(got, prefix) {
+		t.Fatalf("AppendOpenEnvelope: %v (in dst's buffer: %v)", err, err == nil && &got[0] == &out[0])
+	}
+	// Short capacity: a new buffer, same bytes.
+	if got, err := AppendOpenEnvelope(prefix[:len(prefix):len(prefix)], env, dek, nil); err != nil || !bytes.Equal(got[len(prefix):], plain) {
+		t.Fatalf("AppendOpenEnvelope into a full slice: %v", err)
+	}
+
+	// A failed open clears the capacity it wrote into.
+	bad := bytes.Clone(env)
+	bad[len(bad)-1] ^= 1
+	out = make([]byte, 0, len(bad))
+	if _, err := AppendOpenEnvelope(out, bad, dek, nil); !errors.Is(err, ErrInvalidCiphertext) {
+		t.Fatalf("AppendOpenEnvelope of a damaged envelope: %v", err)
+	}
+	if !bytes.Equal(out[:cap(out)], make([]byte, cap(out))) {
+		t.Fatal("a failed AppendOpenEnvelope left plaintext in dst's spare capacity")
+	}
+
+	// Overlap with the input is refused.
+	buf := make([]byte, 2*len(plain)+SealedOverhead(len(plain), len(id)))
+	in := buf[len(buf)-len(plain):]
+	copy(in, plain)
+	if _, err := AppendSealEnvelope(buf[:0], id, dek, in, nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("AppendSealEnvelope into a buffer holding the plaintext: %v, want ErrInvalidArgument", err)
+	}
+	buf = make([]byte, 2*len(env))
+	copy(buf[len(env):], env)
+	if _, err := AppendOpenEnvelope(buf[:0], buf[len(env):], dek, nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("AppendOpenEnvelope into a buffer holding the envelope: %v, want ErrInvalidArgument", err)
+	}
+}
