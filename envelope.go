@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"unsafe"
 )
 
 // The sealed-data envelope (format 1):
@@ -311,12 +313,12 @@ func (r *envelopeReader) next() error {
 		segLen = len(r.seg) - 1
 	}
 	if segLen < envelopeTagLen {
-		return fmt.Errorf("%w: envelope truncated: %s", ErrInvalidCiphertext, fixDamaged)
+		return errEnvelopeTruncated()
 	}
 	segmentNonce(&r.nonce, r.counter, last)
 	plain, oerr := r.aead.Open(r.seg[:0:segLen], r.nonce[:], r.seg[:segLen], r.ad)
 	if oerr != nil {
-		return fmt.Errorf("%w: envelope segment %d does not authenticate: the file is damaged or was sealed with other associated data: restore it from a backup, or give the --aad it was sealed with", ErrInvalidCiphertext, r.counter)
+		return errSegment(r.counter)
 	}
 	r.counter++
 	r.plain = plain
@@ -328,42 +330,139 @@ func (r *envelopeReader) next() error {
 	return nil
 }
 
-// SealEnvelope seals plaintext under dek in one envelope naming dekID.
+// SealEnvelope seals plaintext under dek in one envelope naming dekID. It
+// writes the same bytes as NewEnvelopeWriter (one segment per chunk, the
+// last flagged), sealing each chunk straight from plaintext into the one
+// buffer it returns: no copy of the plaintext, one allocation.
 func SealEnvelope(dekID string, dek, plaintext, aad []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	// Room for the header and one tag per 64 KiB segment, so that the
-	// buffer does not regrow.
-	buf.Grow(len(plaintext) + len(plaintext)/1024 + 256)
-	w, err := NewEnvelopeWriter(&buf, dekID, dek, aad)
+	return AppendSealEnvelope(nil, dekID, dek, plaintext, aad)
+}
+
+// AppendSealEnvelope is SealEnvelope appending the envelope to dst, as
+// cipher.AEAD.Seal does: with dst's spare capacity large enough (the
+// plaintext plus SealedOverhead) it allocates nothing, so a caller sealing
+// many messages can reuse one buffer. The spare capacity of dst must not
+// overlap plaintext (ErrInvalidArgument).
+func AppendSealEnvelope(dst []byte, dekID string, dek, plaintext, aad []byte) ([]byte, error) {
+	if !ValidID(dekID) {
+		return nil, Invalidf("malformed DEK id")
+	}
+	h := EnvelopeHeader{DEKID: dekID, ChunkShift: defaultChunkShift}
+	size := 1 << h.ChunkShift
+	// A full chunk is its own segment; the last segment may be short or
+	// empty (an empty plaintext is one empty segment).
+	segs := max(1, (len(plaintext)+size-1)/size)
+	n := 7 + len(dekID) + envelopeSaltLen + len(plaintext) + segs*envelopeTagLen
+	if cap(dst)-len(dst) >= n && overlaps(dst[len(dst):cap(dst)], plaintext) {
+		return nil, Invalidf("the buffer to append the envelope to overlaps the plaintext: give a separate buffer")
+	}
+	if _, err := rand.Read(h.Salt[:]); err != nil {
+		return nil, err
+	}
+	raw := h.encode()
+	aead, ad, err := segmentCipher(dek, h, raw, aad)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := w.Write(plaintext); err != nil {
-		return nil, err
+	out := slices.Grow(dst, n)
+	out = append(out, raw...)
+	var nonce [envelopeNonceLen]byte
+	for i := range segs {
+		chunk := plaintext[i*size : min((i+1)*size, len(plaintext))]
+		segmentNonce(&nonce, uint64(i), i == segs-1)
+		out = aead.Seal(out, nonce[:], chunk, ad)
 	}
-	if err := w.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	return out, nil
+}
+
+// SealedOverhead returns how many bytes an envelope of a plaintext of n
+// bytes under a DEK id of idLen characters adds to it: the header and one
+// tag per 64 KiB chunk.
+func SealedOverhead(n, idLen int) int {
+	size := 1 << defaultChunkShift
+	return 7 + idLen + envelopeSaltLen + max(1, (n+size-1)/size)*envelopeTagLen
 }
 
 // OpenEnvelope opens a whole envelope sealed under dek. It returns
 // ErrInvalidCiphertext for anything that does not authenticate.
 func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
+	return AppendOpenEnvelope(nil, sealed, dek, aad)
+}
+
+// AppendOpenEnvelope is OpenEnvelope appending the plaintext to dst, as
+// cipher.AEAD.Open does: with len(sealed) bytes of spare capacity in dst
+// it allocates nothing. The spare capacity of dst must not overlap sealed
+// (ErrInvalidArgument).
+func AppendOpenEnvelope(dst, sealed, dek, aad []byte) ([]byte, error) {
 	src := bytes.NewReader(sealed)
 	h, err := ReadEnvelopeHeader(src)
 	if err != nil {
 		return nil, err
 	}
-	r, err := NewEnvelopeReader(src, h, dek, aad)
+	return openEnvelopeBody(dst, sealed[len(sealed)-src.Len():], h, dek, aad)
+}
+
+// openEnvelopeBody opens the segments of an envelope whose header h was
+// read from the bytes before body, each straight from body into dst's
+// spare capacity (grown once if short), with the rules and errors of the
+// envelopeReader. On an error it clears what it had opened.
+func openEnvelopeBody(dst, body []byte, h EnvelopeHeader, dek, aad []byte) ([]byte, error) {
+	if cap(dst)-len(dst) >= len(body) && overlaps(dst[len(dst):cap(dst)], body) {
+		return nil, Invalidf("the buffer to append the plaintext to overlaps the envelope: give a separate buffer")
+	}
+	aead, ad, err := segmentCipher(dek, h, h.raw, aad)
 	if err != nil {
 		return nil, err
 	}
-	out := bytesWriter{b: make([]byte, 0, len(sealed))} // the plaintext is shorter
-	if _, err := io.Copy(&out, r); err != nil {
+	full := 1<<h.ChunkShift + envelopeTagLen
+	out := slices.Grow(dst, len(body)) // the plaintext is shorter
+	start := len(out)
+	fail := func(err error) ([]byte, error) {
+		clear(out[start:cap(out)])
 		return nil, err
 	}
-	return out.b, nil
+	var nonce [envelopeNonceLen]byte
+	for counter := uint64(0); ; counter++ {
+		// A segment is the last one when no more than a full segment is
+		// left (the reader's rule: fewer than a full segment plus one).
+		last := len(body) <= full
+		seg := body
+		if !last {
+			seg, body = body[:full], body[full:]
+		}
+		if len(seg) < envelopeTagLen {
+			return fail(errEnvelopeTruncated())
+		}
+		segmentNonce(&nonce, counter, last)
+		opened, err := aead.Open(out, nonce[:], seg, ad)
+		if err != nil {
+			return fail(errSegment(counter)) // Open may have written into out's capacity
+		}
+		out = opened
+		if last {
+			return out, nil
+		}
+	}
+}
+
+// overlaps reports whether a and b share memory.
+func overlaps(a, b []byte) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	a0, b0 := uintptr(unsafe.Pointer(unsafe.SliceData(a))), uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	return a0 < b0+uintptr(len(b)) && b0 < a0+uintptr(len(a))
+}
+
+// errEnvelopeTruncated is the error of an envelope cut inside a segment's
+// tag.
+func errEnvelopeTruncated() error {
+	return fmt.Errorf("%w: envelope truncated: %s", ErrInvalidCiphertext, fixDamaged)
+}
+
+// errSegment is the error of segment counter that does not authenticate.
+func errSegment(counter uint64) error {
+	return fmt.Errorf("%w: envelope segment %d does not authenticate: the file is damaged or was sealed with other associated data: restore it from a backup, or give the --aad it was sealed with", ErrInvalidCiphertext, counter)
 }
 
 // zero overwrites b. Go may have copied the bytes elsewhere (the garbage
@@ -372,9 +471,3 @@ func OpenEnvelope(sealed, dek, aad []byte) ([]byte, error) {
 func zero(b []byte) {
 	clear(b)
 }
-
-type bytesWriter struct{ b []byte }
-
-func (w *bytesWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
-
-func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

@@ -17,6 +17,21 @@ func testDEK(t testing.TB) []byte {
 	return k
 }
 
+// openStreamed opens sealed through ReadEnvelopeHeader and the stream
+// reader, as OpenStream does.
+func openStreamed(sealed, dek, aad []byte) ([]byte, error) {
+	src := bytes.NewReader(sealed)
+	h, err := ReadEnvelopeHeader(src)
+	if err != nil {
+		return nil, err
+	}
+	r, err := NewEnvelopeReader(src, h, dek, aad)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(r)
+}
+
 func TestEnvelopeRoundTrip(t *testing.T) {
 	t.Parallel()
 	dek := testDEK(t)
@@ -40,6 +55,28 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 			h, err := ReadEnvelopeHeader(bytes.NewReader(sealed))
 			if err != nil || h.DEKID != id {
 				t.Fatalf("size %d: header id %q, err %v", size, h.DEKID, err)
+			}
+			// The whole-buffer and the stream paths write and read the
+			// same format: each opens what the other sealed.
+			if got, err := openStreamed(sealed, dek, aad); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("size %d: the stream reader on SealEnvelope's bytes: %v (equal %v)", size, err, bytes.Equal(got, plain))
+			}
+			var streamed bytes.Buffer
+			w, err := NewEnvelopeWriter(&streamed, id, dek, aad)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := w.Write(plain); err != nil {
+				t.Fatal(err)
+			}
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if streamed.Len() != len(sealed) {
+				t.Fatalf("size %d: the stream writer wrote %d bytes, SealEnvelope %d", size, streamed.Len(), len(sealed))
+			}
+			if got, err := OpenEnvelope(streamed.Bytes(), dek, aad); err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("size %d: OpenEnvelope on the stream writer's bytes: %v (equal %v)", size, err, bytes.Equal(got, plain))
 			}
 		}
 	}
@@ -77,6 +114,13 @@ func TestEnvelopeTamper(t *testing.T) {
 		if !errors.Is(err, ErrInvalidCiphertext) {
 			t.Errorf("%s: err = %v, want ErrInvalidCiphertext", name, err)
 		}
+		_, serr := openStreamed(data, key, aad)
+		if !errors.Is(serr, ErrInvalidCiphertext) {
+			t.Errorf("%s: the stream reader: err = %v, want ErrInvalidCiphertext", name, serr)
+		}
+		if err != nil && serr != nil && err.Error() != serr.Error() {
+			t.Errorf("%s: OpenEnvelope says %q, the stream reader %q", name, err, serr)
+		}
 	}
 	hdr := 7 + len(id) + envelopeSaltLen
 	seg := chunk + envelopeTagLen
@@ -84,9 +128,11 @@ func TestEnvelopeTamper(t *testing.T) {
 	for _, pos := range []int{0, 4, 5, 6, 7, hdr - 1, hdr, hdr + 1, hdr + seg - 1, hdr + seg, hdr + 2*seg, len(sealed) - 1} {
 		c := bytes.Clone(sealed)
 		c[pos] ^= 0x01
-		_, err := OpenEnvelope(c, dek, []byte("ad"))
-		if err == nil {
+		if _, err := OpenEnvelope(c, dek, []byte("ad")); err == nil {
 			t.Errorf("bit flip at %d: opened", pos)
+		}
+		if _, err := openStreamed(c, dek, []byte("ad")); err == nil {
+			t.Errorf("bit flip at %d: the stream reader opened it", pos)
 		}
 	}
 	for _, n := range []int{0, 3, hdr - 1, hdr, hdr + 10, hdr + seg, hdr + seg + 1, hdr + 2*seg, len(sealed) - 1} {
@@ -216,5 +262,68 @@ func BenchmarkSealStream(b *testing.B) {
 		if err := SealStreamWith(io.Discard, bytes.NewReader(data), id, dek, nil); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// AppendSealEnvelope and AppendOpenEnvelope append to dst as
+// cipher.AEAD does: into its spare capacity when there is enough (no new
+// buffer), after what dst holds; a buffer overlapping the input is
+// refused; a failed open leaves no plaintext in dst's capacity.
+func TestEnvelopeAppend(t *testing.T) {
+	t.Parallel()
+	dek := testDEK(t)
+	id := NewID()
+	plain := make([]byte, 3<<defaultChunkShift+5)
+	rand.Read(plain)
+	prefix := []byte("prefix:")
+
+	dst := append(make([]byte, 0, len(prefix)+len(plain)+SealedOverhead(len(plain), len(id))), prefix...)
+	sealed, err := AppendSealEnvelope(dst, id, dek, plain, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if &sealed[0] != &dst[0] || !bytes.HasPrefix(sealed, prefix) {
+		t.Fatal("AppendSealEnvelope with enough capacity did not append in dst's buffer")
+	}
+	if len(sealed)-len(prefix) != len(plain)+SealedOverhead(len(plain), len(id)) {
+		t.Fatalf("envelope of %d bytes, SealedOverhead says %d", len(sealed)-len(prefix), len(plain)+SealedOverhead(len(plain), len(id)))
+	}
+	env := sealed[len(prefix):]
+	if got, err := OpenEnvelope(env, dek, nil); err != nil || !bytes.Equal(got, plain) {
+		t.Fatalf("OpenEnvelope of an appended envelope: %v", err)
+	}
+
+	out := append(make([]byte, 0, len(prefix)+len(env)), prefix...)
+	got, err := AppendOpenEnvelope(out, env, dek, nil)
+	if err != nil || &got[0] != &out[0] || !bytes.Equal(got[len(prefix):], plain) || !bytes.HasPrefix(got, prefix) {
+		t.Fatalf("AppendOpenEnvelope: %v (in dst's buffer: %v)", err, err == nil && &got[0] == &out[0])
+	}
+	// Short capacity: a new buffer, same bytes.
+	if got, err := AppendOpenEnvelope(prefix[:len(prefix):len(prefix)], env, dek, nil); err != nil || !bytes.Equal(got[len(prefix):], plain) {
+		t.Fatalf("AppendOpenEnvelope into a full slice: %v", err)
+	}
+
+	// A failed open clears the capacity it wrote into.
+	bad := bytes.Clone(env)
+	bad[len(bad)-1] ^= 1
+	out = make([]byte, 0, len(bad))
+	if _, err := AppendOpenEnvelope(out, bad, dek, nil); !errors.Is(err, ErrInvalidCiphertext) {
+		t.Fatalf("AppendOpenEnvelope of a damaged envelope: %v", err)
+	}
+	if !bytes.Equal(out[:cap(out)], make([]byte, cap(out))) {
+		t.Fatal("a failed AppendOpenEnvelope left plaintext in dst's spare capacity")
+	}
+
+	// Overlap with the input is refused.
+	buf := make([]byte, 2*len(plain)+SealedOverhead(len(plain), len(id)))
+	in := buf[len(buf)-len(plain):]
+	copy(in, plain)
+	if _, err := AppendSealEnvelope(buf[:0], id, dek, in, nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("AppendSealEnvelope into a buffer holding the plaintext: %v, want ErrInvalidArgument", err)
+	}
+	buf = make([]byte, 2*len(env))
+	copy(buf[len(env):], env)
+	if _, err := AppendOpenEnvelope(buf[:0], buf[len(env):], dek, nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("AppendOpenEnvelope into a buffer holding the envelope: %v, want ErrInvalidArgument", err)
 	}
 }

@@ -1,6 +1,7 @@
 package rekey
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -331,13 +332,43 @@ func (kr *Keyring) Seal(ctx context.Context, key string, plaintext, aad []byte) 
 	return SealEnvelope(id, dek, plaintext, aad)
 }
 
-// Open opens an envelope made by Seal or SealStream.
-func (kr *Keyring) Open(ctx context.Context, sealed, aad []byte) ([]byte, error) {
-	// The plaintext is shorter than the envelope: one allocation, no
-	// regrowth (a 1 MiB message otherwise copies itself ~20 times).
-	out := bytesWriter{b: make([]byte, 0, len(sealed))}
-	if _, err := kr.OpenStream(ctx, &out, bytesReader(sealed), aad); err != nil {
+// AppendSeal is Seal appending the envelope to dst (see
+// AppendSealEnvelope): with spare capacity for the plaintext plus
+// SealedOverhead(len(plaintext), IDLen) it allocates no buffer for the
+// data, so a caller sealing many messages can reuse one.
+func (kr *Keyring) AppendSeal(ctx context.Context, dst []byte, key string, plaintext, aad []byte) ([]byte, error) {
+	id, dek, err := kr.NewDEK(ctx, key, "")
+	if err != nil {
 		return nil, err
 	}
-	return out.b, nil
+	defer zero(dek)
+	return AppendSealEnvelope(dst, id, dek, plaintext, aad)
+}
+
+// Open opens an envelope made by Seal or SealStream.
+func (kr *Keyring) Open(ctx context.Context, sealed, aad []byte) ([]byte, error) {
+	return kr.AppendOpen(ctx, nil, sealed, aad)
+}
+
+// AppendOpen is Open appending the plaintext to dst (see
+// AppendOpenEnvelope): with len(sealed) bytes of spare capacity it
+// allocates no buffer for the data.
+func (kr *Keyring) AppendOpen(ctx context.Context, dst, sealed, aad []byte) ([]byte, error) {
+	// As OpenStream, but each segment is opened straight from sealed into
+	// dst.
+	src := bytes.NewReader(sealed)
+	h, err := ReadEnvelopeHeader(src)
+	if err != nil {
+		return nil, err
+	}
+	dek, _, err := kr.openDEKOf(ctx, h.DEKID, "")
+	if err != nil {
+		return nil, err
+	}
+	defer zero(dek)
+	out, err := openEnvelopeBody(dst, sealed[len(sealed)-src.Len():], h, dek, aad)
+	if err != nil {
+		return nil, &DEKError{ID: h.DEKID, Op: "decrypt with", Err: err}
+	}
+	return out, nil
 }

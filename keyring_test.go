@@ -184,6 +184,21 @@ func TestKeyringSealOpen(t *testing.T) {
 		if _, err := b.kr.Open(ctx, sealed, []byte("other")); !errors.Is(err, rekey.ErrInvalidCiphertext) {
 			t.Fatalf("wrong aad: %v", err)
 		}
+		// The Append forms into reused buffers: the same results, in the
+		// buffers given.
+		sbuf := make([]byte, 0, size+rekey.SealedOverhead(size, rekey.IDLen))
+		sealed2, err := b.kr.AppendSeal(ctx, sbuf, "payments", plain, []byte("ad"))
+		if err != nil || len(sealed2) == 0 || &sealed2[:1][0] != &sbuf[:1][0] {
+			t.Fatalf("size %d: AppendSeal: %v (in the buffer given: %v)", size, err, err == nil && &sealed2[:1][0] == &sbuf[:1][0])
+		}
+		obuf := make([]byte, 0, len(sealed2))
+		got, err = b.kr.AppendOpen(ctx, obuf, sealed2, []byte("ad"))
+		if err != nil || !bytes.Equal(got, plain) || (size > 0 && &got[0] != &obuf[:1][0]) {
+			t.Fatalf("size %d: AppendOpen: %v", size, err)
+		}
+		if got, err := b.kr.Open(ctx, sealed2, []byte("ad")); err != nil || !bytes.Equal(got, plain) {
+			t.Fatalf("size %d: Open of AppendSeal's envelope: %v", size, err)
+		}
 	}
 }
 

@@ -44,6 +44,18 @@ type DEKSource interface {
 	CountDEKs(ctx context.Context, key string) (map[int]int64, error)
 }
 
+// DEKRowCounter is a DEKSource whose CountDEKs may answer from counters
+// kept beside the rows (the SQLite and PostgreSQL stores keep one per key
+// and version): CountDEKRows counts the rows of key on version themselves.
+// The engine calls it right before a step at the backend it cannot take
+// back (retiring, disabling or destroying a version), which it takes only
+// on a count of 0: a counter set wrong (by hand, by a bug) may make a
+// status wrong, never a DEK undecryptable. A DEKSource whose CountDEKs
+// counts the rows need not implement it.
+type DEKRowCounter interface {
+	CountDEKRows(ctx context.Context, key string, version int) (int64, error)
+}
+
 // BatchCommitter writes a re-wrap batch and the rotation's checkpoint in
 // one transaction, so that a crash can never leave the checkpoint (cursor,
 // counts) behind the DEKs it describes. Every Store implements it; a

@@ -379,11 +379,17 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 	if isSourceCursor(d.r.Cursor) {
 		return nil // rekey's own DEKs are done: the sources' passes resume
 	}
+	query := func(after string) rekey.DEKQuery {
+		return rekey.DEKQuery{Key: d.key.Name, NotVersion: d.r.ToVersion, After: after, Limit: d.e.cfg.BatchSize}
+	}
+	var ahead *readAhead
+	defer func() { ahead.stop() }()
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		deks, err := d.e.listDEKs(ctx, rekey.DEKQuery{Key: d.key.Name, NotVersion: d.r.ToVersion, After: d.r.Cursor, Limit: d.e.cfg.BatchSize})
+		deks, err := d.e.list(ctx, ahead, query(d.r.Cursor))
+		ahead = nil
 		if err != nil {
 			return err
 		}
@@ -393,6 +399,9 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 			return nil
 		}
 		ck := &batchCheckpoint{d: d, state: state, cursor: deks[len(deks)-1].ID, countFailed: true}
+		if len(deks) == d.e.cfg.BatchSize {
+			ahead = d.e.listAhead(ctx, query(ck.cursor))
+		}
 		if _, err := d.e.rewrapBatch(ctx, d.kl, d.b, deks, d.r.ToVersion, ck); err != nil {
 			return err
 		}

@@ -459,13 +459,8 @@ func (e *Engine) Retire(ctx context.Context, key string, version int) error {
 		case rekey.VersionCreated, rekey.VersionActive:
 			return fmt.Errorf("%w: version %d of key %s is being rotated to: let the rotation finish", rekey.ErrInvalidArgument, version, key)
 		}
-		counts, err := e.countDEKs(ctx, key)
-		if err != nil {
-			return err
-		}
-		if n := dependents(counts, version); n > 0 {
-			return &rekey.VersionInUseError{Key: key, Version: version, DEKs: n}
-		}
+		// Both steps below count the DEKs on version (refuseInUse) before
+		// they touch the backend, and refuse while any is left.
 		if state == rekey.VersionCompromised {
 			return e.disableCompromised(ctx, k, b, version)
 		}

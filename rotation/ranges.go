@@ -263,11 +263,17 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 	e.log.Info("re-wrapping a range of a shared rotation", "key_id", k.Name, "rotation_id", r.ID,
 		"range", index, "of", count, "from", cursor, "to", rg.To)
 	var done int64
+	query := func(after string) rekey.DEKQuery {
+		return rekey.DEKQuery{Key: k.Name, NotVersion: r.ToVersion, After: after, Limit: e.cfg.BatchSize}
+	}
+	var ahead *readAhead
+	defer func() { ahead.stop() }()
 	for {
 		if err := ctx.Err(); err != nil {
 			return done, context.Cause(ctx)
 		}
-		deks, err := e.listDEKs(ctx, rekey.DEKQuery{Key: k.Name, NotVersion: r.ToVersion, After: cursor, Limit: e.cfg.BatchSize})
+		deks, err := e.list(ctx, ahead, query(cursor))
+		ahead = nil
 		if err != nil {
 			return done, err
 		}
@@ -283,6 +289,9 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 		ck := &rangeCheckpoint{e: e, rs: rs, kl: kl, r: r, index: index, count: count, from: cursor, cursor: cursor}
 		if len(deks) > 0 {
 			ck.cursor = deks[len(deks)-1].ID
+			if !end {
+				ahead = e.listAhead(ctx, query(ck.cursor))
+			}
 			res, err := e.rewrapBatch(ctx, kl, b, deks, r.ToVersion, ck)
 			done += res.done
 			if err != nil {

@@ -67,7 +67,8 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 			err := e.retireVersion(ctx, kl, k, b, v.Version)
 			var inUse *rekey.VersionInUseError
 			if errors.As(err, &inUse) {
-				// A DEK arrived since the count: the store's guard refused.
+				// The rows disagree with the count (a DEK arrived since,
+				// or a counter set wrong): refused before the backend.
 				e.reportBlocked(ctx, k.Name, v.Version, inUse.DEKs, rep)
 				continue
 			}
@@ -76,11 +77,23 @@ func (e *Engine) tendVersions(ctx context.Context, kl *keyLease, k rekey.Key, b 
 			}
 			rep.Retired = append(rep.Retired, v.Version)
 		case rekey.VersionDisable:
-			if err := e.disableCompromised(ctx, k, b, v.Version); err != nil {
+			err := e.disableCompromised(ctx, k, b, v.Version)
+			var inUse *rekey.VersionInUseError
+			if errors.As(err, &inUse) {
+				// The rows disagree with the count (a counter set wrong).
+				e.reportBlocked(ctx, k.Name, v.Version, inUse.DEKs, rep)
+				continue
+			}
+			if err != nil {
 				return err
 			}
 		case rekey.VersionDestroy:
 			err := e.destroyVersion(ctx, kl, k, b, v.Version)
+			var inUse *rekey.VersionInUseError
+			if errors.As(err, &inUse) {
+				e.reportBlocked(ctx, k.Name, v.Version, inUse.DEKs, rep)
+				continue
+			}
 			if errors.Is(err, errDestroyDeferred) {
 				continue
 			}
@@ -169,12 +182,11 @@ func (e *Engine) sweepVersion(ctx context.Context, kl *keyLease, k rekey.Key, b 
 // pending_retirement and no DEK references it (rule 5), with the
 // version.retired event in the same transaction.
 func (e *Engine) retireVersion(ctx context.Context, kl *keyLease, k rekey.Key, b *backend, version int) error {
-	// The store's guard counts only rekey's own DEKs: count the sources
-	// again right before the step that cannot be undone.
-	if n, err := e.sourceRowsOn(ctx, k.Name, version); err != nil {
-		return fmt.Errorf("retire key %s version %d: %w", k.Name, version, err)
-	} else if n > 0 {
-		return &rekey.VersionInUseError{Key: k.Name, Version: version, DEKs: n}
+	// The store's guard counts only rekey's own DEKs, and only after the
+	// backend's step: count them and the sources' right before the step
+	// that cannot be undone.
+	if err := e.refuseInUse(ctx, k.Name, version); err != nil {
+		return err
 	}
 	p, err := b.at(ctx, version)
 	if err != nil {
@@ -225,6 +237,9 @@ func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, 
 	p, err := b.at(ctx, version)
 	if err != nil {
 		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
+	}
+	if err := e.refuseInUse(ctx, k.Name, version); err != nil {
+		return err
 	}
 	deleteKey, err := e.deleteOldKey(ctx, k, p, version)
 	if err != nil {
@@ -291,6 +306,9 @@ func (e *Engine) disableCompromised(ctx context.Context, k rekey.Key, b *backend
 	}
 	if p.b.retirer == nil {
 		return nil
+	}
+	if err := e.refuseInUse(ctx, k.Name, version); err != nil {
+		return err
 	}
 	if err := p.b.retirer.RetireVersion(ctx, p.b.ref, p.version); err != nil {
 		return fmt.Errorf("disable compromised key %s version %d at backend %s: %w", k.Name, version, p.b.name, err)
@@ -382,3 +400,40 @@ func (e *Engine) newestLeftBehind(ctx context.Context, k rekey.Key, p place, err
 // movedAway reports whether p is on another backend than k's (as read
 // after any move of k committed).
 func movedAway(k rekey.Key, p place) bool { return p.b.name != k.Backend || p.b.ref != k.BackendRef }
+
+// refuseInUse returns a *rekey.VersionInUseError when a DEK references
+// version of key, counted right before a step at
+// the backend that cannot be taken back: rekey's own DEKs by their rows
+// (rekey.DEKRowCounter: never a store's counters alone) and the sources'.
+func (e *Engine) refuseInUse(ctx context.Context, key string, version int) error {
+	n, err := e.sourceRowsOn(ctx, key, version)
+	if err != nil {
+		return err
+	}
+	own, err := e.ownRowsOn(ctx, key, version)
+	if err != nil {
+		return err
+	}
+	if n += own; n > 0 {
+		return &rekey.VersionInUseError{Key: key, Version: version, DEKs: n}
+	}
+	return nil
+}
+
+// ownRowsOn returns the number of rekey's own DEKs of key on version: the
+// rows counted when the store keeps counters (rekey.DEKRowCounter), else
+// its CountDEKs, which then counts the rows.
+func (e *Engine) ownRowsOn(ctx context.Context, key string, version int) (int64, error) {
+	if rc, ok := e.deks.(rekey.DEKRowCounter); ok {
+		n, err := rc.CountDEKRows(ctx, key, version)
+		if err != nil {
+			return 0, fmt.Errorf("count DEKs of key %s on version %d: %w", key, version, err)
+		}
+		return n, nil
+	}
+	c, err := e.deks.CountDEKs(ctx, key)
+	if err != nil {
+		return 0, fmt.Errorf("count DEKs of key %s: %w", key, err)
+	}
+	return c[version], nil
+}

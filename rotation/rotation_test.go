@@ -1183,3 +1183,64 @@ func TestRule3_LostSwapWithoutGetDEKLeftToSweep(t *testing.T) {
 	}
 	e.checkDEKs(t, "k")
 }
+
+// lowCounts is a store whose DEK counters read 0 for every version (as a
+// counter set wrong by hand would) while its rows are right
+// (rekey.DEKRowCounter counts them).
+type lowCounts struct{ rekey.Store }
+
+func (lowCounts) CountDEKs(context.Context, string) (map[int]int64, error) {
+	return map[int]int64{}, nil
+}
+
+func (s lowCounts) CountDEKRows(ctx context.Context, key string, version int) (int64, error) {
+	c, err := s.Store.CountDEKs(ctx, key)
+	return c[version], err
+}
+
+// A version is retired (or a compromised one disabled) only on a count of
+// its rows, never on a store's counters alone: with counters saying 0 and
+// three DEKs still on v1, neither Retire nor a cycle past the grace
+// retires v1, and the backend never disables it.
+func TestRetire_CountsRowsNotCounters(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	k := e.createKey(t, "k", testPolicy())
+	ids := e.addDEKs(t, "k", 12)
+	e.store = lowCounts{e.store}
+	eng := e.engine(t)
+	if _, err := eng.Rotate(e.ctx, "k", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	e.moveDEKs(t, "k", 1, ids[:3])
+	backendKeeps := func(when string) {
+		t.Helper()
+		for _, d := range e.allDEKs(t, "k") {
+			if d.Version != 1 {
+				continue
+			}
+			if _, err := e.kms.Unwrap(e.ctx, k.BackendRef, 1, d.Wrapped); err != nil {
+				t.Fatalf("%s: DEK %s on v1 does not unwrap: %v", when, d.ID, err)
+			}
+		}
+	}
+	err := eng.Retire(e.ctx, "k", 1)
+	var inUse *rekey.VersionInUseError
+	if !errors.As(err, &inUse) || inUse.DEKs != 3 || inUse.Version != 1 {
+		t.Fatalf("Retire with counters at 0 and 3 rows on v1 = %v, want *VersionInUseError with 3 DEKs", err)
+	}
+	backendKeeps("after Retire")
+
+	// Past the grace, a cycle sees a count of 0: it tries to retire, the
+	// rows stop it before the backend, and it reports v1 blocked.
+	e.clock.Advance(3 * rekey.Day)
+	kr := keyReport(t, eng.RunCycle(e.ctx), "k")
+	if len(kr.Retired) != 0 || len(kr.Blocked) != 1 || kr.Rewrapped != 0 {
+		t.Fatalf("report = %+v, want v1 blocked, nothing retired", kr)
+	}
+	if st := e.versions(t, "k")[1].State; st != rekey.VersionPendingRetirement {
+		t.Fatalf("v1 = %s, want pending_retirement", st)
+	}
+	backendKeeps("after the cycle")
+	e.checkDEKs(t, "k")
+}

@@ -32,8 +32,20 @@ func (f *fixture) realCounts(t *testing.T, key string) map[int]int64 {
 // countsAgree fails unless CountDEKs of each key equals the rows listed.
 func (f *fixture) countsAgree(t *testing.T, when string, keys ...string) {
 	t.Helper()
+	rc, _ := f.s.(rekey.DEKRowCounter)
 	for _, key := range keys {
-		equal(t, fmt.Sprintf("CountDEKs(%s) %s (against the rows listed)", key, when), f.count(t, key), f.realCounts(t, key))
+		real := f.realCounts(t, key)
+		equal(t, fmt.Sprintf("CountDEKs(%s) %s (against the rows listed)", key, when), f.count(t, key), real)
+		if rc == nil {
+			continue
+		}
+		for v := 1; v <= 3; v++ {
+			n, err := rc.CountDEKRows(f.ctx, key, v)
+			if err != nil {
+				t.Fatalf("CountDEKRows(%s, %d) %s: %v", key, v, when, err)
+			}
+			equal(t, fmt.Sprintf("CountDEKRows(%s, %d) %s (against the rows listed)", key, v, when), n, real[v])
+		}
 	}
 }
 
@@ -190,6 +202,15 @@ func RunCountGate(t *testing.T, newStore func(t *testing.T) rekey.Store, setCoun
 	setCount(t, f.s, "a", 1, 0)
 	if n := f.count(t, "a")[1]; n != 0 {
 		t.Fatalf("CountDEKs(a)[1] = %d after setCount(a, 1, 0): setCount does not reach the counter CountDEKs reads", n)
+	}
+	// The engine counts the rows before it retires a version at the
+	// backend: CountDEKRows must not read the counter.
+	rc, ok := f.s.(rekey.DEKRowCounter)
+	if !ok {
+		t.Fatalf("%T keeps counters but is not a rekey.DEKRowCounter: the engine would retire versions at the backend on a counter", f.s)
+	}
+	if n, err := rc.CountDEKRows(f.ctx, "a", 1); err != nil || n != 1 {
+		t.Fatalf("CountDEKRows(a, 1) = %d, %v after setCount(a, 1, 0); want the 1 row", n, err)
 	}
 	n := f.auditLen(t)
 	err := f.s.ChangeVersionState(f.ctx, retire(f, true), &l, event(rekey.AuditVersionRetired, "a", f.t0))

@@ -7,8 +7,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -140,44 +138,16 @@ func (e *runEnv) rawRewrap(ctx context.Context, rows []row, to int) (float64, er
 		arns[v] = aws.ToString(out.KeyMetadata.Arn)
 	}
 	ec := map[string]string{awskms.ContextKey: KeyName}
-	workers := e.settings.Concurrency
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(rows) {
-					return
-				}
-				if i%1000 == 0 {
-					e.o.Progress("raw rewrap", i, len(rows))
-				}
-				_, err := api.ReEncrypt(ctx, &kms.ReEncryptInput{
-					CiphertextBlob: rows[i].wrapped, SourceKeyId: aws.String(arns[rows[i].version]),
-					DestinationKeyId: aws.String(arns[to]), SourceEncryptionContext: ec, DestinationEncryptionContext: ec,
-				})
-				if err != nil {
-					errs <- fmt.Errorf("bench: raw ReEncrypt of dek %s: %w", rows[i].id, err)
-					next.Store(int64(len(rows)))
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	took := time.Since(start)
-	select {
-	case err := <-errs:
-		return 0, err
-	default:
-	}
-	e.o.Progress("raw rewrap", len(rows), len(rows))
-	return float64(len(rows)) / took.Seconds(), nil
+	return e.timedPool("raw rewrap", e.settings.Concurrency, len(rows), 1000, func(i int) error {
+		_, err := api.ReEncrypt(ctx, &kms.ReEncryptInput{
+			CiphertextBlob: rows[i].wrapped, SourceKeyId: aws.String(arns[rows[i].version]),
+			DestinationKeyId: aws.String(arns[to]), SourceEncryptionContext: ec, DestinationEncryptionContext: ec,
+		})
+		if err != nil {
+			return fmt.Errorf("bench: raw ReEncrypt of dek %s: %w", rows[i].id, err)
+		}
+		return nil
+	})
 }
 
 // versionsOf returns the distinct versions of rows.

@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"runtime"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/rekeyhq/rekey"
@@ -144,43 +142,17 @@ func loadRows(ctx context.Context, db *sql.DB, d dialect) ([]row, error) {
 // is bound by its latency): no store.
 func (e *runEnv) cryptoFloor(ctx context.Context, kms rekey.KMS, ref string, to int, rows []row) (float64, error) {
 	workers := max(runtime.GOMAXPROCS(0), e.settings.Concurrency)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	start := time.Now()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(rows) {
-					return
-				}
-				if i%10_000 == 0 {
-					e.o.Progress("crypto floor", i, len(rows))
-				}
-				pt, err := kms.Unwrap(ctx, ref, rows[i].version, rows[i].wrapped)
-				if err == nil {
-					_, err = kms.Wrap(ctx, ref, to, pt)
-					clear(pt)
-				}
-				if err != nil {
-					errs <- fmt.Errorf("bench: crypto floor: dek %s: %w", rows[i].id, err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	took := time.Since(start)
-	select {
-	case err := <-errs:
-		return 0, err
-	default:
-	}
-	e.o.Progress("crypto floor", len(rows), len(rows))
-	return float64(len(rows)) / took.Seconds(), nil
+	return e.timedPool("crypto floor", workers, len(rows), 10_000, func(i int) error {
+		pt, err := kms.Unwrap(ctx, ref, rows[i].version, rows[i].wrapped)
+		if err == nil {
+			_, err = kms.Wrap(ctx, ref, to, pt)
+			clear(pt)
+		}
+		if err != nil {
+			return fmt.Errorf("bench: crypto floor: dek %s: %w", rows[i].id, err)
+		}
+		return nil
+	})
 }
 
 // makeMinimal copies the DEKs into a table of only a text primary key and

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -286,9 +287,18 @@ func (c *checker) checkKey(ctx context.Context, sys *setup.System, k rekey.Key, 
 		}
 	}
 
-	// No DEK on a version that cannot be unwrapped.
+	// Every DEK unwraps to the plaintext it had; rows counts them per
+	// version, from the rows themselves.
+	rows, err := c.checkDEKs(ctx, sys.Store, b, k, seen, v)
+	if err != nil {
+		return 0, 0, err
+	}
+
+	// No DEK on a version that cannot be unwrapped: the rows, not the
+	// store's counters, which a store may keep beside them (CountDEKs).
 	total := 0
-	for ver, cnt := range counts {
+	for _, ver := range slices.Sorted(maps.Keys(rows)) {
+		cnt := rows[ver]
 		total += int(cnt)
 		if st, ok := state[ver]; !ok {
 			v.addf("key %s: %d DEK(s) on v%d, which the store does not have", k.Name, cnt, ver)
@@ -296,14 +306,15 @@ func (c *checker) checkKey(ctx context.Context, sys *setup.System, k rekey.Key, 
 			v.addf("key %s: %d DEK(s) on v%d, which is %s: retired while a DEK references it", k.Name, cnt, ver, st)
 		}
 	}
-
-	// Every DEK unwraps to the plaintext it had.
-	listed, err := c.checkDEKs(ctx, sys.Store, b, k, seen, v)
-	if err != nil {
-		return 0, 0, err
+	for _, ver := range slices.Sorted(maps.Keys(counts)) {
+		if counts[ver] != rows[ver] {
+			v.addf("key %s: CountDEKs says %d DEK(s) on v%d, ListDEKs lists %d", k.Name, counts[ver], ver, rows[ver])
+		}
 	}
-	if listed != total {
-		v.addf("key %s: CountDEKs says %d DEKs, ListDEKs lists %d", k.Name, total, listed)
+	for ver, cnt := range rows {
+		if _, ok := counts[ver]; !ok {
+			v.addf("key %s: CountDEKs says 0 DEK(s) on v%d, ListDEKs lists %d", k.Name, ver, cnt)
+		}
 	}
 
 	c.versions[k.Name] = state
@@ -323,20 +334,20 @@ func describe(r *rekey.Rotation) string {
 // checkDEKs unwraps every DEK of k, compares it with its fingerprint
 // (taking the fingerprint of a DEK seen for the first time), and checks
 // that the key gained exactly the DEKs the writers made. It returns the
-// number of DEKs listed.
-func (c *checker) checkDEKs(ctx context.Context, st rekey.Store, b rekey.KMS, k rekey.Key, seen map[string]bool, v *violations) (int, error) {
+// number of DEKs listed per version.
+func (c *checker) checkDEKs(ctx context.Context, st rekey.Store, b rekey.KMS, k rekey.Key, seen map[string]bool, v *violations) (map[int]int64, error) {
 	c.model.mu.Lock()
 	defer c.model.mu.Unlock()
 	fresh := map[string][sha256.Size]byte{}
-	listed := 0
+	rows := map[int]int64{}
 	q := rekey.DEKQuery{Key: k.Name, Limit: 1000}
 	for {
 		page, err := st.ListDEKs(ctx, q)
 		if err != nil {
-			return 0, fmt.Errorf("list DEKs of %s: %w", k.Name, err)
+			return nil, fmt.Errorf("list DEKs of %s: %w", k.Name, err)
 		}
 		for _, d := range page {
-			listed++
+			rows[d.Version]++
 			seen[d.ID] = true
 			plain, err := b.Unwrap(ctx, k.BackendRef, d.Version, d.Wrapped)
 			if err != nil {
@@ -366,7 +377,7 @@ func (c *checker) checkDEKs(ctx context.Context, st rekey.Store, b rekey.KMS, k 
 		c.model.keyOf[id] = k.Name
 	}
 	c.model.unseen[k.Name] = 0
-	return listed, nil
+	return rows, nil
 }
 
 // checkDEKsKept checks that every DEK the harness has a fingerprint of is

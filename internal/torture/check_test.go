@@ -136,6 +136,9 @@ func TestCheckerCatches(t *testing.T) {
 			e.exec(`UPDATE deks SET version = 1, wrapped = ? WHERE id = ?`, old, e.ids[0])
 			e.exec(`UPDATE key_versions SET state = 'retired' WHERE key = 'k' AND version = 1`)
 		}, "1 DEK(s) on v1, which is retired: retired while a DEK references it"},
+		{"counter off", func(e *checkEnv) {
+			e.exec(`UPDATE dek_counts SET n = n + 1 WHERE key = 'k' AND version = 1`)
+		}, "CountDEKs says 7 DEK(s) on v1, ListDEKs lists 6"},
 		{"rotation state back", func(e *checkEnv) {
 			e.rotate()
 			e.mustPass()

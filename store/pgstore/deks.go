@@ -459,3 +459,19 @@ func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error
 	}
 	return out, nil
 }
+
+// CountDEKRows implements rekey.DEKRowCounter: the rows of key on version,
+// counted (a scan of the key's deks_key_id entries), not read from
+// dek_counts.
+func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int64, error) {
+	if s.closed.Load() {
+		return 0, errClosed
+	}
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM deks WHERE key = $1 AND version = $2`, key, version).Scan(&n); err != nil {
+		return 0, s.fail("count dek rows", err)
+	}
+	return n, nil
+}
+
+var _ rekey.DEKRowCounter = (*Store)(nil)

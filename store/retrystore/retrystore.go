@@ -32,6 +32,7 @@ type Store struct {
 var (
 	_ rekey.Store          = (*Store)(nil)
 	_ rekey.BatchCommitter = (*Store)(nil)
+	_ rekey.DEKRowCounter  = (*Store)(nil)
 )
 
 // Wrap returns a rekey.Store that retries every method of s with p while
@@ -215,6 +216,19 @@ func (s *Store) Ping(ctx context.Context) error {
 // Close implements rekey.Store: it closes the inner store, once, without
 // retries.
 func (s *Store) Close() error { return s.s.Close() }
+
+// CountDEKRows implements rekey.DEKRowCounter: the inner store's, or,
+// for a store without it (whose CountDEKs counts the rows), its CountDEKs
+// of the version.
+func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int64, error) {
+	return value(ctx, s, func(ctx context.Context) (int64, error) {
+		if rc, ok := s.s.(rekey.DEKRowCounter); ok {
+			return rc.CountDEKRows(ctx, key, version)
+		}
+		c, err := s.s.CountDEKs(ctx, key)
+		return c[version], err
+	})
+}
 
 // DEKBounds implements rekey.RangeSharer.
 func (s *Store) DEKBounds(ctx context.Context, key string, notVersion, every int) ([]string, error) {

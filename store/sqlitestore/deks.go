@@ -72,6 +72,7 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 		}
 		defer stmt.Close()
 		rowCtx := batchContext(ctx)
+		added := map[keyVersion]int64{}
 		for _, d := range batch {
 			if err := ctx.Err(); err != nil {
 				return err
@@ -82,8 +83,9 @@ func (s *Store) InsertDEKs(ctx context.Context, deks []rekey.DEK) error {
 				}
 				return err
 			}
+			added[keyVersion{d.Key, d.Version}]++
 		}
-		return nil
+		return addCounts(ctx, tx, added)
 	})
 }
 
@@ -99,8 +101,9 @@ func (s *Store) GetDEK(ctx context.Context, id string) (rekey.DEK, error) {
 	return d, nil
 }
 
-// ListDEKs implements rekey.DEKSource. It reads one index range, (key, id)
-// or (key, version, id), from the After cursor on.
+// ListDEKs implements rekey.DEKSource. It reads the (key, id) index from
+// the After cursor on, filtering on the version if asked (there is no
+// index on the version: see migration 0007).
 func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
 	const op = "list deks"
 	if err := storecheck.ValidateDEKQuery(q); err != nil {
@@ -182,37 +185,94 @@ func swapDEKs(ctx context.Context, tx *sql.Tx, swaps []rekey.DEKSwap, fence reke
 }
 
 // swapSQL is the compare-and-swap of one DEK: new wrapped bytes, version,
-// updated_at; id, key, old wrapped bytes.
+// updated_at; id, key, old wrapped bytes, and the version the row is on
+// (which the swap needs to move the row from its version's count to the
+// new one's; see swapRows).
 const swapSQL = `UPDATE deks SET wrapped = ?, version = ?, updated_at = ?
-		WHERE id = ? AND key = ? AND wrapped = ?`
+		WHERE id = ? AND key = ? AND wrapped = ? AND version = ?`
+
+// findSQL reads the version of the row a swap would change.
+const findSQL = `SELECT version FROM deks WHERE id = ? AND key = ? AND wrapped = ?`
 
 // swapRows runs query (swapSQL, or a query with more conditions whose
-// arguments are extra) prepared once, for each swap in order, and returns
-// the ids of the swaps that changed no row.
+// arguments are extra) prepared once, for each swap in order, moves the
+// DEKs it changed from their old version's count to the new one's in
+// dek_counts, and returns the ids of the swaps that changed no row.
+//
+// The old version of a row is guessed: the version of the row swapped just
+// before (in a re-wrap every row of a batch leaves the same version, so
+// the guess holds for all but the first). A swap that changes no row with
+// the guess reads the row's version (findSQL) and, if the row still holds
+// OldWrapped on another version, runs again with it. The write lock is
+// held throughout (one writer), so the count moved is exactly that of the
+// rows changed.
 func swapRows(ctx context.Context, tx *sql.Tx, query string, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, error) {
 	stmt, err := tx.PrepareContext(ctx, query)
 	if err != nil {
 		return nil, err
 	}
 	defer stmt.Close()
+	var find *sql.Stmt
+	defer func() {
+		if find != nil {
+			_ = find.Close()
+		}
+	}()
 	at := micros(now)
 	rowCtx := batchContext(ctx)
+	args := make([]any, 7, 7+len(extra))
+	args = append(args, extra...)
+	swap := func(sw rekey.DEKSwap, from int) (bool, error) {
+		args[0], args[1], args[2], args[3], args[4], args[5], args[6] = sw.NewWrapped, sw.NewVersion, at, sw.ID, key, sw.OldWrapped, from
+		res, err := stmt.ExecContext(rowCtx, args...)
+		if err != nil {
+			return false, err
+		}
+		n, err := res.RowsAffected()
+		return n > 0, err
+	}
+	moved := map[keyVersion]int64{}
+	guess := 0
 	var lost []string
 	for _, sw := range swaps {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		res, err := stmt.ExecContext(rowCtx, append([]any{sw.NewWrapped, sw.NewVersion, at, sw.ID, key, sw.OldWrapped}, extra...)...)
+		ok, err := swap(sw, guess)
 		if err != nil {
 			return nil, err
 		}
-		n, err := res.RowsAffected()
-		if err != nil {
-			return nil, err
+		if !ok {
+			if find == nil {
+				if find, err = tx.PrepareContext(ctx, findSQL); err != nil {
+					return nil, err
+				}
+			}
+			var v int
+			err := find.QueryRowContext(rowCtx, sw.ID, key, sw.OldWrapped).Scan(&v)
+			switch {
+			case errors.Is(err, sql.ErrNoRows):
+				// Gone, changed, or of another key: lost.
+			case err != nil:
+				return nil, err
+			case v != guess:
+				if ok, err = swap(sw, v); err != nil {
+					return nil, err
+				}
+				if ok {
+					guess = v
+				}
+			}
 		}
-		if n == 0 {
+		if !ok {
 			lost = append(lost, sw.ID)
+			continue
 		}
+		moved[keyVersion{key, guess}]--
+		moved[keyVersion{key, sw.NewVersion}]++
+	}
+	if err := addCounts(ctx, tx, moved); err != nil {
+		return nil, err
 	}
 	return lost, nil
 }
@@ -238,10 +298,35 @@ func checkVersionsExist(ctx context.Context, tx *sql.Tx, key string, swaps []rek
 	return nil
 }
 
-// CountDEKs implements rekey.DEKSource, from the (key, version, id) index.
+// keyVersion names one counter of dek_counts.
+type keyVersion struct {
+	key     string
+	version int
+}
+
+// addCounts adds delta to the counters of dek_counts in tx, creating those
+// missing; zero deltas write nothing.
+func addCounts(ctx context.Context, tx *sql.Tx, delta map[keyVersion]int64) error {
+	for kv, n := range delta {
+		if n == 0 {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO dek_counts (key, version, n) VALUES (?, ?, ?)
+			ON CONFLICT (key, version) DO UPDATE SET n = n + excluded.n`, kv.key, kv.version, n); err != nil {
+			return fmt.Errorf("count DEKs of key %q version %d: %w", kv.key, kv.version, err)
+		}
+	}
+	return nil
+}
+
+// CountDEKs implements rekey.DEKSource from dek_counts, the counters kept
+// by every write of DEKs in its own transaction: one row per version, not
+// a scan of the DEKs. What must not be wrong on a counter's word (retiring
+// or destroying a version) counts the rows instead: see
+// ChangeVersionState.
 func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
 	const op = "count deks"
-	rows, err := s.r.QueryContext(ctx, `SELECT version, count(*) FROM deks WHERE key = ? GROUP BY version`, key)
+	rows, err := s.r.QueryContext(ctx, `SELECT version, n FROM dek_counts WHERE key = ? AND n > 0`, key)
 	if err != nil {
 		return nil, s.fail(op, err)
 	}
@@ -260,3 +345,16 @@ func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error
 	}
 	return out, nil
 }
+
+// CountDEKRows implements rekey.DEKRowCounter: the rows of key on version,
+// counted (a scan of the key's deks_key_id entries), not read from
+// dek_counts.
+func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int64, error) {
+	var n int64
+	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM deks WHERE key = ? AND version = ?`, key, version).Scan(&n); err != nil {
+		return 0, s.fail("count dek rows", err)
+	}
+	return n, nil
+}
+
+var _ rekey.DEKRowCounter = (*Store)(nil)

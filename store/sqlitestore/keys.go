@@ -228,6 +228,10 @@ func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, f
 			return fmt.Errorf("key %q version %d is %s, not one of %v: %w", c.Key, c.Version, state, c.From, rekey.ErrStale)
 		}
 		if c.RequireUnused {
+			// The rows themselves, never the counter of dek_counts: a
+			// version is retired or destroyed only on a real count. There
+			// is no index on the version, so this reads the key's entries
+			// of deks_key_id (once per retirement).
 			var n int64
 			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM deks WHERE key = ? AND version = ?`, c.Key, c.Version).Scan(&n); err != nil {
 				return err

@@ -197,6 +197,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			log.Info("sqlitestore: applied migration", "path", path, "version", v)
 		}
 	}
+	if err := checkTables(ctx, s.w); err != nil {
+		return fail(fmt.Errorf("sqlitestore: %s: %w", path, err))
+	}
 	if s.restored, err = s.restoreGuards(ctx); err != nil {
 		return fail(fmt.Errorf("sqlitestore: %s: check the audit trail's append-only triggers: %w", path, err))
 	}
@@ -266,6 +269,9 @@ func (s *Store) openReadOnly(ctx context.Context, common string) error {
 		return fmt.Errorf("sqlitestore: %s: database schema version %d is newer than this rekey knows (%d): upgrade rekey, or restore a backup made before the upgrade", s.path, v, len(migrations))
 	case v < len(migrations):
 		return fmt.Errorf("sqlitestore: %s: database schema version %d is older than this rekey's (%d), and it cannot be written here to migrate it: run one rekey command on a writable copy first", s.path, v, len(migrations))
+	}
+	if err := checkTables(ctx, db); err != nil {
+		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 	}
 	return nil
 }

@@ -1,0 +1,15 @@
+-- rekey schema, version 6: deks pages keep 30% free (fillfactor 70), so a
+-- re-wrap's swap can be a HOT update. A swap changes wrapped, version and
+-- updated_at, none of them indexed since version 5; PostgreSQL then writes
+-- the new tuple without an index entry when the old tuple's page has room
+-- for it, and a later rotation finds that room again once the dead tuples
+-- of the previous one are pruned. Measured on 1,000,000 DEKs (200 batches
+-- of 1000-row UPDATEs, the same rows three times; README "Performance"):
+-- 2.05-2.26 s per pass at fillfactor 100 (3-4% HOT) against 1.32-1.34 s at
+-- 70 (72-85% HOT); the first pass over freshly filled pages 2.9 s against
+-- 2.6 s. The table is larger by about as much (142 MB against 206 MB).
+-- This changes the setting only: pages written from now on (every swap
+-- writes one) follow it, and no table is rewritten here. To bring an
+-- existing table to it at once, run VACUUM FULL deks (an exclusive lock
+-- for its duration) with rekey stopped.
+ALTER TABLE deks SET (fillfactor = 70);
