@@ -87,12 +87,7 @@ func backendScenarios(set *backendSet) []tortureScenario {
 		if on, listed := offered[op]; listed && !on {
 			continue
 		}
-		rate := 0.2
-		switch op {
-		case kmsmw.OpCreateKey, kmsmw.OpRotateKey, kmsmw.OpRetireVersion, kmsmw.OpDestroyVersion, kmsmw.OpMAC, kmsmw.OpPing:
-			rate = 0.5
-		}
-		s = append(s, tortureScenario{name: "lost_reply/" + op, faults: faultkms.Config{LostReplyRate: rate, Ops: []string{op}},
+		s = append(s, tortureScenario{name: "lost_reply/" + op, faults: faultkms.Config{LostReplyRate: lostReplyRate(op), Ops: []string{op}},
 			op: op, concurrency: 1, backends: set})
 	}
 	return append(s, tortureScenario{
