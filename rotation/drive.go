@@ -388,11 +388,12 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		deks, err := d.e.list(ctx, ahead, query(d.r.Cursor))
+		p, err := d.e.list(ctx, ahead, query(d.r.Cursor))
 		ahead = nil
 		if err != nil {
 			return err
 		}
+		deks := p.deks
 		if len(deks) == 0 {
 			d.e.log.Info("re-wrap pass done", "key_id", d.key.Name, "rotation_id", d.r.ID, "state", state,
 				"to_version", d.r.ToVersion, "deks_rotated", d.r.Done, "deks_failed", d.r.Failed)
@@ -400,9 +401,9 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 		}
 		ck := &batchCheckpoint{d: d, state: state, cursor: deks[len(deks)-1].ID, countFailed: true}
 		if len(deks) == d.e.cfg.BatchSize {
-			ahead = d.e.listAhead(ctx, query(ck.cursor))
+			ahead = d.e.listAhead(ctx, query(ck.cursor), d.b, d.r.ToVersion)
 		}
-		if _, err := d.e.rewrapBatch(ctx, d.kl, d.b, deks, d.r.ToVersion, ck); err != nil {
+		if _, err := d.e.rewrapPrepared(ctx, d.kl, d.b, p, d.r.ToVersion, ck, ahead); err != nil {
 			return err
 		}
 		if err := d.e.hit(failpoint.RewrapAfterBatchCommit); err != nil {

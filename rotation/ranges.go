@@ -272,11 +272,12 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 		if err := ctx.Err(); err != nil {
 			return done, context.Cause(ctx)
 		}
-		deks, err := e.list(ctx, ahead, query(cursor))
+		p, err := e.list(ctx, ahead, query(cursor))
 		ahead = nil
 		if err != nil {
 			return done, err
 		}
+		deks := p.deks
 		end := len(deks) < e.cfg.BatchSize
 		if to := spanOf(rg).to; to != "" {
 			for i, dk := range deks {
@@ -290,9 +291,12 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 		if len(deks) > 0 {
 			ck.cursor = deks[len(deks)-1].ID
 			if !end {
-				ahead = e.listAhead(ctx, query(ck.cursor))
+				ahead = e.listAhead(ctx, query(ck.cursor), b, r.ToVersion)
 			}
-			res, err := e.rewrapBatch(ctx, kl, b, deks, r.ToVersion, ck)
+			if len(deks) < len(p.deks) {
+				p = prepared{deks: deks} // cut at the range's end: its answers no longer line up
+			}
+			res, err := e.rewrapPrepared(ctx, kl, b, p, r.ToVersion, ck, ahead)
 			done += res.done
 			if err != nil {
 				return done, err

@@ -68,15 +68,29 @@ type rewrapOut struct {
 // for the batch: a backend error that is not about one DEK, ErrFenced, or
 // a store failure (the middleware already retried transient ones).
 func (e *Engine) rewrapBatch(ctx context.Context, kl *keyLease, b *backend, deks []rekey.DEK, to int, ck checkpointer) (batchResult, error) {
+	return e.rewrapPrepared(ctx, kl, b, prepared{deks: deks}, to, ck, nil)
+}
+
+// rewrapPrepared is rewrapBatch for a batch read ahead (readAhead): the
+// backend's answers p.outs are used when present, else the batch is
+// re-wrapped now; next (may be nil) is the batch after it, whose backend
+// stage is let run once this one's is done.
+func (e *Engine) rewrapPrepared(ctx context.Context, kl *keyLease, b *backend, p prepared, to int, ck checkpointer, next *readAhead) (batchResult, error) {
 	var res batchResult
+	deks := p.deks
 	if len(deks) == 0 {
+		next.goRewrap()
 		return res, nil
 	}
-	outs, err := e.rewrapAtBackend(ctx, b, deks, to)
-	if err != nil {
-		e.keepPartial(ctx, kl, b, deks, outs, to, ck, err)
-		return res, err
+	outs := p.outs
+	if outs == nil {
+		var err error
+		if outs, err = e.rewrapAtBackend(ctx, b, deks, to); err != nil {
+			e.keepPartial(ctx, kl, b, deks, outs, to, ck, err)
+			return res, err
+		}
 	}
+	next.goRewrap()
 	if err := e.hit(failpoint.RewrapAfterBackend); err != nil {
 		return res, err
 	}
