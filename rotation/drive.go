@@ -401,7 +401,7 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 		}
 		ck := &batchCheckpoint{d: d, state: state, cursor: deks[len(deks)-1].ID, countFailed: true}
 		if len(deks) == d.e.cfg.BatchSize {
-			ahead = d.e.listAhead(ctx, query(ck.cursor), d.b, d.r.ToVersion)
+			ahead = d.e.listAhead(ctx, query(ck.cursor), "", d.b, d.r.ToVersion)
 		}
 		if _, err := d.e.rewrapPrepared(ctx, d.kl, d.b, p, d.r.ToVersion, ck, ahead); err != nil {
 			return err

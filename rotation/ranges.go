@@ -291,7 +291,7 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 		if len(deks) > 0 {
 			ck.cursor = deks[len(deks)-1].ID
 			if !end {
-				ahead = e.listAhead(ctx, query(ck.cursor), b, r.ToVersion)
+				ahead = e.listAhead(ctx, query(ck.cursor), spanOf(rg).to, b, r.ToVersion)
 			}
 			if len(deks) < len(p.deks) {
 				p = prepared{deks: deks} // cut at the range's end: its answers no longer line up

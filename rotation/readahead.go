@@ -28,14 +28,23 @@ type readAhead struct {
 	ready bool          // the backend stage ran (outs, rerr are set)
 }
 
-// listAhead starts listing q in the background, and re-wrapping what it
-// lists under version to on b once go is called (never, for b nil).
-func (e *Engine) listAhead(ctx context.Context, q rekey.DEKQuery, b *backend, to int) *readAhead {
+// listAhead starts listing q in the background, keeping the ids up to
+// upTo (all when empty: a range's end), and re-wrapping them under version
+// to on b once go is called (never, for b nil).
+func (e *Engine) listAhead(ctx context.Context, q rekey.DEKQuery, upTo string, b *backend, to int) *readAhead {
 	ctx, cancel := context.WithCancel(ctx)
 	ra := &readAhead{q: q, cancel: cancel, done: make(chan struct{}), start: make(chan struct{})}
 	go func() {
 		defer close(ra.done)
 		ra.deks, ra.err = e.listDEKs(ctx, q)
+		if upTo != "" {
+			for i, d := range ra.deks {
+				if d.ID > upTo {
+					ra.deks = ra.deks[:i] // the next range's: not re-wrapped here
+					break
+				}
+			}
+		}
 		if ra.err != nil || len(ra.deks) == 0 || b == nil {
 			return
 		}
