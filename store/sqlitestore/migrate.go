@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 )
 
 //go:embed migrations/*.sql
@@ -68,9 +69,11 @@ func loadMigrations(fsys fs.FS) ([]migration, error) {
 // one transaction (BEGIN IMMEDIATE: a second process opening the same file
 // at once waits, then finds nothing left to do). The schema version is
 // PRAGMA user_version, which SQLite keeps in the file header and writes
-// transactionally. It returns the versions it applied.
-func migrate(ctx context.Context, db *sql.DB) (applied []int, err error) {
-	tx, err := db.BeginTx(ctx, nil)
+// transactionally. It returns the versions it applied. wait is how long
+// beginImmediate tries again for the write lock (0 for a connection whose
+// own busy timeout is the wait).
+func migrate(ctx context.Context, db *sql.DB, wait time.Duration) (applied []int, err error) {
+	tx, err := beginImmediate(ctx, db, wait)
 	if err != nil {
 		return nil, fmt.Errorf("migrate: %w", mapErr(err))
 	}

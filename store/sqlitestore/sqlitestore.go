@@ -84,12 +84,13 @@ const readConns = 4
 // Store is a rekey.Store in one SQLite file. It is safe for concurrent use
 // by many goroutines, and by several processes sharing the file.
 type Store struct {
-	path string
-	file os.FileInfo // the file as opened, to notice it being replaced
-	w    *sql.DB     // one connection; BEGIN IMMEDIATE
-	r    *sql.DB     // read-only connections
-	log  *slog.Logger
-	now  func() time.Time
+	busyTimeout time.Duration // how long a write waits for the lock (Config.BusyTimeout)
+	path        string
+	file        os.FileInfo // the file as opened, to notice it being replaced
+	w           *sql.DB     // one connection; BEGIN IMMEDIATE
+	r           *sql.DB     // read-only connections
+	log         *slog.Logger
+	now         func() time.Time
 
 	// restored names the audit triggers Open found missing or altered and
 	// recreated (see AuditGuardProblems).
@@ -145,7 +146,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("sqlitestore: %s: %w", path, ErrReadOnly)
 	}
 
-	s := &Store{path: path, file: info, log: log, now: now}
+	s := &Store{path: path, file: info, log: log, now: now, busyTimeout: cfg.BusyTimeout}
 	busy := strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10)
 	common := "_busy_timeout=" + busy + "&_synchronous=NORMAL&_foreign_keys=on&_stmt_cache_size=32"
 	if cfg.ReadOnly {
@@ -169,7 +170,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := enableWAL(ctx, path+"?_busy_timeout="+busy, cfg.BusyTimeout); err != nil {
 		return fail(fmt.Errorf("sqlitestore: %s: %w", path, err))
 	}
-	s.w, err = sql.Open("sqlite3", path+"?_txlock=immediate&"+common)
+	s.w, err = sql.Open("sqlite3", path+"?_txlock=immediate&"+strings.Replace(common, "_busy_timeout="+busy, "_busy_timeout="+strconv.Itoa(writerBusyMS), 1))
 	if err != nil {
 		return fail(fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err)))
 	}
@@ -189,7 +190,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return fail(fmt.Errorf("sqlitestore: %s: read the schema version: %w", path, mapErr(err)))
 	}
 	if current != len(migrations) {
-		applied, err := migrate(ctx, s.w)
+		applied, err := migrate(ctx, s.w, cfg.BusyTimeout)
 		if err != nil {
 			return fail(fmt.Errorf("sqlitestore: %s: %w", path, err))
 		}
@@ -296,7 +297,7 @@ func (s *Store) migrateBeforeReadOnly(ctx context.Context, common string) error 
 	if err := enableWAL(ctx, s.path, 5*time.Second); err != nil {
 		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 	}
-	applied, err := migrate(ctx, db)
+	applied, err := migrate(ctx, db, 0)
 	if err != nil {
 		return fmt.Errorf("sqlitestore: %s: %w", s.path, err)
 	}
@@ -539,7 +540,7 @@ func (s *Store) Close() error {
 // or a full disk during COMMIT may leave it applied or not, so that error
 // is returned as is, not as an UnreachableError, and says so.
 func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
-	tx, err := s.w.BeginTx(ctx, nil)
+	tx, err := beginImmediate(ctx, s.w, s.busyTimeout)
 	if err != nil {
 		return s.fail(op, err)
 	}

@@ -128,7 +128,7 @@ func TestMigrations(t *testing.T) {
 	if strings.Contains(logs.String(), "applied migration") {
 		t.Errorf("reopen applied migrations again:\n%s", logs.String())
 	}
-	applied, err := migrate(t.Context(), s.w)
+	applied, err := migrate(t.Context(), s.w, time.Second)
 	if err != nil || len(applied) != 0 {
 		t.Errorf("migrate on an up-to-date database = %v, %v", applied, err)
 	}
