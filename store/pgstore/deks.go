@@ -128,7 +128,27 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 	if err := storecheck.ValidateDEKQuery(q); err != nil {
 		return nil, s.fail(op, err)
 	}
-	limit := storecheck.ListLimit(q.Limit)
+	query, args := listDEKsSQL(q)
+	// In index order, pinned (inOrderScan): on a table not yet analyzed
+	// the planner would read every DEK of the key above the cursor and
+	// sort them for each batch (EXPLAIN ANALYZE with 100,000 DEKs left:
+	// 24 ms against 0.3 ms; TestListDEKsPlan).
+	var out []rekey.DEK
+	err := s.inOrderScan(ctx, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, query, args...)
+		out, err = collect(rows, err, scanDEK)
+		return err
+	})
+	if err != nil {
+		return nil, s.fail(op, err)
+	}
+	return out, nil
+}
+
+// listDEKsSQL is ListDEKs' statement for q (validated) and its arguments:
+// one index range, (key, id), from the After cursor on, filtering the
+// versions.
+func listDEKsSQL(q rekey.DEKQuery) (string, []any) {
 	var sb strings.Builder
 	sb.WriteString(`SELECT ` + dekColumns + ` FROM deks WHERE key = $1`)
 	args := []any{q.Key}
@@ -145,14 +165,9 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 		args = append(args, q.After)
 		sb.WriteString(` AND id > ` + param())
 	}
-	args = append(args, limit)
+	args = append(args, storecheck.ListLimit(q.Limit))
 	sb.WriteString(` ORDER BY id LIMIT ` + param())
-	rows, err := s.pool.Query(ctx, sb.String(), args...)
-	out, err := collect(rows, err, scanDEK)
-	if err != nil {
-		return nil, s.fail(op, err)
-	}
-	return out, nil
+	return sb.String(), args
 }
 
 // SwapDEKs implements rekey.DEKSource: in one transaction, the fence

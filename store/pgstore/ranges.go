@@ -89,10 +89,7 @@ func (s *Store) inOrderScan(ctx context.Context, fn func(tx pgx.Tx) error) error
 		return err
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if _, err := tx.Exec(ctx, `SET LOCAL enable_bitmapscan = off`); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, `SET LOCAL enable_sort = off`); err != nil {
+	if _, err := tx.Exec(ctx, `SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off`); err != nil {
 		return err
 	}
 	if err := fn(tx); err != nil {
