@@ -347,15 +347,15 @@ func AppendSealEnvelope(dst []byte, dekID string, dek, plaintext, aad []byte) ([
 	if !ValidID(dekID) {
 		return nil, Invalidf("malformed DEK id")
 	}
+	n, err := sealDst(dst, len(dekID), plaintext)
+	if err != nil {
+		return nil, err
+	}
 	h := EnvelopeHeader{DEKID: dekID, ChunkShift: defaultChunkShift}
 	size := 1 << h.ChunkShift
 	// A full chunk is its own segment; the last segment may be short or
 	// empty (an empty plaintext is one empty segment).
 	segs := max(1, (len(plaintext)+size-1)/size)
-	n := 7 + len(dekID) + envelopeSaltLen + len(plaintext) + segs*envelopeTagLen
-	if cap(dst)-len(dst) >= n && overlaps(dst[len(dst):cap(dst)], plaintext) {
-		return nil, Invalidf("the buffer to append the envelope to overlaps the plaintext: give a separate buffer")
-	}
 	if _, err := rand.Read(h.Salt[:]); err != nil {
 		return nil, err
 	}
@@ -373,6 +373,17 @@ func AppendSealEnvelope(dst []byte, dekID string, dek, plaintext, aad []byte) ([
 		out = aead.Seal(out, nonce[:], chunk, ad)
 	}
 	return out, nil
+}
+
+// sealDst returns the size of the envelope of plaintext under a DEK id of
+// idLen characters, or ErrInvalidArgument when it would be appended into
+// spare capacity of dst that overlaps plaintext.
+func sealDst(dst []byte, idLen int, plaintext []byte) (int, error) {
+	n := len(plaintext) + SealedOverhead(len(plaintext), idLen)
+	if cap(dst)-len(dst) >= n && overlaps(dst[len(dst):cap(dst)], plaintext) {
+		return 0, Invalidf("the buffer to append the envelope to overlaps the plaintext: give a separate buffer")
+	}
+	return n, nil
 }
 
 // SealedOverhead returns how many bytes an envelope of a plaintext of n

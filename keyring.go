@@ -337,6 +337,10 @@ func (kr *Keyring) Seal(ctx context.Context, key string, plaintext, aad []byte) 
 // SealedOverhead(len(plaintext), IDLen) it allocates no buffer for the
 // data, so a caller sealing many messages can reuse one.
 func (kr *Keyring) AppendSeal(ctx context.Context, dst []byte, key string, plaintext, aad []byte) ([]byte, error) {
+	// Refused before a DEK is made and stored for nothing.
+	if _, err := sealDst(dst, IDLen, plaintext); err != nil {
+		return nil, err
+	}
 	id, dek, err := kr.NewDEK(ctx, key, "")
 	if err != nil {
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -199,6 +200,18 @@ func TestKeyringSealOpen(t *testing.T) {
 		if got, err := b.kr.Open(ctx, sealed2, []byte("ad")); err != nil || !bytes.Equal(got, plain) {
 			t.Fatalf("size %d: Open of AppendSeal's envelope: %v", size, err)
 		}
+	}
+	// A buffer that holds the plaintext is refused before a DEK is made.
+	before, err := b.store.CountDEKs(ctx, "payments")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2000+rekey.SealedOverhead(1000, rekey.IDLen))
+	if _, err := b.kr.AppendSeal(ctx, buf[:0], "payments", buf[len(buf)-1000:], nil); !errors.Is(err, rekey.ErrInvalidArgument) {
+		t.Fatalf("AppendSeal into the plaintext's buffer: %v, want ErrInvalidArgument", err)
+	}
+	if after, err := b.store.CountDEKs(ctx, "payments"); err != nil || !maps.Equal(after, before) {
+		t.Fatalf("a refused AppendSeal changed the DEKs: %v -> %v (%v)", before, after, err)
 	}
 }
 

@@ -459,8 +459,11 @@ func (e *Engine) Retire(ctx context.Context, key string, version int) error {
 		case rekey.VersionCreated, rekey.VersionActive:
 			return fmt.Errorf("%w: version %d of key %s is being rotated to: let the rotation finish", rekey.ErrInvalidArgument, version, key)
 		}
-		// Both steps below count the DEKs on version (refuseInUse) before
-		// they touch the backend, and refuse while any is left.
+		// By the rows, not a store's counters (retireVersion counts again
+		// right before the backend).
+		if err := e.refuseInUse(ctx, key, version); err != nil {
+			return err
+		}
 		if state == rekey.VersionCompromised {
 			return e.disableCompromised(ctx, k, b, version)
 		}

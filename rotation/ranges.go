@@ -293,8 +293,9 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 			if !end {
 				ahead = e.listAhead(ctx, query(ck.cursor), spanOf(rg).to, b, r.ToVersion)
 			}
-			if len(deks) < len(p.deks) {
-				p = prepared{deks: deks} // cut at the range's end: its answers no longer line up
+			p.deks = deks // cut at the range's end: p.outs, when set, came from a read-ahead cut there already
+			if p.outs != nil {
+				p.outs = p.outs[:len(deks)]
 			}
 			res, err := e.rewrapPrepared(ctx, kl, b, p, r.ToVersion, ck, ahead)
 			done += res.done

@@ -9,7 +9,7 @@ import (
 // readAhead prepares the next batch of a re-wrap while the current one is
 // re-wrapped and written. It lists the batch at once (a read, on another
 // connection of the store than its writer), and re-wraps it at the backend
-// once the current batch's own backend work is done (go), so that it
+// once the current batch's own backend work is done (goRewrap), so that it
 // overlaps the current batch's transaction and never adds to the calls in
 // flight. It changes nothing a crash can see: nothing is written until the
 // batch's turn, and then with its checkpoint as before; a row changed by
@@ -22,7 +22,7 @@ type readAhead struct {
 	deks   []rekey.DEK
 	err    error // of the list
 
-	start chan struct{} // closed by go: the backend stage may run
+	start chan struct{} // closed by goRewrap: the backend stage may run
 	outs  []rewrapOut   // the backend's answers, when rewrapped
 	rerr  error         // of the backend stage
 	ready bool          // the backend stage ran (outs, rerr are set)
@@ -30,7 +30,7 @@ type readAhead struct {
 
 // listAhead starts listing q in the background, keeping the ids up to
 // upTo (all when empty: a range's end), and re-wrapping them under version
-// to on b once go is called (never, for b nil).
+// to on b once goRewrap is called (never, for b nil).
 func (e *Engine) listAhead(ctx context.Context, q rekey.DEKQuery, upTo string, b *backend, to int) *readAhead {
 	ctx, cancel := context.WithCancel(ctx)
 	ra := &readAhead{q: q, cancel: cancel, done: make(chan struct{}), start: make(chan struct{})}
@@ -82,11 +82,13 @@ type prepared struct {
 // nil) listed the same query, with its backend answers when they came
 // without an error, else a list made now. ra is stopped either way.
 func (e *Engine) list(ctx context.Context, ra *readAhead, q rekey.DEKQuery) (prepared, error) {
-	if ra != nil {
+	if ra != nil && ra.q != q {
+		ra.stop() // read ahead for another cursor: not used
+	} else if ra != nil {
 		ra.goRewrap() // nothing else runs at the backend now
 		<-ra.done
 		ra.cancel()
-		if ra.q == q && ctx.Err() == nil && ra.err == nil {
+		if ctx.Err() == nil && ra.err == nil {
 			p := prepared{deks: ra.deks}
 			if ra.ready && ra.rerr == nil {
 				p.outs = ra.outs

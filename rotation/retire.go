@@ -238,12 +238,14 @@ func (e *Engine) destroyVersion(ctx context.Context, kl *keyLease, k rekey.Key, 
 	if err != nil {
 		return fmt.Errorf("destroy key %s version %d: %w", k.Name, version, err)
 	}
-	if err := e.refuseInUse(ctx, k.Name, version); err != nil {
-		return err
-	}
 	deleteKey, err := e.deleteOldKey(ctx, k, p, version)
 	if err != nil {
 		return err
+	}
+	if deleteKey || p.b.retirer != nil { // a step at the backend follows
+		if err := e.refuseInUse(ctx, k.Name, version); err != nil {
+			return err
+		}
 	}
 	gone := false
 	switch {
@@ -402,9 +404,9 @@ func (e *Engine) newestLeftBehind(ctx context.Context, k rekey.Key, p place, err
 func movedAway(k rekey.Key, p place) bool { return p.b.name != k.Backend || p.b.ref != k.BackendRef }
 
 // refuseInUse returns a *rekey.VersionInUseError when a DEK references
-// version of key, counted right before a step at
-// the backend that cannot be taken back: rekey's own DEKs by their rows
-// (rekey.DEKRowCounter: never a store's counters alone) and the sources'.
+// version of key, counted right before a step at the backend that cannot
+// be taken back: rekey's own DEKs by their rows (rekey.DEKRowCounter:
+// never a store's counters alone) and the sources'.
 func (e *Engine) refuseInUse(ctx context.Context, key string, version int) error {
 	n, err := e.sourceRowsOn(ctx, key, version)
 	if err != nil {

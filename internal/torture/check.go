@@ -306,14 +306,11 @@ func (c *checker) checkKey(ctx context.Context, sys *setup.System, k rekey.Key, 
 			v.addf("key %s: %d DEK(s) on v%d, which is %s: retired while a DEK references it", k.Name, cnt, ver, st)
 		}
 	}
-	for _, ver := range slices.Sorted(maps.Keys(counts)) {
+	versions := maps.Clone(rows)
+	maps.Copy(versions, counts)
+	for _, ver := range slices.Sorted(maps.Keys(versions)) {
 		if counts[ver] != rows[ver] {
 			v.addf("key %s: CountDEKs says %d DEK(s) on v%d, ListDEKs lists %d", k.Name, counts[ver], ver, rows[ver])
-		}
-	}
-	for ver, cnt := range rows {
-		if _, ok := counts[ver]; !ok {
-			v.addf("key %s: CountDEKs says 0 DEK(s) on v%d, ListDEKs lists %d", k.Name, ver, cnt)
 		}
 	}
 

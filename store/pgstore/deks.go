@@ -232,25 +232,22 @@ var swapSQL = newSwapStatements(`
 // them in rangeSwapSQL.
 type swapStatements struct{ fast, locked string }
 
-// materialized makes the CTE o of head MATERIALIZED.
-func materialized(head string) string {
-	return strings.Replace(head, "o AS (", "o AS MATERIALIZED (", 1)
-}
-
 // newSwapStatements returns the statements of a compare-and-swap whose
-// rows to swap are those of s JOIN deks d meeting where.
+// rows to swap are those of s JOIN deks d meeting where. Both take the
+// rows in id order (see swapSQL).
 func newSwapStatements(where string) swapStatements {
-	const head = `WITH s AS (
+	const s = `WITH s AS (
 		SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) AS s(id, old_wrapped, new_wrapped, new_version)),
-	o AS (
+	o AS `
+	const o = `(
 		SELECT d.ctid AS tid, d.id, d.version AS old_version, s.new_wrapped, s.new_version FROM s JOIN deks d ON d.id = s.id`
 	const set = `
 	UPDATE deks d SET wrapped = o.new_wrapped, version = o.new_version, updated_at = $5 FROM o`
 	const returning = `
 	RETURNING d.id, o.old_version`
 	return swapStatements{
-		fast:   materialized(head) + where + ` ORDER BY d.id)` + set + ` WHERE d.ctid = o.tid` + returning,
-		locked: head + where + ` ORDER BY d.id FOR UPDATE OF d)` + set + ` WHERE d.id = o.id` + returning,
+		fast:   s + `MATERIALIZED ` + o + where + ` ORDER BY d.id)` + set + ` WHERE d.ctid = o.tid` + returning,
+		locked: s + o + where + ` ORDER BY d.id FOR UPDATE OF d)` + set + ` WHERE d.id = o.id` + returning,
 	}
 }
 
@@ -388,11 +385,6 @@ func swapOnce(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSwa
 	ids := make([]string, n)
 	olds, news := make([][]byte, n), make([][]byte, n)
 	versions := make([]int32, n)
-	// In id order: the statements update (and the locked one locks) the
-	// rows in the order of the arrays, so two batches that share rows
-	// lock them in the same order and wait for each other instead of
-	// deadlocking.
-	swaps = slices.SortedFunc(slices.Values(swaps), func(a, b rekey.DEKSwap) int { return strings.Compare(a.ID, b.ID) })
 	for i, sw := range swaps {
 		ids[i], olds[i], news[i], versions[i] = sw.ID, sw.OldWrapped, sw.NewWrapped, int32(sw.NewVersion)
 		if olds[i] == nil {
@@ -475,6 +467,10 @@ func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error
 	return out, nil
 }
 
+// countRowsSQL counts the rows of a key ($1) on a version ($2) themselves:
+// CountDEKRows, and ChangeVersionState with RequireUnused.
+const countRowsSQL = `SELECT count(*) FROM deks WHERE key = $1 AND version = $2`
+
 // CountDEKRows implements rekey.DEKRowCounter: the rows of key on version,
 // counted (a scan of the key's deks_key_id entries), not read from
 // dek_counts.
@@ -483,7 +479,7 @@ func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int6
 		return 0, errClosed
 	}
 	var n int64
-	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM deks WHERE key = $1 AND version = $2`, key, version).Scan(&n); err != nil {
+	if err := s.pool.QueryRow(ctx, countRowsSQL, key, version).Scan(&n); err != nil {
 		return 0, s.fail("count dek rows", err)
 	}
 	return n, nil

@@ -239,7 +239,7 @@ func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, f
 			// The rows themselves, never the counter of dek_counts: a
 			// counter set wrong must not retire a version still in use.
 			var n int64
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM deks WHERE key = $1 AND version = $2`, c.Key, c.Version).Scan(&n); err != nil {
+			if err := tx.QueryRow(ctx, countRowsSQL, c.Key, c.Version).Scan(&n); err != nil {
 				return err
 			}
 			if n > 0 {

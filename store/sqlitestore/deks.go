@@ -346,12 +346,16 @@ func (s *Store) CountDEKs(ctx context.Context, key string) (map[int]int64, error
 	return out, nil
 }
 
+// countRowsSQL counts the rows of a key on a version themselves:
+// CountDEKRows, and ChangeVersionState with RequireUnused.
+const countRowsSQL = `SELECT count(*) FROM deks WHERE key = ? AND version = ?`
+
 // CountDEKRows implements rekey.DEKRowCounter: the rows of key on version,
 // counted (a scan of the key's deks_key_id entries), not read from
 // dek_counts.
 func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int64, error) {
 	var n int64
-	if err := s.r.QueryRowContext(ctx, `SELECT count(*) FROM deks WHERE key = ? AND version = ?`, key, version).Scan(&n); err != nil {
+	if err := s.r.QueryRowContext(ctx, countRowsSQL, key, version).Scan(&n); err != nil {
 		return 0, s.fail("count dek rows", err)
 	}
 	return n, nil

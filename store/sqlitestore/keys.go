@@ -233,7 +233,7 @@ func (s *Store) ChangeVersionState(ctx context.Context, c rekey.VersionChange, f
 			// is no index on the version, so this reads the key's entries
 			// of deks_key_id (once per retirement).
 			var n int64
-			if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM deks WHERE key = ? AND version = ?`, c.Key, c.Version).Scan(&n); err != nil {
+			if err := tx.QueryRowContext(ctx, countRowsSQL, c.Key, c.Version).Scan(&n); err != nil {
 				return err
 			}
 			if n > 0 {

@@ -148,7 +148,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 	s := &Store{path: path, file: info, log: log, now: now, busyTimeout: cfg.BusyTimeout}
 	busy := strconv.FormatInt(cfg.BusyTimeout.Milliseconds(), 10)
-	common := "_busy_timeout=" + busy + "&_synchronous=NORMAL&_foreign_keys=on&_stmt_cache_size=32"
+	const pragmas = "&_synchronous=NORMAL&_foreign_keys=on&_stmt_cache_size=32"
+	common := "_busy_timeout=" + busy + pragmas
 	if cfg.ReadOnly {
 		if err := s.openReadOnly(ctx, common); err != nil {
 			_ = s.Close()
@@ -170,7 +171,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err := enableWAL(ctx, path+"?_busy_timeout="+busy, cfg.BusyTimeout); err != nil {
 		return fail(fmt.Errorf("sqlitestore: %s: %w", path, err))
 	}
-	s.w, err = sql.Open("sqlite3", path+"?_txlock=immediate&"+strings.Replace(common, "_busy_timeout="+busy, "_busy_timeout="+strconv.Itoa(writerBusyMS), 1))
+	// The writer's wait for the lock is beginImmediate's (begin.go).
+	s.w, err = sql.Open("sqlite3", path+"?_txlock=immediate&_busy_timeout="+strconv.Itoa(writerBusyMS)+pragmas)
 	if err != nil {
 		return fail(fmt.Errorf("sqlitestore: open %s: %w", path, mapErr(err)))
 	}
