@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/internal/fileutil"
@@ -133,12 +134,23 @@ func ReadAnchor(ctx context.Context, path, storeID string, m rekey.MACer) (Ancho
 	return a, ok, nil
 }
 
+// anchorLockTimeout bounds the wait for the anchor's lock file: a process
+// stopped while holding it (SIGSTOP, a frozen VM) must not stop every
+// other process sharing the home from checkpointing, or the worker from
+// starting its next cycle.
+var anchorLockTimeout = 10 * time.Second
+
+// ErrAnchorLocked means another process held the anchor's lock file for
+// longer than the wait allows (10s). Nothing was written.
+var ErrAnchorLocked = errors.New("the audit anchor is locked by another process")
+
 // AdvanceAnchor records cp as storeID's anchor in the file at path, unless
 // the file already anchors a later checkpoint for it, and MACs the file
 // with m. It holds an exclusive lock on path+".lock" (waiting for it until
-// ctx ends) while it reads, authenticates and atomically replaces the file
-// (mode 0600). It refuses a file whose MAC is not m's (as ReadAnchor).
-// Errors: ctx's while waiting, m's, and the file system's.
+// ctx ends, 10s at most) while it reads, authenticates and atomically
+// replaces the file (mode 0600). It refuses a file whose MAC is not m's
+// (as ReadAnchor). Errors: ctx's while waiting, ErrAnchorLocked after
+// 10s, m's, and the file system's.
 func AdvanceAnchor(ctx context.Context, path, storeID string, cp rekey.AuditCheckpoint, m rekey.MACer) error {
 	return writeAnchor(ctx, path, storeID, cp, m, false)
 }
@@ -173,7 +185,13 @@ func prepareAnchor(ctx context.Context, path, storeID string, cp rekey.AuditChec
 	if m == nil {
 		return nil, nil, rekey.Invalidf("audit anchor: no MAC key")
 	}
-	unlock, err = fileutil.Lock(ctx, path+".lock")
+	lctx, cancel := context.WithTimeout(ctx, anchorLockTimeout)
+	unlock, err = fileutil.Lock(lctx, path+".lock")
+	cancel()
+	if err != nil && ctx.Err() == nil && errors.Is(lctx.Err(), context.DeadlineExceeded) {
+		return nil, nil, fmt.Errorf("audit anchor: lock file %s: %w: still held after %s (another rekey process is moving the anchor, or was stopped while doing so): wait for it to finish or stop it, then retry; nothing was written",
+			path+".lock", ErrAnchorLocked, anchorLockTimeout)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit anchor: %w", err)
 	}

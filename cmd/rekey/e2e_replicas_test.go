@@ -21,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/internal/fileutil"
 )
 
 // pgDSNEnv names the variable holding the DSN of the test server.
@@ -181,10 +183,14 @@ func (h *pgHome) waitFor(d time.Duration, what string, cond func() bool, ws ...*
 	for !cond() {
 		if time.Now().After(end) {
 			var logs strings.Builder
+			locks := h.locks()
 			for _, w := range ws {
 				fmt.Fprintf(&logs, "\n--- %s:\n%s", w.id, e2eTail(w.lines.text(), 3000))
 			}
-			h.t.Fatalf("after %v still not: %s\n%s%s", d, what, h.locks(), logs.String())
+			for _, w := range ws {
+				fmt.Fprintf(&logs, "\n--- %s's goroutines in rekey code:\n%s", w.id, w.goroutines())
+			}
+			h.t.Fatalf("after %v still not: %s\n%s%s", d, what, locks, logs.String())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -330,6 +336,47 @@ type replica struct {
 	*e2eWorker
 	id string
 }
+
+// goroutines ends a running replica with SIGQUIT, which makes the Go
+// runtime print every goroutine's stack, and returns the stacks that pass
+// through rekey's own packages: where a stuck replica waits. A stopped
+// replica (SIGSTOP) cannot print; it is left alone.
+func (w *replica) goroutines() string {
+	select {
+	case <-w.exited:
+		return "(exited)"
+	default:
+	}
+	if st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", w.cmd.Process.Pid)); err == nil {
+		if f := strings.Fields(string(st)); len(f) > 2 && f[2] == "T" {
+			return "(stopped)"
+		}
+	}
+	if err := w.cmd.Process.Signal(syscall.SIGQUIT); err != nil {
+		return "SIGQUIT: " + err.Error()
+	}
+	select {
+	case <-w.exited:
+	case <-time.After(5 * time.Second):
+		return "(no dump within 5s of SIGQUIT)"
+	}
+	text := w.lines.text()
+	i := strings.Index(text, "SIGQUIT: quit")
+	if i < 0 {
+		return "(no goroutine dump in its output)"
+	}
+	var b strings.Builder
+	for _, g := range strings.Split(text[i:], "\n\n") {
+		if strings.Contains(g, "rekeyhq/rekey/") && !strings.Contains(g, "net/http.") {
+			b.WriteString(frameAddrs.ReplaceAllString(g, ""))
+			b.WriteString("\n\n")
+		}
+	}
+	return e2eTail(b.String(), 12000)
+}
+
+// frameAddrs are the addresses GOTRACEBACK=system adds to each frame.
+var frameAddrs = regexp.MustCompile(` fp=0x[0-9a-f]+ sp=0x[0-9a-f]+ pc=0x[0-9a-f]+`)
 
 // startReplicas starts `rekey run --listen 127.0.0.1:0` once per id, with
 // REKEY_WORKER_ID=id and env, all processes first, then waits for each to
@@ -605,11 +652,7 @@ func TestE2E_Replicas_PausedFenced(t *testing.T) {
 		rs := h.rotations("paused")
 		return len(rs) == 1 && rs[0].done >= 1000
 	}, a)
-	if err := a.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stoppedAt := time.Now()
-	time.Sleep(200 * time.Millisecond) // let a statement a sent before the stop finish
+	stoppedAt := h.stopOutsideFileLocks(a)
 	stopped := h.rotations("paused")[0]
 	// a may be stopped inside a transaction holding its lease row FOR
 	// SHARE: b can take the key over only once the server ends that
@@ -662,6 +705,50 @@ func TestE2E_Replicas_PausedFenced(t *testing.T) {
 	h.checkRotatedOnce("paused", n+3)
 	h.checkFiles(files)
 	h.verifyAudit()
+}
+
+// stopOutsideFileLocks stops w (SIGSTOP) at a moment it holds none of
+// the home's file locks, and returns when it stopped. The replicas share
+// one home, so one local keyring: a replica stopped while it holds the
+// keyring's lock (reserving encryption counts) or the audit anchor's
+// holds it until it resumes, and every process of the machine then fails
+// its keyring changes after the 10s lock timeout. That is the local
+// backend's limit (a machine-local file lock; replicas on several
+// machines use a KMS), not what this test is about: a replica paused
+// with its PostgreSQL transaction, leases and rows. So a stop that lands
+// inside a lock is undone (SIGCONT) and tried again a little later.
+func (h *pgHome) stopOutsideFileLocks(w *replica) time.Time {
+	h.t.Helper()
+	locks := []string{filepath.Join(h.home, "keyring.lock"), filepath.Join(h.home, "audit.anchor.lock")}
+	for try := 1; ; try++ {
+		if err := w.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			h.t.Fatal(err)
+		}
+		at := time.Now()
+		time.Sleep(200 * time.Millisecond) // let a statement sent before the stop finish
+		held := ""
+		for _, l := range locks {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+			unlock, err := fileutil.Lock(ctx, l)
+			cancel()
+			if err != nil {
+				held = l
+				break
+			}
+			unlock()
+		}
+		if held == "" {
+			return at
+		}
+		if try == 20 {
+			h.t.Fatalf("%s held %s at each of 20 stops", w.id, held)
+		}
+		h.t.Logf("%s was stopped holding %s: resumed, stopping it again", w.id, filepath.Base(held))
+		if err := w.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			h.t.Fatal(err)
+		}
+		time.Sleep(time.Duration(try) * 7 * time.Millisecond)
+	}
 }
 
 // TestE2E_Replicas_PostgresRestart: PostgreSQL is restarted (scripts/pg

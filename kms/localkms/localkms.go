@@ -109,8 +109,9 @@ type Config struct {
 	// MaxUsageLimit.
 	UsageLimit uint64
 	// CounterBlock is the most encryption counts a process reserves in the
-	// keyring at a time: its first reservation for a version is 1 count,
-	// each next one twice the last, up to CounterBlock, so that a short
+	// keyring at a time: its first reservation for a version is 1 count
+	// (or what one RewrapBatch needs), each next one twice the last (or
+	// what the batch needs), up to CounterBlock, so that a short
 	// process (one CLI call) reserves about what it uses and a long one
 	// rarely writes the file. Counts reserved and not used are given back
 	// by Close when no other process reserved after them, and lost
@@ -599,29 +600,36 @@ func (c *Client) RotateKey(ctx context.Context, ref string) (int, error) {
 	return version, nil
 }
 
-// takeCount uses one encryption count of version of ref, reserving a new
-// block in the keyring when this Client's block is used up.
-func (c *Client) takeCount(ctx context.Context, ref string, version int) error {
+// takeCounts uses n encryption counts of version of ref, reserving new
+// blocks in the keyring while this Client's block runs short. A failure
+// to reserve (the keyring locked by another process for longer than
+// Config.LockTimeout, the usage limit, a write error) ends it; counts
+// taken before it stay used, which over-counts, never under.
+func (c *Client) takeCounts(ctx context.Context, ref string, version int, n uint64) error {
 	vr := versionRef{ref, version}
-	for {
+	for n > 0 {
 		c.countMu.Lock()
 		if b := c.counters[vr]; b != nil && b.next < b.limit {
-			b.next++
+			k := min(n, b.limit-b.next)
+			b.next += k
+			n -= k
 			c.countMu.Unlock()
-			return nil
+			continue
 		}
 		c.countMu.Unlock()
-		if err := c.reserve(ctx, vr); err != nil {
+		if err := c.reserve(ctx, vr, n); err != nil {
 			return err
 		}
 	}
+	return nil
 }
 
 // reserve records in the keyring that this Client takes the next block of
 // counts of vr, so that no other process, and no restart of this one, uses
-// them again. The block never passes the version's limit: the smaller of
+// them again. The block is twice the last one, at least want, and at most
+// Config.CounterBlock; it never passes the version's limit: the smaller of
 // Config.UsageLimit and the key's own (Config.KeyLimit).
-func (c *Client) reserve(ctx context.Context, vr versionRef) error {
+func (c *Client) reserve(ctx context.Context, vr versionRef, want uint64) error {
 	limit := c.usageLimit
 	if c.keyLimit != nil {
 		kl, err := c.keyLimit(ctx, vr.ref)
@@ -635,9 +643,10 @@ func (c *Client) reserve(ctx context.Context, vr versionRef) error {
 	size := uint64(1)
 	c.countMu.Lock()
 	if b := c.counters[vr]; b != nil {
-		size = min(b.size*2, c.counterBlock)
+		size = b.size * 2
 	}
 	c.countMu.Unlock()
+	size = min(max(size, want), c.counterBlock)
 	var block countBlock
 	return c.change(ctx, func(d *keyringData) (bool, error) {
 		c.countMu.Lock()
@@ -669,7 +678,7 @@ func (c *Client) reserve(ctx context.Context, vr versionRef) error {
 			return
 		}
 		c.log.Debug("localkms: reserved encryption counts", "keyring", c.path, "key", vr.ref, "version", vr.version, "from", block.next, "to", block.limit)
-		published := block // takeCount advances it from here on, under countMu
+		published := block // takeCounts advances it from here on, under countMu
 		c.countMu.Lock()
 		c.counters[vr] = &published
 		c.countMu.Unlock()
@@ -759,13 +768,18 @@ func (c *Client) wrap(ctx context.Context, ref string, version int, plaintext []
 	if err != nil {
 		return nil, err
 	}
-	if err := c.takeCount(ctx, ref, version); err != nil {
+	if err := c.takeCounts(ctx, ref, version, 1); err != nil {
 		return nil, err
 	}
+	return seal(v, version, plaintext), nil
+}
+
+// seal wraps plaintext under v (version), its count taken already.
+func seal(v *versionData, version int, plaintext []byte) []byte {
 	out := make([]byte, wrapHeader, wrapHeader+wrapNonceSize+len(plaintext)+wrapTagSize)
 	out[0] = wrapFormat
 	binary.BigEndian.PutUint32(out[1:], uint32(version))
-	return v.aead.Seal(out, nil, plaintext, v.aad), nil
+	return v.aead.Seal(out, nil, plaintext, v.aad)
 }
 
 // Unwrap implements rekey.KMS. It checks, in order, the key, the format and
@@ -824,8 +838,12 @@ func (c *Client) rewrap(ctx context.Context, ref string, fromVersion int, wrappe
 	return c.wrap(ctx, ref, toVersion, plaintext)
 }
 
-// RewrapBatch implements rekey.BatchRewrapper. The call fails as a whole for
-// an unknown ref or an unusable toVersion; other failures are per item.
+// RewrapBatch implements rekey.BatchRewrapper. An item that cannot be
+// unwrapped fails alone; everything about toVersion fails the call as a
+// whole: an unknown ref, an unusable toVersion, and the encryption counts,
+// taken for the whole batch at once (at most one wait for the keyring's
+// lock, not one per item: a process stopped while holding it costs a
+// batch Config.LockTimeout, then ErrKeyringLocked).
 func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, items []rekey.RewrapItem) ([]rekey.RewrapResult, error) {
 	if err := c.checkOpen(); err != nil {
 		return nil, err
@@ -835,8 +853,30 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 		return nil, err
 	}
 	results := make([]rekey.RewrapResult, len(items))
+	plaintexts := make([][]byte, len(items))
+	defer func() {
+		for _, p := range plaintexts {
+			clear(p)
+		}
+	}()
+	var n uint64
 	for i, it := range items {
-		results[i].Wrapped, results[i].Err = c.rewrap(ctx, ref, it.Version, it.Wrapped, toVersion)
+		plaintexts[i], results[i].Err = c.unwrap(ref, it.Version, it.Wrapped)
+		if results[i].Err == nil {
+			n++
+		}
+	}
+	v, err := c.usable(ref, toVersion)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.takeCounts(ctx, ref, toVersion, n); err != nil {
+		return nil, err
+	}
+	for i, p := range plaintexts {
+		if results[i].Err == nil {
+			results[i].Wrapped = seal(v, toVersion, p)
+		}
 	}
 	return results, nil
 }

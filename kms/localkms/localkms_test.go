@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -913,6 +914,94 @@ func TestLockWaitBounded(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(f.keyring); !bytes.Equal(before, after) {
 		t.Error("the keyring changed")
+	}
+}
+
+// TestRewrapBatchLockedFailsOnce: a batch whose counts need the keyring's
+// lock, held by another process (one stopped while reserving), fails as
+// a whole with ErrKeyringLocked after one LockTimeout, changing nothing:
+// its items do not each wait and fail (a 200-DEK batch would wait 200
+// LockTimeouts). Once the lock is free, the same batch re-wraps with one
+// reservation.
+func TestRewrapBatchLockedFailsOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := t.Context()
+	const items = 20
+	a := f.open(t)
+	ref := mustCreate(t, a, "payments")
+	batch := make([]rekey.RewrapItem, items)
+	for i := range batch {
+		batch[i] = rekey.RewrapItem{Version: 1, Wrapped: mustWrap(t, a, ref, 1, dek(i))}
+	}
+	v2, err := a.RotateKey(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := f.open(t, func(c *Config) { c.LockTimeout = 50 * time.Millisecond }) // no counts of v2 yet
+	before, err := os.ReadFile(f.keyring)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := fileutil.Lock(ctx, f.keyring+".lock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := b.RewrapBatch(ctx, ref, v2, batch)
+	unlock()
+	if !errors.Is(err, ErrKeyringLocked) || res != nil {
+		t.Fatalf("RewrapBatch while another process holds the lock = %d results, %v; want no results and ErrKeyringLocked for the call", len(res), err)
+	}
+	if after, _ := os.ReadFile(f.keyring); !bytes.Equal(before, after) {
+		t.Error("the keyring changed")
+	}
+	res, err = b.RewrapBatch(ctx, ref, v2, batch)
+	if err != nil || len(res) != items {
+		t.Fatalf("RewrapBatch after the lock was released = %d results, %v", len(res), err)
+	}
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("item %d: %v", i, r.Err)
+		}
+		mustUnwrap(t, b, ref, v2, r.Wrapped, dek(i))
+	}
+	if got := readFile(t, f).Keys[ref].Versions[v2-1].Reserved; got != items {
+		t.Errorf("version %d reserved %d counts in the file after one batch of %d, want %d (one reservation for the batch)", v2, got, items, items)
+	}
+}
+
+// TestRewrapBatchUsageLimit: a batch needing more counts than its target
+// version has left fails as a whole with the usage limit, while a DEK that
+// cannot be unwrapped fails alone and takes no count.
+func TestRewrapBatchUsageLimit(t *testing.T) {
+	t.Parallel()
+	f := setup(t)
+	ctx := t.Context()
+	c := f.open(t, func(c *Config) { c.UsageLimit, c.CounterBlock = 30, 8 })
+	ref := mustCreate(t, c, "payments")
+	batch := make([]rekey.RewrapItem, 20)
+	for i := range batch {
+		batch[i] = rekey.RewrapItem{Version: 1, Wrapped: mustWrap(t, c, ref, 1, dek(i))}
+	}
+	v2, err := c.RotateKey(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := slices.Clone(batch)
+	bad[3].Wrapped = append([]byte(nil), bad[3].Wrapped...)
+	bad[3].Wrapped[len(bad[3].Wrapped)-1] ^= 1
+	res, err := c.RewrapBatch(ctx, ref, v2, bad)
+	if err != nil || len(res) != len(bad) {
+		t.Fatalf("RewrapBatch with one damaged item = %d results, %v", len(res), err)
+	}
+	for i, r := range res {
+		if (i == 3) != (r.Err != nil) || (i == 3 && !errors.Is(r.Err, rekey.ErrInvalidCiphertext)) {
+			t.Errorf("item %d: %v", i, r.Err)
+		}
+	}
+	// 19 counts used, 11 left: a batch of 20 is refused as a whole.
+	if res, err := c.RewrapBatch(ctx, ref, v2, batch); !errors.Is(err, rekey.ErrUsageLimit) || res != nil {
+		t.Errorf("RewrapBatch of 20 with 11 counts left = %d results, %v; want the usage limit for the call", len(res), err)
 	}
 }
 
