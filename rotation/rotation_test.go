@@ -981,6 +981,41 @@ func TestRotateCompromised(t *testing.T) {
 	}
 }
 
+// Retire of a compromised version on a backend that cannot retire versions
+// (nothing to disable there) still refuses while DEKs reference it, by
+// their rows: it never reports a compromised version dealt with while
+// data depends on it.
+func TestRetire_CompromisedInUseWithoutBackendRetirement(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.createKey(t, "k", testPolicy())
+	ids := e.addDEKs(t, "k", 12)
+	eng := e.engine(t, func(c *rotation.Config) {
+		c.Backends = map[string]rekey.KMS{e.backend: struct{ rekey.KMS }{e.kms}} // Wrap and Unwrap only
+	})
+	if _, err := eng.RotateCompromised(e.ctx, "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.versions(t, "k")[1].State; st != rekey.VersionCompromised {
+		t.Fatalf("v1 = %s, want compromised", st)
+	}
+	// Three DEKs come back on v1 (restored from a backup taken before).
+	e.moveDEKs(t, "k", 1, ids[:3])
+	err := eng.Retire(e.ctx, "k", 1)
+	var inUse *rekey.VersionInUseError
+	if !errors.As(err, &inUse) || inUse.DEKs != 3 || inUse.Version != 1 {
+		t.Fatalf("Retire(compromised, 3 DEKs on it, backend without retirement) = %v, want *VersionInUseError with 3 DEKs", err)
+	}
+	e.moveDEKs(t, "k", 2, ids[:3])
+	if err := eng.Retire(e.ctx, "k", 1); err != nil {
+		t.Fatalf("Retire(compromised, unused) = %v", err)
+	}
+	if st := e.versions(t, "k")[1].State; st != rekey.VersionCompromised {
+		t.Fatalf("v1 = %s, want it to stay compromised", st)
+	}
+	e.checkDEKs(t, "k")
+}
+
 // RotateCompromised of the active version rotates away from it.
 func TestRotateCompromised_ActiveVersion(t *testing.T) {
 	t.Parallel()
