@@ -174,10 +174,6 @@ func (s *Store) ListRewrapRanges(ctx context.Context, rotationID string) ([]reke
 	return out, nil
 }
 
-// rangeSwapSQL is swapSQL restricted to the ids of one range, (lo, hi]
-// (an empty hi is no upper bound).
-const rangeSwapSQL = swapSQL + ` AND id > ? AND (? = '' OR id <= ?)`
-
 // CommitRangeBatch implements rekey.RangeSharer in one write transaction
 // (SQLite has one writer at a time, so nothing else changes the rows
 // between its reads and its writes): the rotation (ErrRotationNotFound),
@@ -235,7 +231,10 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 			if err := checkVersionsExist(ctx, tx, key, swaps); err != nil {
 				return err
 			}
-			if lost, err = swapRows(ctx, tx, rangeSwapSQL, swaps, key, now, lo, hi, hi); err != nil {
+			// Only the ids of the range, (lo, hi] (an empty hi is no
+			// upper bound), in SQLite's order of text (bytes).
+			inRange := func(id string) bool { return id > lo && (hi == "" || id <= hi) }
+			if lost, err = swapRows(ctx, tx, swaps, key, now, inRange); err != nil {
 				return err
 			}
 		}
