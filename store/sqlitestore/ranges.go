@@ -15,15 +15,23 @@ import (
 var _ rekey.RangeSharer = (*Store)(nil)
 
 // boundsSQL is DEKBounds in one statement: a keyset walk, each step
-// skipping every-1 DEKs from the previous bound in the (key, id) index
-// and taking the next. BenchmarkDEKBounds compares it with the other ways
-// (boundsWindowSQL, boundsWalkSQL); the figures are quoted there.
-const boundsSQL = `WITH RECURSIVE b(id) AS (
-		SELECT (SELECT id FROM deks WHERE key = ?1 AND version <> ?2 ORDER BY id LIMIT 1 OFFSET ?3)
+// skipping every-1 DEKs from the previous bound and taking the next,
+// through the (key, id) index, or with byID through the table's primary
+// key (as ListDEKs: see mostlyOf). BenchmarkDEKBounds compares it with the
+// other ways (boundsWindowSQL, boundsWalkSQL); the figures are quoted
+// there.
+func boundsSQL(byID bool) string {
+	key, dkey := `key = ?1`, `d.key = ?1`
+	if byID {
+		key, dkey = `+key = ?1`, `+d.key = ?1`
+	}
+	return `WITH RECURSIVE b(id) AS (
+		SELECT (SELECT id FROM deks WHERE ` + key + ` AND version <> ?2 ORDER BY id LIMIT 1 OFFSET ?3)
 		UNION ALL
-		SELECT (SELECT d.id FROM deks d WHERE d.key = ?1 AND d.version <> ?2 AND d.id > b.id ORDER BY d.id LIMIT 1 OFFSET ?3)
+		SELECT (SELECT d.id FROM deks d WHERE ` + dkey + ` AND d.version <> ?2 AND d.id > b.id ORDER BY d.id LIMIT 1 OFFSET ?3)
 		FROM b WHERE b.id IS NOT NULL
 	) SELECT id FROM b WHERE id IS NOT NULL`
+}
 
 // boundsWindowSQL and boundsWalkSQL are the other ways to compute
 // DEKBounds, kept for the benchmark: one window query (row_number() over
@@ -41,7 +49,11 @@ func (s *Store) DEKBounds(ctx context.Context, key string, notVersion int, every
 	if err := storecheck.ValidateEvery(key, every); err != nil {
 		return nil, s.fail(op, err)
 	}
-	out, err := queryIDs(ctx, s.r, boundsSQL, key, notVersion, every-1)
+	byID, err := s.mostlyOf(ctx, key)
+	if err != nil {
+		return nil, s.fail(op, err)
+	}
+	out, err := queryIDs(ctx, s.r, boundsSQL(byID), key, notVersion, every-1)
 	if err != nil {
 		return nil, s.fail(op, err)
 	}
@@ -69,6 +81,12 @@ func queryIDs(ctx context.Context, q querier, query string, args ...any) ([]stri
 // dekBoundsWindow is DEKBounds with boundsWindowSQL (for the benchmark).
 func (s *Store) dekBoundsWindow(ctx context.Context, key string, notVersion int, every int) ([]string, error) {
 	return queryIDs(ctx, s.r, boundsWindowSQL, key, notVersion, every)
+}
+
+// dekBoundsIndex is DEKBounds through the (key, id) index whatever the
+// key's share (for the benchmark).
+func (s *Store) dekBoundsIndex(ctx context.Context, key string, notVersion int, every int) ([]string, error) {
+	return queryIDs(ctx, s.r, boundsSQL(false), key, notVersion, every-1)
 }
 
 // dekBoundsWalk is DEKBounds with boundsWalkSQL (for the benchmark).
