@@ -32,25 +32,73 @@ func scanEvent(sc scanner) (rekey.AuditEvent, error) {
 }
 
 // appendEvents chains evs after the chain head and inserts them, in the
-// caller's transaction. The head row is locked FOR UPDATE until the
-// transaction ends, so appenders in any number of processes serialise:
-// seqs have no gap, commit in seq order, and each event links to the one
-// before. The caller takes this lock last.
+// caller's transaction, in two round trips (queueHead, then queueEvents).
+// The head row is locked FOR UPDATE until the transaction ends, so
+// appenders in any number of processes serialise: seqs have no gap, commit
+// in seq order, and each event links to the one before. The caller takes
+// this lock last.
 func appendEvents(ctx context.Context, tx pgx.Tx, evs []rekey.AuditEvent) error {
 	if len(evs) == 0 {
 		return nil
 	}
-	var seq int64
-	var hash string
-	if err := tx.QueryRow(ctx, `SELECT seq, hash FROM audit_head WHERE id FOR UPDATE`).Scan(&seq, &hash); err != nil {
-		return fmt.Errorf("audit chain head: %w", err)
+	b := &pgx.Batch{}
+	queueHead(b)
+	br := tx.SendBatch(ctx, b)
+	h, err := readHead(br)
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
-	var prev time.Time
-	if seq == 0 {
-		hash = rekey.GenesisHash
-	} else if err := tx.QueryRow(ctx, `SELECT coalesce(time, 'epoch') FROM audit_events WHERE seq = $1`, seq).Scan(&prev); err != nil {
-		return fmt.Errorf("audit chain head event %d: %w", seq, err)
+	if err != nil {
+		return err
 	}
+	b = &pgx.Batch{}
+	queueEvents(b, evs, h)
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// chainHead is the head of the trail new events follow: its seq and hash
+// (the genesis hash for an empty trail), and its event's time (zero for
+// an empty trail).
+type chainHead struct {
+	seq  int64
+	hash string
+	prev time.Time
+}
+
+// queueHead queues the two reads of the chain head that readHead reads:
+// the head row, locked FOR UPDATE, then the time of its event. Two
+// statements, not a join: the second takes its snapshot once the lock is
+// held, so it sees the event of a head another transaction moved while
+// this one waited (a join's snapshot would be older than the lock).
+func queueHead(b *pgx.Batch) {
+	b.Queue(`SELECT seq, hash FROM audit_head WHERE id FOR UPDATE`)
+	b.Queue(`SELECT coalesce(time, 'epoch') FROM audit_events WHERE seq = (SELECT seq FROM audit_head WHERE id)`)
+}
+
+// readHead reads the results of queueHead from br.
+func readHead(br pgx.BatchResults) (chainHead, error) {
+	var h chainHead
+	if err := br.QueryRow().Scan(&h.seq, &h.hash); err != nil {
+		return h, fmt.Errorf("audit chain head: %w", err)
+	}
+	err := br.QueryRow().Scan(&h.prev)
+	switch {
+	case h.seq == 0:
+		h.hash, h.prev = rekey.GenesisHash, time.Time{}
+		if errors.Is(err, pgx.ErrNoRows) {
+			err = nil
+		}
+		return h, err
+	case err != nil:
+		return h, fmt.Errorf("audit chain head event %d: %w", h.seq, err)
+	}
+	return h, nil
+}
+
+// queueEvents chains evs after h and queues their INSERT and the head's
+// move on b.
+func queueEvents(b *pgx.Batch, evs []rekey.AuditEvent, h chainHead) {
+	seq, hash, prev := h.seq, h.hash, h.prev
 	rows := make([][]any, len(evs))
 	for i := range evs {
 		e := &evs[i]
@@ -83,11 +131,8 @@ func appendEvents(ctx context.Context, tx pgx.Tx, evs []rekey.AuditEvent) error 
 		}
 		sb.WriteString(")")
 	}
-	if _, err := tx.Exec(ctx, sb.String(), args...); err != nil {
-		return err
-	}
-	_, err := tx.Exec(ctx, `UPDATE audit_head SET seq = $1, hash = $2 WHERE id`, seq, hash)
-	return err
+	b.Queue(sb.String(), args...)
+	b.Queue(`UPDATE audit_head SET seq = $1, hash = $2 WHERE id`, seq, hash)
 }
 
 // AppendAudit implements rekey.Store. A zero event Time is set to now.

@@ -274,21 +274,32 @@ func swapDEKs(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, fence rekey
 // counters of dek_counts by the swaps that won, once, after every row (the
 // lock order of migration 0005). It returns the ids that lost.
 func swapRounds(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, error) {
+	lost, delta, err := swapRoundsDelta(ctx, tx, query, swaps, key, now, extra...)
+	if err != nil {
+		return nil, err
+	}
+	if err := addCounts(ctx, tx, key, delta); err != nil {
+		return nil, err
+	}
+	return lost, nil
+}
+
+// swapRoundsDelta is swapRounds without the counters' write: it returns
+// the change the swaps that won make to them, for the caller to write
+// (queueCounts) before any later lock of the package's order.
+func swapRoundsDelta(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rekey.DEKSwap, key string, now time.Time, extra ...any) ([]string, countDelta, error) {
 	var lost []string
 	delta := countDelta{}
 	for rest := swaps; len(rest) > 0; {
 		round, next := splitRepeats(rest)
 		l, err := swapRound(ctx, tx, query, round, key, now, delta, extra...)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		lost = append(lost, l...)
 		rest = next
 	}
-	if err := addCounts(ctx, tx, key, delta); err != nil {
-		return nil, err
-	}
-	return lost, nil
+	return lost, delta, nil
 }
 
 // countDelta is a change of the DEK counters of one key, per version.
@@ -297,6 +308,17 @@ type countDelta map[int]int64
 // addCounts adds delta to key's counters in dek_counts, creating those
 // missing, in version order; versions whose change is 0 are left alone.
 func addCounts(ctx context.Context, tx pgx.Tx, key string, delta countDelta) error {
+	b := &pgx.Batch{}
+	queueCounts(b, key, delta)
+	if b.Len() == 0 {
+		return nil
+	}
+	return tx.SendBatch(ctx, b).Close()
+}
+
+// queueCounts queues addCounts' statement on b (nothing when no counter
+// changes).
+func queueCounts(b *pgx.Batch, key string, delta countDelta) {
 	versions := make([]int32, 0, len(delta))
 	for v, n := range delta {
 		if n != 0 {
@@ -304,17 +326,16 @@ func addCounts(ctx context.Context, tx pgx.Tx, key string, delta countDelta) err
 		}
 	}
 	if len(versions) == 0 {
-		return nil
+		return
 	}
 	slices.Sort(versions)
 	ns := make([]int64, len(versions))
 	for i, v := range versions {
 		ns[i] = delta[int(v)]
 	}
-	_, err := tx.Exec(ctx, `INSERT INTO dek_counts (key, version, n)
+	b.Queue(`INSERT INTO dek_counts (key, version, n)
 		SELECT $1, v, n FROM unnest($2::int[], $3::bigint[]) AS c(v, n)
 		ON CONFLICT (key, version) DO UPDATE SET n = dek_counts.n + EXCLUDED.n`, key, versions, ns)
-	return err
 }
 
 // splitRepeats returns the longest prefix of swaps without a repeated id,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -233,61 +234,57 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 	}
 	var lost []string
 	err = s.write(ctx, op, func(tx pgx.Tx) error {
-		key, state, err := lockRotation(ctx, tx, cp.RotationID)
+		key, lo, hi, err := checkRangeBatch(ctx, tx, swaps, fence, cp)
 		if err != nil {
 			return err
 		}
-		lk := rekey.RangeLeaseKey(cp.RotationID, cp.Index)
-		if err := checkFence(ctx, tx, lk, fence); err != nil {
-			return err
-		}
-		// A range lease fences by expiry too (see rekey.RangeCheckpoint.Now);
-		// checkFence holds its row FOR SHARE.
-		var expires time.Time
-		if err := tx.QueryRow(ctx, `SELECT expires_at FROM leases WHERE key = $1`, lk).Scan(&expires); err != nil {
-			return err
-		}
-		if !expires.After(cp.Now) {
-			return fmt.Errorf("range lease %q owner %s epoch %d expired at %s: %w", lk, fence.Owner, fence.Epoch,
-				expires.UTC().Format(time.RFC3339), rekey.ErrFenced)
-		}
-		if state != rekey.RotationRewrapping {
-			return fmt.Errorf("rotation %s of key %q is %s, not rewrapping: %w", cp.RotationID, key, state, rekey.ErrStale)
-		}
-		var lo, hi string
-		var finished bool
-		err = tx.QueryRow(ctx, `SELECT lo, hi, finished FROM rewrap_ranges WHERE rotation_id = $1 AND idx = $2 FOR UPDATE`,
-			cp.RotationID, cp.Index).Scan(&lo, &hi, &finished)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return fmt.Errorf("rotation %s of key %q has no range %d (was it split?): %w", cp.RotationID, key, cp.Index, rekey.ErrStale)
-		}
-		if err != nil {
-			return err
-		}
-		if finished {
-			return fmt.Errorf("range %d of rotation %s of key %q is finished: %w", cp.Index, cp.RotationID, key, rekey.ErrStale)
-		}
-		lost, err = swapRange(ctx, tx, swaps, key, lo, hi, now)
-		if err != nil {
-			return err
+		var delta countDelta
+		if len(swaps) > 0 {
+			if lost, delta, err = swapRoundsDelta(ctx, tx, rangeSwapSQL, swaps, key, now, lo, hi); err != nil {
+				return err
+			}
 		}
 		applied := len(swaps) - len(lost)
 		done, failed := cp.Done+int64(applied), int64(len(cp.FailedIDs))
-		if _, err := tx.Exec(ctx, `UPDATE rewrap_ranges SET cursor = $3, deks_done = deks_done + $4, deks_failed = deks_failed + $5,
+		// The writes after the swaps and the chain head's reads, in one
+		// round trip, in the package's lock order (counters, then the
+		// range and the rotation already locked, then the chain head).
+		b := &pgx.Batch{}
+		queueCounts(b, key, delta)
+		b.Queue(`UPDATE rewrap_ranges SET cursor = $3, deks_done = deks_done + $4, deks_failed = deks_failed + $5,
 			finished = $6 WHERE rotation_id = $1 AND idx = $2`,
-			cp.RotationID, cp.Index, cp.Cursor, done, failed, cp.Finished); err != nil {
-			return err
-		}
+			cp.RotationID, cp.Index, cp.Cursor, done, failed, cp.Finished)
 		// failed_deks keeps the first MaxFailedDEKs ids: the new ones
 		// appended, the whole cut to the limit, in the statement.
-		if _, err := tx.Exec(ctx, `UPDATE rotations SET deks_done = deks_done + $2, deks_failed = deks_failed + $3,
+		b.Queue(`UPDATE rotations SET deks_done = deks_done + $2, deks_failed = deks_failed + $3,
 			failed_deks = CASE WHEN COALESCE(cardinality($4::text[]), 0) = 0 THEN failed_deks
 				ELSE (COALESCE(failed_deks, '{}'::text[]) || $4::text[])[1:$5] END,
 			updated_at = $6 WHERE id = $1`,
-			cp.RotationID, done, failed, cp.FailedIDs, storecheck.MaxFailedDEKs, now); err != nil {
+			cp.RotationID, done, failed, cp.FailedIDs, storecheck.MaxFailedDEKs, now)
+		evs := storecheck.AddEventDEKs(evs, applied)
+		if len(evs) > 0 {
+			queueHead(b)
+		}
+		br := tx.SendBatch(ctx, b)
+		defer br.Close()
+		for range b.Len() - 2*min(len(evs), 1) {
+			if _, err := br.Exec(); err != nil {
+				return err
+			}
+		}
+		if len(evs) == 0 {
+			return br.Close()
+		}
+		h, err := readHead(br)
+		if err != nil {
 			return err
 		}
-		return appendEvents(ctx, tx, storecheck.AddEventDEKs(evs, applied))
+		if err := br.Close(); err != nil {
+			return err
+		}
+		b = &pgx.Batch{}
+		queueEvents(b, evs, h)
+		return tx.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
 		return nil, err
@@ -295,16 +292,84 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 	return lost, nil
 }
 
-// swapRange applies swaps of DEKs of key inside (lo, hi] as SwapDEKs
-// does (the new versions must exist; a repeated id goes in a later round)
-// and returns the ids of the swaps that lost, those outside the range or
-// of another key among them.
-func swapRange(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, key, lo, hi string, now time.Time) ([]string, error) {
-	if len(swaps) == 0 {
-		return nil, nil
+// checkRangeBatch makes the checks of CommitRangeBatch in tx, in one round
+// trip and the package's lock order: the rotation FOR UPDATE
+// (ErrRotationNotFound), the fence on the range's lease, held FOR SHARE,
+// and its expiry (ErrFenced), the rotation's state and the range, FOR
+// UPDATE (ErrStale), and the versions the swaps name, FOR SHARE
+// (ErrVersionNotFound). It returns the rotation's key and the range's
+// bounds.
+func checkRangeBatch(ctx context.Context, tx pgx.Tx, swaps []rekey.DEKSwap, fence rekey.Lease, cp rekey.RangeCheckpoint) (key, lo, hi string, err error) {
+	lk := rekey.RangeLeaseKey(cp.RotationID, cp.Index)
+	var versions []int32
+	for _, sw := range swaps {
+		if !slices.Contains(versions, int32(sw.NewVersion)) {
+			versions = append(versions, int32(sw.NewVersion))
+		}
 	}
-	if err := checkVersionsExist(ctx, tx, key, swaps); err != nil {
-		return nil, err
+	slices.Sort(versions)
+	b := &pgx.Batch{}
+	b.Queue(`SELECT key, state FROM rotations WHERE id = $1 FOR UPDATE`, cp.RotationID)
+	b.Queue(`SELECT owner, epoch, released, expires_at FROM leases WHERE key = $1 FOR SHARE`, lk)
+	b.Queue(`SELECT lo, hi, finished FROM rewrap_ranges WHERE rotation_id = $1 AND idx = $2 FOR UPDATE`, cp.RotationID, cp.Index)
+	if len(versions) > 0 {
+		b.Queue(`SELECT version FROM key_versions WHERE key = (SELECT key FROM rotations WHERE id = $1) AND version = ANY($2)
+			ORDER BY version FOR SHARE`, cp.RotationID, versions)
 	}
-	return swapRounds(ctx, tx, rangeSwapSQL, swaps, key, now, lo, hi)
+	br := tx.SendBatch(ctx, b)
+	defer br.Close()
+	var state string
+	err = br.QueryRow().Scan(&key, &state)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", "", fmt.Errorf("rotation %s: %w", cp.RotationID, rekey.ErrRotationNotFound)
+	}
+	if err != nil {
+		return "", "", "", err
+	}
+	var owner string
+	var epoch int64
+	var released bool
+	var expires time.Time
+	err = br.QueryRow().Scan(&owner, &epoch, &released, &expires)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return "", "", "", err
+	}
+	if fence.Key != lk || err != nil || released || owner != fence.Owner || epoch != fence.Epoch {
+		return "", "", "", fmt.Errorf("key %q owner %s epoch %d: %w", lk, fence.Owner, fence.Epoch, rekey.ErrFenced)
+	}
+	// A range lease fences by expiry too (see rekey.RangeCheckpoint.Now).
+	if !expires.After(cp.Now) {
+		return "", "", "", fmt.Errorf("range lease %q owner %s epoch %d expired at %s: %w", lk, fence.Owner, fence.Epoch,
+			expires.UTC().Format(time.RFC3339), rekey.ErrFenced)
+	}
+	if rekey.RotationState(state) != rekey.RotationRewrapping {
+		return "", "", "", fmt.Errorf("rotation %s of key %q is %s, not rewrapping: %w", cp.RotationID, key, state, rekey.ErrStale)
+	}
+	var finished bool
+	err = br.QueryRow().Scan(&lo, &hi, &finished)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", "", "", fmt.Errorf("rotation %s of key %q has no range %d (was it split?): %w", cp.RotationID, key, cp.Index, rekey.ErrStale)
+	}
+	if err != nil {
+		return "", "", "", err
+	}
+	if finished {
+		return "", "", "", fmt.Errorf("range %d of rotation %s of key %q is finished: %w", cp.Index, cp.RotationID, key, rekey.ErrStale)
+	}
+	if len(versions) > 0 {
+		rows, err := br.Query()
+		have, err := collect(rows, err, func(sc scanner) (int32, error) {
+			var v int32
+			return v, sc.Scan(&v)
+		})
+		if err != nil {
+			return "", "", "", err
+		}
+		for _, sw := range swaps {
+			if !slices.Contains(have, int32(sw.NewVersion)) {
+				return "", "", "", fmt.Errorf("dek %s: key %q version %d: %w", sw.ID, key, sw.NewVersion, rekey.ErrVersionNotFound)
+			}
+		}
+	}
+	return key, lo, hi, br.Close()
 }
