@@ -56,6 +56,16 @@ type DEKRowCounter interface {
 	CountDEKRows(ctx context.Context, key string, version int) (int64, error)
 }
 
+// ConcurrentWriter is a Store whose transactions writing different rows
+// run at the same time (PostgreSQL's row locks, one transaction per
+// connection), so that re-wrapping several ranges of a shared re-wrap at
+// once in one process goes faster: ConcurrentWrites says how many. A store
+// without it takes one writer at a time (SQLite), and the engine one range
+// at a time.
+type ConcurrentWriter interface {
+	ConcurrentWrites() int
+}
+
 // BatchCommitter writes a re-wrap batch and the rotation's checkpoint in
 // one transaction, so that a crash can never leave the checkpoint (cursor,
 // counts) behind the DEKs it describes. Every Store implements it; a

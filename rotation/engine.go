@@ -66,6 +66,12 @@ type Config struct {
 	// under a lease of its own (rekey.RangeSharer). 0 means
 	// max(2×BatchSize, DEKs/64); a negative value never splits.
 	RangeSize int
+	// RangeWorkers is how many ranges of a shared re-wrap of rekey's own
+	// DEKs this engine re-wraps at once, each under its own lease, with its
+	// own read-ahead. 0 means the store's rekey.ConcurrentWriter (2 for
+	// PostgreSQL), 1 for a store without it (SQLite, one writer at a
+	// time). Ranges of DEK sources go one at a time.
+	RangeWorkers int
 	// LeaseTTL is the lifetime of a key lease; it is renewed every TTL/3.
 	// 0 means 30s.
 	LeaseTTL time.Duration
@@ -176,8 +182,8 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.Store == nil {
 		return nil, fmt.Errorf("%w: rotation: Config.Store is required", rekey.ErrInvalidArgument)
 	}
-	if cfg.BatchSize < 0 || cfg.Concurrency < 0 || cfg.LeaseTTL < 0 {
-		return nil, fmt.Errorf("%w: rotation: BatchSize, Concurrency and LeaseTTL must not be negative", rekey.ErrInvalidArgument)
+	if cfg.BatchSize < 0 || cfg.Concurrency < 0 || cfg.LeaseTTL < 0 || cfg.RangeWorkers < 0 {
+		return nil, fmt.Errorf("%w: rotation: BatchSize, Concurrency, RangeWorkers and LeaseTTL must not be negative", rekey.ErrInvalidArgument)
 	}
 	if cfg.DEKs == nil {
 		cfg.DEKs = cfg.Store
@@ -199,6 +205,12 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
+	}
+	if cfg.RangeWorkers == 0 {
+		cfg.RangeWorkers = 1
+		if cw, ok := cfg.Store.(rekey.ConcurrentWriter); ok {
+			cfg.RangeWorkers = max(cw.ConcurrentWrites(), 1)
+		}
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rekeyhq/rekey"
@@ -191,56 +193,117 @@ func (e *Engine) ShareRewrap(ctx context.Context, key string) (int64, error) {
 	return e.workRanges(ctx, k, b, *open, ranges)
 }
 
-// workRanges re-wraps every unfinished range of r that it can lease, one
-// after the other, and returns the DEKs it re-wrapped. A range another
-// worker holds is skipped; one taken over from us mid-way is left to its
-// new holder.
+// workRanges re-wraps every unfinished range of r that it can lease and
+// returns the DEKs it re-wrapped: those of rekey's own DEKs
+// cfg.RangeWorkers at a time, then those of DEK sources one after the
+// other. A range another worker holds is skipped; one taken over from us
+// mid-way is left to its new holder, and stops the others of this call.
 func (e *Engine) workRanges(ctx context.Context, k rekey.Key, b *backend, r rekey.Rotation, ranges []rekey.RewrapRange) (int64, error) {
-	var total int64
+	var own, sources []rekey.RewrapRange
 	for _, rg := range ranges {
-		if rg.Finished {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return total, context.Cause(ctx)
-		}
-		if src := spanOf(rg).source; src != "" {
-			if _, _, ok := e.sourceNamed(k.Name, src); !ok {
-				// Left to a worker that has the source (the one that split
-				// the re-wrap has it).
-				e.log.Warn("re-wrap range of a DEK source this worker does not have; left to the others: configure the same dek_sources on every replica",
-					"key_id", k.Name, "rotation_id", r.ID, "range", rg.Index, "source", src)
-				continue
-			}
-		}
-		var n int64
-		err := e.withLease(ctx, rg.LeaseKey(), true, func(ctx context.Context, kl *keyLease) error {
-			var err error
-			n, err = e.workRange(ctx, kl, k, b, r, rg.Index, len(ranges))
-			return err
-		})
-		total += n
 		switch {
-		case err == nil:
-		case errors.Is(err, rekey.ErrLeaseHeld):
-			// Another worker has it.
-		case isFenced(err):
-			// Our lease on the range expired or was taken over: this
-			// worker was paused or too slow. Stop sharing rather than
-			// claim more: its view may be stale, and whoever took the
-			// range over carries on.
-			e.log.Warn("re-wrap range lost (lease expired or taken over); stopping work on this rotation", "key_id", k.Name,
-				"rotation_id", r.ID, "range", rg.Index, "error", err)
-			return total, err
-		case errors.Is(err, rekey.ErrStale):
-			// The range finished (an earlier try of ours committed) or
-			// the rotation moved on: nothing left here.
-			e.log.Info("re-wrap range already finished", "key_id", k.Name, "rotation_id", r.ID, "range", rg.Index)
+		case rg.Finished:
+		case spanOf(rg).source == "":
+			own = append(own, rg)
 		default:
-			return total, err
+			sources = append(sources, rg)
 		}
 	}
-	return total, nil
+	total, err := e.workRangesAtOnce(ctx, k, b, r, own, len(ranges), e.cfg.RangeWorkers)
+	if err != nil {
+		return total, err
+	}
+	n, err := e.workRangesAtOnce(ctx, k, b, r, sources, len(ranges), 1)
+	return total + n, err
+}
+
+// workRangesAtOnce works todo with up to workers goroutines, each taking
+// the next range not yet taken (so that no two share one: a lease is
+// re-entrant for its owner), and returns the DEKs re-wrapped. The first
+// error stops the others after their batch in progress and is returned.
+func (e *Engine) workRangesAtOnce(ctx context.Context, k rekey.Key, b *backend, r rekey.Rotation, todo []rekey.RewrapRange, count, workers int) (int64, error) {
+	if len(todo) == 0 {
+		return 0, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var (
+		total atomic.Int64
+		next  atomic.Int64
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	for range min(max(workers, 1), len(todo)) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(todo) {
+					return
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				n, err := e.workOneRange(ctx, k, b, r, todo[i], count)
+				total.Add(n)
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					cancel(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = context.Cause(ctx)
+	}
+	return total.Load(), first
+}
+
+// workOneRange re-wraps range rg under its lease and returns the DEKs it
+// re-wrapped; a range another worker holds, or one found finished, is no
+// error.
+func (e *Engine) workOneRange(ctx context.Context, k rekey.Key, b *backend, r rekey.Rotation, rg rekey.RewrapRange, count int) (int64, error) {
+	if src := spanOf(rg).source; src != "" {
+		if _, _, ok := e.sourceNamed(k.Name, src); !ok {
+			// Left to a worker that has the source (the one that split
+			// the re-wrap has it).
+			e.log.Warn("re-wrap range of a DEK source this worker does not have; left to the others: configure the same dek_sources on every replica",
+				"key_id", k.Name, "rotation_id", r.ID, "range", rg.Index, "source", src)
+			return 0, nil
+		}
+	}
+	var n int64
+	err := e.withLease(ctx, rg.LeaseKey(), true, func(ctx context.Context, kl *keyLease) error {
+		var err error
+		n, err = e.workRange(ctx, kl, k, b, r, rg.Index, count)
+		return err
+	})
+	switch {
+	case err == nil:
+	case errors.Is(err, rekey.ErrLeaseHeld):
+		// Another worker has it.
+		return n, nil
+	case isFenced(err):
+		// Our lease on the range expired or was taken over: this
+		// worker was paused or too slow. Stop sharing rather than
+		// claim more: its view may be stale, and whoever took the
+		// range over carries on.
+		e.log.Warn("re-wrap range lost (lease expired or taken over); stopping work on this rotation", "key_id", k.Name,
+			"rotation_id", r.ID, "range", rg.Index, "error", err)
+		return n, err
+	case errors.Is(err, rekey.ErrStale):
+		// The range finished (an earlier try of ours committed) or
+		// the rotation moved on: nothing left here.
+		e.log.Info("re-wrap range already finished", "key_id", k.Name, "rotation_id", r.ID, "range", rg.Index)
+		return n, nil
+	}
+	return n, err
 }
 
 // workRange re-wraps range index of r from its stored cursor until no DEK

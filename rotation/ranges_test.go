@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -289,4 +290,82 @@ func TestSharedRewrap_CycleHelpsAndSmallKeysStayWhole(t *testing.T) {
 		t.Fatalf("a rotation of 50 DEKs with ranges of 30 was split into %d ranges", len(got))
 	}
 	checkOneRotation(t, e, "small", 50)
+}
+
+// One engine with RangeWorkers 3 re-wraps ranges of one rotation at the
+// same time (a batch of a second range commits while the first range's
+// worker waits after its batch), and the rotation ends as with one: every
+// DEK re-wrapped once, every range finished, one commit.
+func TestSharedRewrap_RangeWorkersAtOnce(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.createKey(t, "k", testPolicy())
+	e.addDEKs(t, "k", 400)
+	a := e.engine(t, shared(40), func(c *rotation.Config) { c.RangeWorkers = 3 }) // 10 ranges
+	var (
+		hits   atomic.Int64
+		second = make(chan struct{})
+		once   sync.Once
+	)
+	rotation.SetTestHook(a, func(name string) error {
+		if name != failpoint.RewrapAfterBatchCommit {
+			return nil
+		}
+		if hits.Add(1) == 1 {
+			select {
+			case <-second:
+				return nil
+			case <-time.After(10 * time.Second):
+				return errors.New("no other range's batch committed while the first range waited: ranges are not re-wrapped at once")
+			}
+		}
+		once.Do(func() { close(second) })
+		return nil
+	})
+	r, err := a.Rotate(e.ctx, "k", rekey.ReasonManual, "")
+	if err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if r.Done != 400 {
+		t.Fatalf("rotation re-wrapped %d DEKs, want 400", r.Done)
+	}
+	rs := ranges(t, e, "k")
+	if len(rs) != 10 {
+		t.Fatalf("ranges = %d, want 10", len(rs))
+	}
+	for _, rg := range rs {
+		if !rg.Finished {
+			t.Fatalf("range %d not finished", rg.Index)
+		}
+	}
+	checkOneRotation(t, e, "k", 400)
+}
+
+// A failure in one of several range workers stops the others after their
+// batch in progress and fails the rotation's pass; the next try resumes
+// every range at its cursor and the rotation ends once, with every DEK.
+func TestSharedRewrap_RangeWorkersStopTogether(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.createKey(t, "k", testPolicy())
+	e.addDEKs(t, "k", 400)
+	a := e.engine(t, shared(40), func(c *rotation.Config) { c.RangeWorkers = 3; c.BatchSize = 20 })
+	rotation.SetTestHook(a, onHit(failpoint.RewrapAfterBatchCommit, 4, func() error { return errTest }))
+	if _, err := a.Rotate(e.ctx, "k", rekey.ReasonManual, ""); !errors.Is(err, errTest) {
+		t.Fatalf("Rotate with a failing range batch = %v, want the failure", err)
+	}
+	unfinished := 0
+	for _, rg := range ranges(t, e, "k") {
+		if !rg.Finished {
+			unfinished++
+		}
+	}
+	if unfinished == 0 {
+		t.Fatal("every range finished after the failure: the other workers did not stop")
+	}
+	rotation.SetTestHook(a, nil)
+	if rep := a.RunCycle(e.ctx); !rep.OK() {
+		t.Fatalf("the next cycle = %+v, want the rotation resumed and done", rep)
+	}
+	checkOneRotation(t, e, "k", 400)
 }

@@ -30,9 +30,10 @@ type Store struct {
 }
 
 var (
-	_ rekey.Store          = (*Store)(nil)
-	_ rekey.BatchCommitter = (*Store)(nil)
-	_ rekey.DEKRowCounter  = (*Store)(nil)
+	_ rekey.Store            = (*Store)(nil)
+	_ rekey.BatchCommitter   = (*Store)(nil)
+	_ rekey.DEKRowCounter    = (*Store)(nil)
+	_ rekey.ConcurrentWriter = (*Store)(nil)
 )
 
 // Wrap returns a rekey.Store that retries every method of s with p while
@@ -228,6 +229,15 @@ func (s *Store) CountDEKRows(ctx context.Context, key string, version int) (int6
 		c, err := s.s.CountDEKs(ctx, key)
 		return c[version], err
 	})
+}
+
+// ConcurrentWrites implements rekey.ConcurrentWriter: the inner store's,
+// 1 for a store without it.
+func (s *Store) ConcurrentWrites() int {
+	if cw, ok := s.s.(rekey.ConcurrentWriter); ok {
+		return cw.ConcurrentWrites()
+	}
+	return 1
 }
 
 // DEKBounds implements rekey.RangeSharer.
