@@ -230,3 +230,23 @@ func TestUnwrapAndClose(t *testing.T) {
 		t.Fatalf("inner Ping after Close = %v: Close was not passed on", err)
 	}
 }
+
+// writers is a memstore that says how many writers it takes at once.
+type writers struct {
+	*memstore.Store
+	n int
+}
+
+func (w writers) ConcurrentWrites() int { return w.n }
+
+// TestConcurrentWritesForwarded: the engine sees the inner store's
+// rekey.ConcurrentWriter through the decorator, and 1 for a store without
+// it (one range worker).
+func TestConcurrentWritesForwarded(t *testing.T) {
+	if got := retrystore.Wrap(writers{memstore.New(), 5}, fast).ConcurrentWrites(); got != 5 {
+		t.Errorf("ConcurrentWrites of a store taking 5 writers, wrapped = %d", got)
+	}
+	if got := retrystore.Wrap(memstore.New(), fast).ConcurrentWrites(); got != 1 {
+		t.Errorf("ConcurrentWrites of a store without it, wrapped = %d, want 1", got)
+	}
+}
