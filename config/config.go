@@ -69,6 +69,8 @@ const (
 const (
 	MaxBatchSize   = 100000
 	MaxConcurrency = 256
+	// MaxRangeWorkers bounds worker.range_workers.
+	MaxRangeWorkers = 64
 )
 
 var (
@@ -138,6 +140,10 @@ type WorkerConfig struct {
 	// KMSRateLimit is the backend request rate in requests per second;
 	// 0 means the backend's default.
 	KMSRateLimit float64
+	// RangeWorkers is how many ranges of a shared re-wrap one process
+	// re-wraps at once (0..64); 0 means the store's choice: 2 on
+	// PostgreSQL, 1 on SQLite (one writer at a time).
+	RangeWorkers int
 	// LeaseTTL is how long a worker's lease on a key lasts unless renewed
 	// (default 30s).
 	LeaseTTL time.Duration

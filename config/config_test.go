@@ -246,14 +246,15 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "worker out of range",
-			yaml: minimal + "worker: {batch_size: 100001, concurrency: 0, kms_rate_limit: -1, lease_ttl: 0s}\n",
+			yaml: minimal + "worker: {batch_size: 100001, concurrency: 0, kms_rate_limit: -1, lease_ttl: 0s, range_workers: 65}\n",
 			want: []want{
 				{"worker.batch_size", "100001 is out of range: use 1 to 100000"},
 				{"worker.concurrency", "0 is out of range: use 1 to 256"},
 				{"worker.kms_rate_limit", "not a rate"},
 				{"worker.lease_ttl", "0s is not positive"},
+				{"worker.range_workers", "65 is out of range: use 1 to 64, or 0 for the store's choice"},
 			},
-			n: 4,
+			n: 5,
 		},
 		{
 			name: "wrong types",
@@ -618,7 +619,7 @@ backends:
   aws:   {type: local, keyring: "${RING}", master_key_file: /etc/rekey/mk}
   hsm:   {type: local, keyring: /var/lib/hsm.ring}
 defaults: {rotation_period: 30d, rotate_within: 2d, notify_within: 5d, grace: 1d12h, destroy_after: 365d}
-worker: {check_interval: 2s, batch_size: 500, concurrency: 4, kms_rate_limit: 12.5, lease_ttl: 10s}
+worker: {check_interval: 2s, batch_size: 500, concurrency: 4, kms_rate_limit: 12.5, lease_ttl: 10s, range_workers: 3}
 http: {listen: ":0"}
 log: {level: debug, format: text}
 keys:
@@ -637,7 +638,7 @@ keys:
 			"hsm":   {Type: BackendLocal, Settings: &localkms.Settings{Keyring: "/var/lib/hsm.ring"}},
 		},
 		Defaults: rekey.Policy{RotationPeriod: 30 * rekey.Day, RotateWithin: 2 * rekey.Day, NotifyWithin: 5 * rekey.Day, Grace: 36 * time.Hour, DestroyAfter: 365 * rekey.Day, MaxEncryptions: rekey.DefaultMaxEncryptions, RotateAt: rekey.DefaultRotateAt},
-		Worker:   WorkerConfig{CheckInterval: 2 * time.Second, BatchSize: 500, Concurrency: 4, KMSRateLimit: 12.5, LeaseTTL: 10 * time.Second},
+		Worker:   WorkerConfig{CheckInterval: 2 * time.Second, BatchSize: 500, Concurrency: 4, KMSRateLimit: 12.5, LeaseTTL: 10 * time.Second, RangeWorkers: 3},
 		HTTP:     HTTPConfig{Listen: ":0"},
 		Log:      LogConfig{Level: "debug", Format: "text"},
 		Keys: []KeyConfig{

@@ -585,7 +585,7 @@ func (d *decoder) defaults(n *yaml.Node, path string, pol *rekey.Policy) {
 	})
 }
 
-var workerFields = []string{"check_interval", "batch_size", "concurrency", "kms_rate_limit", "lease_ttl"}
+var workerFields = []string{"check_interval", "batch_size", "concurrency", "kms_rate_limit", "lease_ttl", "range_workers"}
 
 func (d *decoder) worker(n *yaml.Node, path string, w *WorkerConfig) {
 	d.fields(n, path, fieldSet{allowed: workerFields}, func(name string, v *yaml.Node, p string) {
@@ -600,6 +600,8 @@ func (d *decoder) worker(n *yaml.Node, path string, w *WorkerConfig) {
 			d.number(v, p, &w.KMSRateLimit)
 		case "lease_ttl":
 			d.duration(v, p, &w.LeaseTTL, false)
+		case "range_workers":
+			d.integer(v, p, &w.RangeWorkers)
 		}
 	})
 }

@@ -157,6 +157,9 @@ func (c *Config) checkWorker(ch *checker) {
 	if w.Concurrency < 1 || w.Concurrency > MaxConcurrency {
 		ch.add("worker.concurrency", "%d is out of range: use 1 to %d", w.Concurrency, MaxConcurrency)
 	}
+	if w.RangeWorkers < 0 || w.RangeWorkers > MaxRangeWorkers {
+		ch.add("worker.range_workers", "%d is out of range: use 1 to %d, or 0 for the store's choice (2 on PostgreSQL, 1 on SQLite)", w.RangeWorkers, MaxRangeWorkers)
+	}
 	if w.KMSRateLimit < 0 || math.IsNaN(w.KMSRateLimit) || math.IsInf(w.KMSRateLimit, 0) {
 		ch.add("worker.kms_rate_limit", "%v is not a rate: use requests per second, or 0 for the backend's default", w.KMSRateLimit)
 	}

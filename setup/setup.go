@@ -229,7 +229,7 @@ func Open(ctx context.Context, o Options) (sys *System, err error) {
 		Sources: engineSources(s.Sources),
 		Store:   s.Store, Backends: s.Backends, Logger: logger, Now: now,
 		Owner: getenv(EnvWorkerID), BatchSize: w.BatchSize, Concurrency: w.Concurrency,
-		LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: s.Metrics,
+		RangeWorkers: w.RangeWorkers, LeaseTTL: w.LeaseTTL, Failpoints: fps, Observer: s.Metrics,
 		DeclaredBackends: declaredBackends(s.Config),
 	}); err != nil {
 		return nil, err
