@@ -14,6 +14,10 @@ type DEKQuery struct {
 	NotVersion int    // if > 0, only DEKs on any other version
 	After      string // if set, only ids greater than this one
 	Limit      int    // at most this many; <= 0 means 1000
+	// Brief lets the store leave Label, CreatedAt and UpdatedAt out of
+	// the DEKs it returns (a re-wrap needs only ID, Key, Version and
+	// Wrapped); a store may ignore it.
+	Brief bool
 }
 
 // DEKSwap is a compare-and-swap of one DEK's wrapped value: it applies only

@@ -353,7 +353,7 @@ func (d *driver) compromisedPass(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		deks, err := d.e.listDEKs(ctx, rekey.DEKQuery{Key: d.key.Name, Version: d.r.Compromised, After: cursor, Limit: d.e.cfg.BatchSize})
+		deks, err := d.e.listDEKs(ctx, rekey.DEKQuery{Key: d.key.Name, Version: d.r.Compromised, After: cursor, Limit: d.e.cfg.BatchSize, Brief: true})
 		if err != nil {
 			return err
 		}
@@ -380,7 +380,7 @@ func (d *driver) pass(ctx context.Context, state rekey.RotationState) error {
 		return nil // rekey's own DEKs are done: the sources' passes resume
 	}
 	query := func(after string) rekey.DEKQuery {
-		return rekey.DEKQuery{Key: d.key.Name, NotVersion: d.r.ToVersion, After: after, Limit: d.e.cfg.BatchSize}
+		return rekey.DEKQuery{Key: d.key.Name, NotVersion: d.r.ToVersion, After: after, Limit: d.e.cfg.BatchSize, Brief: true}
 	}
 	var ahead *readAhead
 	defer func() { ahead.stop() }()

@@ -327,7 +327,7 @@ func (e *Engine) workRange(ctx context.Context, kl *keyLease, k rekey.Key, b *ba
 		"range", index, "of", count, "from", cursor, "to", rg.To)
 	var done int64
 	query := func(after string) rekey.DEKQuery {
-		return rekey.DEKQuery{Key: k.Name, NotVersion: r.ToVersion, After: after, Limit: e.cfg.BatchSize}
+		return rekey.DEKQuery{Key: k.Name, NotVersion: r.ToVersion, After: after, Limit: e.cfg.BatchSize, Brief: true}
 	}
 	var ahead *readAhead
 	defer func() { ahead.stop() }()

@@ -50,6 +50,19 @@ func (s listIgnoresAfter) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rek
 	return s.Store.ListDEKs(ctx, q)
 }
 
+type briefDropsWrapped struct{ *memstore.Store }
+
+// ListDEKs with Brief leaves the wrapped bytes out too.
+func (s briefDropsWrapped) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, error) {
+	ds, err := s.Store.ListDEKs(ctx, q)
+	if q.Brief {
+		for i := range ds {
+			ds[i].Wrapped = nil
+		}
+	}
+	return ds, err
+}
+
 type countSkipsVersion2 struct{ *memstore.Store }
 
 func (s countSkipsVersion2) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
@@ -183,6 +196,7 @@ var mutants = map[string]struct {
 	"list-ignores-after":           {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "DEKs/ListPaging"},
 	"list-ignores-after-pbt":       {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "Property/DEKModel"},
 	"count-skips-version-2":        {func() rekey.Store { return countSkipsVersion2{memstore.New()} }, "DEKs/Count"},
+	"brief-drops-wrapped":          {func() rekey.Store { return briefDropsWrapped{memstore.New()} }, "DEKs/List"},
 	"ignores-require-unused":       {func() rekey.Store { return ignoresRequireUnused{memstore.New()} }, "Versions/RequireUnused"},
 	"audit-drops-first":            {func() rekey.Store { return auditDropsFirst{memstore.New()} }, "Audit/Chain"},
 	"lease-never-held":             {func() rekey.Store { return leaseNeverHeld{memstore.New()} }, "Leases/Lifecycle"},

@@ -17,6 +17,15 @@ import (
 
 const dekColumns = `id, key, version, wrapped, label, created_at, updated_at`
 
+// briefColumns are the columns of a ListDEKs with Brief.
+const briefColumns = `id, key, version, wrapped`
+
+func scanBrief(sc scanner) (rekey.DEK, error) {
+	var d rekey.DEK
+	err := sc.Scan(&d.ID, &d.Key, &d.Version, &d.Wrapped)
+	return d, err
+}
+
 func scanDEK(sc scanner) (rekey.DEK, error) {
 	var d rekey.DEK
 	var created, updated *time.Time
@@ -135,8 +144,12 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 	// 24 ms against 0.3 ms; TestListDEKsPlan).
 	var out []rekey.DEK
 	err := s.inOrderScan(ctx, func(tx pgx.Tx) error {
+		scan := scanDEK
+		if q.Brief {
+			scan = scanBrief
+		}
 		rows, err := tx.Query(ctx, query, args...)
-		out, err = collect(rows, err, scanDEK)
+		out, err = collect(rows, err, scan)
 		return err
 	})
 	if err != nil {
@@ -150,7 +163,11 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 // versions.
 func listDEKsSQL(q rekey.DEKQuery) (string, []any) {
 	var sb strings.Builder
-	sb.WriteString(`SELECT ` + dekColumns + ` FROM deks WHERE key = $1`)
+	cols := dekColumns
+	if q.Brief {
+		cols = briefColumns
+	}
+	sb.WriteString(`SELECT ` + cols + ` FROM deks WHERE key = $1`)
 	args := []any{q.Key}
 	param := func() string { return "$" + strconv.Itoa(len(args)) }
 	if q.Version > 0 {

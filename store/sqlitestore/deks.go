@@ -15,6 +15,15 @@ import (
 
 const dekColumns = `id, key, version, wrapped, label, created_at, updated_at`
 
+// briefColumns are the columns of a ListDEKs with Brief.
+const briefColumns = `id, key, version, wrapped`
+
+func scanBrief(sc scanner) (rekey.DEK, error) {
+	var d rekey.DEK
+	err := sc.Scan(&d.ID, &d.Key, &d.Version, &d.Wrapped)
+	return d, err
+}
+
 func scanDEK(sc scanner) (rekey.DEK, error) {
 	var d rekey.DEK
 	var created, updated sql.NullInt64
@@ -123,9 +132,13 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 		return nil, s.fail(op, err)
 	}
 	defer rows.Close()
+	scan := scanDEK
+	if q.Brief {
+		scan = scanBrief
+	}
 	out := make([]rekey.DEK, 0, min(limit, 1024))
 	for rows.Next() {
-		d, err := scanDEK(rows)
+		d, err := scan(rows)
 		if err != nil {
 			return nil, s.fail(op, err)
 		}
@@ -143,10 +156,14 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 // cursor on (TestListPlans).
 func listDEKsSQL(q rekey.DEKQuery, limit int, byID bool) (string, []any) {
 	var sb strings.Builder
+	cols := dekColumns
+	if q.Brief {
+		cols = briefColumns
+	}
 	if byID {
-		sb.WriteString(`SELECT ` + dekColumns + ` FROM deks WHERE +key = ?`)
+		sb.WriteString(`SELECT ` + cols + ` FROM deks WHERE +key = ?`)
 	} else {
-		sb.WriteString(`SELECT ` + dekColumns + ` FROM deks WHERE key = ?`)
+		sb.WriteString(`SELECT ` + cols + ` FROM deks WHERE key = ?`)
 	}
 	args := []any{q.Key}
 	if q.Version > 0 {
