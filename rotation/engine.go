@@ -58,7 +58,8 @@ type Config struct {
 	// BatchSize is how many DEKs one re-wrap batch lists, re-wraps and
 	// swaps (one checkpoint each); 0 means 1000.
 	BatchSize int
-	// Concurrency bounds the backend calls in flight per batch; 0 means 8.
+	// Concurrency bounds the backend calls of re-wraps in flight in this
+	// engine, across its range workers and read-ahead; 0 means 8.
 	Concurrency int
 	// RangeSize is how many DEKs one range of a shared re-wrap holds: a
 	// rotation with at least two ranges' worth of DEKs is split into id
@@ -151,6 +152,10 @@ type Engine struct {
 	obs   Observer
 	owner string
 
+	// calls holds a token per backend call of a re-wrap in flight, at most
+	// cfg.Concurrency: the bound holds across range workers and read-ahead.
+	calls chan struct{}
+
 	// testHook, when set (tests only), runs at every failpoint before the
 	// failpoint set; an error it returns is injected there.
 	testHook func(name string) error
@@ -222,6 +227,7 @@ func New(cfg Config) (*Engine, error) {
 		log:            cfg.Logger,
 		obs:            cfg.Observer,
 		owner:          cfg.Owner,
+		calls:          make(chan struct{}, cfg.Concurrency),
 		blocked:        make(map[versionRef]int64),
 		disabled:       make(map[versionRef]bool),
 		destroyBlocked: make(map[versionRef]string),

@@ -424,7 +424,8 @@ type onlyKMS struct {
 	rekey.KMS
 	inFlight, maxInFlight atomic.Int64
 	mu                    sync.Mutex
-	unwrapped             []int // versions unwrapped, in call order
+	unwrapped             []int         // versions unwrapped, in call order
+	delay                 time.Duration // each Unwrap lasts at least this long (calls in flight overlap)
 }
 
 func (k *onlyKMS) Unwrap(ctx context.Context, ref string, version int, wrapped []byte) ([]byte, error) {
@@ -439,6 +440,9 @@ func (k *onlyKMS) Unwrap(ctx context.Context, ref string, version int, wrapped [
 	k.mu.Lock()
 	k.unwrapped = append(k.unwrapped, version)
 	k.mu.Unlock()
+	if k.delay > 0 {
+		time.Sleep(k.delay)
+	}
 	return k.KMS.Unwrap(ctx, ref, version, wrapped)
 }
 

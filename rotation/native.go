@@ -82,11 +82,12 @@ func (e *Engine) rewrapNative(ctx context.Context, b *backend, s Source, deks []
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
-				if i >= len(deks) || bctx.Err() != nil {
+				if i >= len(deks) || !e.takeCall(bctx) {
 					return
 				}
 				d := deks[i]
 				w, fromBV, err := dst.b.native.RewrapNative(bctx, dst.b.ref, d.Wrapped, s.EncryptionContext, dst.version)
+				e.giveCall()
 				if err == nil && fromBV > 0 {
 					var from int
 					from, err = b.rt.versionAt(bctx, dst.b, fromBV)

@@ -369,3 +369,25 @@ func TestSharedRewrap_RangeWorkersStopTogether(t *testing.T) {
 	}
 	checkOneRotation(t, e, "k", 400)
 }
+
+// Several range workers share the engine's Concurrency: the backend never
+// has more calls of the re-wrap in flight than that (each worker alone
+// would use all of it).
+func TestSharedRewrap_RangeWorkersShareConcurrency(t *testing.T) {
+	t.Parallel()
+	e := setup(t)
+	e.createKey(t, "k", testPolicy())
+	e.addDEKs(t, "k", 600)
+	counting := &onlyKMS{KMS: e.kms, delay: 300 * time.Microsecond}
+	a := e.engine(t, shared(60), func(c *rotation.Config) {
+		c.Backends = map[string]rekey.KMS{e.backend: counting}
+		c.RangeWorkers, c.Concurrency, c.BatchSize = 4, 3, 30
+	})
+	if _, err := a.Rotate(e.ctx, "k", rekey.ReasonManual, ""); err != nil {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if m := counting.maxInFlight.Load(); m > 3 || m < 1 {
+		t.Fatalf("max backend calls in flight = %d with 4 range workers, want 1..3 (Concurrency)", m)
+	}
+	checkOneRotation(t, e, "k", 600)
+}

@@ -240,10 +240,11 @@ func (e *Engine) swapDEKs(ctx context.Context, kl *keyLease, swaps []rekey.DEKSw
 }
 
 // rewrapAtBackend re-wraps deks under version to with at most Concurrency
-// backend calls in flight: one RewrapBatch per chunk when the backend has
-// it, else one Rewrap per DEK, else Unwrap then Wrap. The first fatal error
-// stops the other workers; outs then holds what was done before it (an
-// entry with neither wrapped nor err was not done).
+// backend calls in flight for the whole engine (its calls slots, shared by
+// range workers and read-ahead): one RewrapBatch per chunk when the
+// backend has it, else one Rewrap per DEK, else Unwrap then Wrap. The
+// first fatal error stops the other workers; outs then holds what was done
+// before it (an entry with neither wrapped nor err was not done).
 func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.DEK, to int) ([]rewrapOut, error) {
 	outs := make([]rewrapOut, len(deks))
 	bctx, cancel := context.WithCancelCause(ctx)
@@ -254,6 +255,10 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 		for lo := 0; lo < len(deks); lo += size {
 			hi := min(lo+size, len(deks))
 			wg.Go(func() {
+				if !e.takeCall(bctx) {
+					return
+				}
+				defer e.giveCall()
 				if err := e.rewrapChunk(bctx, dst, deks[lo:hi], versions[lo:hi], outs[lo:hi]); err != nil {
 					cancel(err)
 				}
@@ -265,10 +270,11 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 			wg.Go(func() {
 				for {
 					i := int(next.Add(1)) - 1
-					if i >= len(deks) || bctx.Err() != nil {
+					if i >= len(deks) || !e.takeCall(bctx) {
 						return
 					}
 					w, err := e.rewrapOne(bctx, b, deks[i], to)
+					e.giveCall()
 					switch {
 					case err == nil:
 						outs[i].wrapped = w
@@ -288,6 +294,23 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 	}
 	return outs, nil
 }
+
+// takeCall waits for one of the engine's Concurrency call slots; it
+// returns false, holding none, when ctx ends first.
+func (e *Engine) takeCall(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	select {
+	case e.calls <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// giveCall gives back a slot taken by takeCall.
+func (e *Engine) giveCall() { <-e.calls }
 
 // rewrapOne re-wraps one DEK: on the server side when its version and
 // to live on the same backend and that backend can, else by an unwrap on
