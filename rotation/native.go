@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 
 	"github.com/rekeyhq/rekey"
@@ -71,48 +70,36 @@ func (e *Engine) rewrapNative(ctx context.Context, b *backend, s Source, deks []
 			s.Name, s.Format, to, deks[0].Key, dst.b.name)
 	}
 	outs := make([]rewrapOut, len(deks))
-	bctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var (
-		wg    sync.WaitGroup
-		next  atomic.Int64
-		stale atomic.Int64
-	)
-	for range min(e.cfg.Concurrency, len(deks)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(deks) || !e.takeCall(bctx) {
-					return
-				}
-				d := deks[i]
-				w, fromBV, err := dst.b.native.RewrapNative(bctx, dst.b.ref, d.Wrapped, s.EncryptionContext, dst.version)
-				e.giveCall()
-				if err == nil && fromBV > 0 {
-					var from int
-					from, err = b.rt.versionAt(bctx, dst.b, fromBV)
-					switch {
-					case err != nil:
-					case from == 0:
-						err = fmt.Errorf("the blob is under version %d of the key at backend %s, which key %s does not have: %w", fromBV, dst.b.name, d.Key, rekey.ErrWrongVersion)
-					case from != d.Version:
-						stale.Add(1)
-					}
-				}
-				switch {
-				case err == nil:
-					outs[i].wrapped = w
-				case isDEKFailure(err):
-					outs[i].err = err
-				default:
-					cancel(fmt.Errorf("native re-wrap of row %s: %w", d.ID, err))
-					return
-				}
+	var stale atomic.Int64
+	err = each(ctx, len(deks), e.cfg.Concurrency, func(ctx context.Context, i int) error {
+		if !e.takeCall(ctx) {
+			return nil
+		}
+		d := deks[i]
+		w, fromBV, err := dst.b.native.RewrapNative(ctx, dst.b.ref, d.Wrapped, s.EncryptionContext, dst.version)
+		e.giveCall()
+		if err == nil && fromBV > 0 {
+			var from int
+			from, err = b.rt.versionAt(ctx, dst.b, fromBV)
+			switch {
+			case err != nil:
+			case from == 0:
+				err = fmt.Errorf("the blob is under version %d of the key at backend %s, which key %s does not have: %w", fromBV, dst.b.name, d.Key, rekey.ErrWrongVersion)
+			case from != d.Version:
+				stale.Add(1)
 			}
-		})
-	}
-	wg.Wait()
-	if err := context.Cause(bctx); err != nil {
+		}
+		switch {
+		case err == nil:
+			outs[i].wrapped = w
+		case isDEKFailure(err):
+			outs[i].err = err
+		default:
+			return fmt.Errorf("native re-wrap of row %s: %w", d.ID, err)
+		}
+		return nil
+	})
+	if err != nil {
 		return outs, fmt.Errorf("source %s: %w", s.Name, err)
 	}
 	if n := stale.Load(); n > 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -217,52 +216,18 @@ func (e *Engine) workRanges(ctx context.Context, k rekey.Key, b *backend, r reke
 	return total + n, err
 }
 
-// workRangesAtOnce works todo with up to workers goroutines, each taking
-// the next range not yet taken (so that no two share one: a lease is
-// re-entrant for its owner), and returns the DEKs re-wrapped. The first
-// error stops the others after their batch in progress and is returned.
+// workRangesAtOnce works todo with up to workers goroutines, each range
+// by one of them (a lease is re-entrant for its owner, so two must never
+// share one), and returns the DEKs re-wrapped. The first error stops the
+// others after their batch in progress and is returned.
 func (e *Engine) workRangesAtOnce(ctx context.Context, k rekey.Key, b *backend, r rekey.Rotation, todo []rekey.RewrapRange, count, workers int) (int64, error) {
-	if len(todo) == 0 {
-		return 0, nil
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var (
-		total atomic.Int64
-		next  atomic.Int64
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-	)
-	for range min(max(workers, 1), len(todo)) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(todo) {
-					return
-				}
-				if ctx.Err() != nil {
-					return
-				}
-				n, err := e.workOneRange(ctx, k, b, r, todo[i], count)
-				total.Add(n)
-				if err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-					cancel(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = context.Cause(ctx)
-	}
-	return total.Load(), first
+	var total atomic.Int64
+	err := each(ctx, len(todo), workers, func(ctx context.Context, i int) error {
+		n, err := e.workOneRange(ctx, k, b, r, todo[i], count)
+		total.Add(n)
+		return err
+	})
+	return total.Load(), err
 }
 
 // workOneRange re-wraps range rg under its lease and returns the DEKs it

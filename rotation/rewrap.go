@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/rekeyhq/rekey"
 	"github.com/rekeyhq/rekey/failpoint"
@@ -247,52 +245,38 @@ func (e *Engine) swapDEKs(ctx context.Context, kl *keyLease, swaps []rekey.DEKSw
 // before it (an entry with neither wrapped nor err was not done).
 func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.DEK, to int) ([]rewrapOut, error) {
 	outs := make([]rewrapOut, len(deks))
-	bctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var wg sync.WaitGroup
+	var err error
 	if dst, versions, ok := b.batchPlan(ctx, deks, to); ok {
 		size := (len(deks) + e.cfg.Concurrency - 1) / e.cfg.Concurrency
-		for lo := 0; lo < len(deks); lo += size {
-			hi := min(lo+size, len(deks))
-			wg.Go(func() {
-				if !e.takeCall(bctx) {
-					return
-				}
-				defer e.giveCall()
-				if err := e.rewrapChunk(bctx, dst, deks[lo:hi], versions[lo:hi], outs[lo:hi]); err != nil {
-					cancel(err)
-				}
-			})
-		}
+		chunks := (len(deks) + size - 1) / size
+		err = each(ctx, chunks, chunks, func(ctx context.Context, c int) error {
+			lo, hi := c*size, min((c+1)*size, len(deks))
+			if !e.takeCall(ctx) {
+				return nil
+			}
+			defer e.giveCall()
+			return e.rewrapChunk(ctx, dst, deks[lo:hi], versions[lo:hi], outs[lo:hi])
+		})
 	} else {
-		var next atomic.Int64
-		for range min(e.cfg.Concurrency, len(deks)) {
-			wg.Go(func() {
-				for {
-					i := int(next.Add(1)) - 1
-					if i >= len(deks) || !e.takeCall(bctx) {
-						return
-					}
-					w, err := e.rewrapOne(bctx, b, deks[i], to)
-					e.giveCall()
-					switch {
-					case err == nil:
-						outs[i].wrapped = w
-					case isDEKFailure(err):
-						outs[i].err = err
-					default:
-						cancel(fmt.Errorf("re-wrap dek %s: %w", deks[i].ID, err))
-						return
-					}
-				}
-			})
-		}
+		err = each(ctx, len(deks), e.cfg.Concurrency, func(ctx context.Context, i int) error {
+			if !e.takeCall(ctx) {
+				return nil
+			}
+			w, err := e.rewrapOne(ctx, b, deks[i], to)
+			e.giveCall()
+			switch {
+			case err == nil:
+				outs[i].wrapped = w
+			case isDEKFailure(err):
+				outs[i].err = err
+			default:
+				return fmt.Errorf("re-wrap dek %s: %w", deks[i].ID, err)
+			}
+			return nil
+		})
 	}
-	wg.Wait()
-	if err := context.Cause(bctx); err != nil {
-		return outs, err // what was done before the failure: see keepPartial
-	}
-	return outs, nil
+	// On an error, outs holds what was done before it: see keepPartial.
+	return outs, err
 }
 
 // takeCall waits for one of the engine's Concurrency call slots; it

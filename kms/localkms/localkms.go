@@ -849,7 +849,8 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 		return nil, err
 	}
 	c.maybeRefresh()
-	if _, err := c.usable(ref, toVersion); err != nil {
+	v, err := c.usable(ref, toVersion)
+	if err != nil {
 		return nil, err
 	}
 	results := make([]rekey.RewrapResult, len(items))
@@ -865,10 +866,6 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 		if results[i].Err == nil {
 			n++
 		}
-	}
-	v, err := c.usable(ref, toVersion)
-	if err != nil {
-		return nil, err
 	}
 	if err := c.takeCounts(ctx, ref, toVersion, n); err != nil {
 		return nil, err

@@ -270,13 +270,14 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 				ELSE (COALESCE(failed_deks, '{}'::text[]) || $4::text[])[1:$5] END,
 			updated_at = $6 WHERE id = $1`,
 			cp.RotationID, done, failed, cp.FailedIDs, storecheck.MaxFailedDEKs, now)
+		writes := b.Len()
 		evs := storecheck.AddEventDEKs(evs, applied)
 		if len(evs) > 0 {
 			queueHead(b)
 		}
 		br := tx.SendBatch(ctx, b)
 		defer br.Close()
-		for range b.Len() - 2*min(len(evs), 1) {
+		for range writes {
 			if _, err := br.Exec(); err != nil {
 				return err
 			}

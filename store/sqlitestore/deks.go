@@ -156,15 +156,14 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 // cursor on (TestListPlans).
 func listDEKsSQL(q rekey.DEKQuery, limit int, byID bool) (string, []any) {
 	var sb strings.Builder
-	cols := dekColumns
+	cols, key := dekColumns, `key`
 	if q.Brief {
 		cols = briefColumns
 	}
 	if byID {
-		sb.WriteString(`SELECT ` + cols + ` FROM deks WHERE +key = ?`)
-	} else {
-		sb.WriteString(`SELECT ` + cols + ` FROM deks WHERE key = ?`)
+		key = `+key`
 	}
+	sb.WriteString(`SELECT ` + cols + ` FROM deks WHERE ` + key + ` = ?`)
 	args := []any{q.Key}
 	if q.Version > 0 {
 		sb.WriteString(` AND version = ?`)
