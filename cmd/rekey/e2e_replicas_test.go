@@ -466,19 +466,21 @@ func (h *e2eHome) createDEKsParallel(keys []string, n int) {
 
 // TestE2E_Replicas_FiveKeys: three replicas, five keys due at once,
 // 20,000 DEKs per key (100,000 with REKEY_LONG=1), the last key (r5, the
-// one the replicas reach last) half as large again. Each key is rotated
-// exactly once, every DEK ends on v2, the sealed files decrypt, the chain
-// verifies, and more than one replica re-wrapped ranges of the largest
-// key (the audit actor of its range batches says which).
+// one the replicas reach last) three times as large, and a check interval
+// of 200ms, so that the replicas done with their own keys find it still
+// busy at their next cycle. Each key is rotated exactly once, every DEK
+// ends on v2, the sealed files decrypt, the chain verifies, and more than
+// one replica re-wrapped ranges of the largest key (the audit actor of
+// its range batches says which).
 func TestE2E_Replicas_FiveKeys(t *testing.T) {
 	dsn := replicaDSN(t)
 	n := e2eSize(20000, 100000)
-	h := newPGHome(t, dsn, pgOpts{checkInterval: time.Second, leaseTTL: 5 * time.Second})
+	h := newPGHome(t, dsn, pgOpts{checkInterval: 200 * time.Millisecond, leaseTTL: 5 * time.Second})
 	keys := []string{"r1", "r2", "r3", "r4", "r5"}
 	const largest = "r5"
 	size := func(k string) int {
 		if k == largest {
-			return n + n/2
+			return 3 * n
 		}
 		return n
 	}

@@ -143,17 +143,24 @@ func TestE2E_UsageCountSurvivesKill(t *testing.T) {
 	for i := range loops {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(i), uint64(time.Now().UnixNano())))
+			// The kill lands at a random moment of a run as long as the
+			// last one that finished (a quarter to 1.75 of it), so that
+			// about half the runs are killed however fast the machine.
+			last := 300 * time.Millisecond
 			for time.Now().Before(deadline) {
 				cmd := h.command(nil, "dek", "create", "--key", "k9", "--count", "200", "--json")
 				var out bytes.Buffer
 				cmd.Stdout = &out
+				started := time.Now()
 				if err := cmd.Start(); err != nil {
 					t.Error(err)
 					return
 				}
-				timer := time.AfterFunc(time.Duration(50+rng.IntN(1500))*time.Millisecond, func() { cmd.Process.Kill() })
+				timer := time.AfterFunc(last/4+time.Duration(rng.Int64N(int64(last*3/2))), func() { cmd.Process.Kill() })
 				err := cmd.Wait()
-				timer.Stop()
+				if timer.Stop() && err == nil {
+					last = time.Since(started)
+				}
 				mu.Lock()
 				if err == nil {
 					var res struct {
