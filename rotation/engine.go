@@ -238,6 +238,10 @@ func New(cfg Config) (*Engine, error) {
 // events.
 func (e *Engine) Owner() string { return e.owner }
 
+// RangeWorkers is how many ranges of a shared re-wrap the engine works at
+// once: Config.RangeWorkers, or the store's choice when that was 0.
+func (e *Engine) RangeWorkers() int { return e.cfg.RangeWorkers }
+
 func (e *Engine) now() time.Time { return rekey.NormalizeTime(e.cfg.Now()) }
 
 // hit passes through a failpoint.

@@ -39,7 +39,10 @@ $REKEY_TEST_PG_DSN, dropped after) and measures, in one run:
            rekey's deks table updated in 1000-row transactions, one writer),
            and the same on a minimal table (text id + blob, WITHOUT ROWID)
 
-and the ratios engine/naive, engine/min(floors) and engine/minimal.
+and the ratios engine/naive, engine/min(floors) and engine/minimal. Each
+phase starts on a settled store: VACUUM (ANALYZE) of the table it writes
+on PostgreSQL (the rows the phase before wrote would set off autovacuum
+during it), a WAL checkpoint on SQLite.
 
 --backend awskms runs on the KMS endpoint of --endpoint (default
 $REKEY_TEST_AWSKMS_ENDPOINT: the local-kms emulator of scripts/localkms),
@@ -81,6 +84,7 @@ when it is a terminal.`,
 	f.IntVar(&o.BatchSize, "batch-size", 0, "worker.batch_size of the engine (default 1000)")
 	f.IntVar(&o.Concurrency, "concurrency", 0, "worker.concurrency of the engine (default 8)")
 	f.Float64Var(&o.RateLimit, "kms-rate-limit", 0, "worker.kms_rate_limit of the engine (default 0: none)")
+	f.IntVar(&o.RangeWorkers, "range-workers", 0, "worker.range_workers of the engine (default 0: the store's choice, 2 on PostgreSQL, 1 on SQLite)")
 	return cmd
 }
 
@@ -164,8 +168,8 @@ func (c *cli) runBench(ctx context.Context, o bench.Options) error {
 		return c.printJSON(res)
 	}
 	w := c.stdout
-	fmt.Fprintf(w, "rekey bench: %d DEKs, store %s, backend %s, batch_size %d, concurrency %d, kms_rate_limit %v (%s, in %s)\n\n",
-		res.DEKs, res.Store, res.Backend, res.Settings.BatchSize, res.Settings.Concurrency, res.Settings.RateLimit,
+	fmt.Fprintf(w, "rekey bench: %d DEKs, store %s, backend %s, batch_size %d, concurrency %d, kms_rate_limit %v, range_workers %d (%s, in %s)\n\n",
+		res.DEKs, res.Store, res.Backend, res.Settings.BatchSize, res.Settings.Concurrency, res.Settings.RateLimit, res.Engine.RangeWorkers,
 		time.Now().UTC().Format("2006-01-02"), time.Since(start).Round(time.Second))
 	fmt.Fprintf(w, "%-36s %14s\n", "what", "DEKs/s")
 	fmt.Fprintf(w, "%-36s %14.0f   (%.2f s, peak RSS %.1f MB, %.2f backend calls/DEK)\n", "engine (full rotation)",

@@ -23,6 +23,7 @@ import (
 	_ "github.com/mattn/go-sqlite3"    // database/sql driver "sqlite3"
 
 	"github.com/rekeyhq/rekey"
+	"github.com/rekeyhq/rekey/config"
 	"github.com/rekeyhq/rekey/setup"
 )
 
@@ -79,6 +80,8 @@ type Options struct {
 	BatchSize   int     // worker.batch_size; 0 = the default
 	Concurrency int     // worker.concurrency; 0 = the default
 	RateLimit   float64 // worker.kms_rate_limit; 0 = none
+	// RangeWorkers is worker.range_workers; 0 = the store's choice.
+	RangeWorkers int
 	// Dir is the parent of the temporary directory; "" = os.TempDir().
 	Dir string
 	// Engine runs the engine phase (`rekey bench` runs it in a child
@@ -115,6 +118,9 @@ type EngineResult struct {
 	BackendCallsPerDEK float64 `json:"backend_calls_per_dek"`
 	// DEKs is how many DEKs the rotation re-wrapped.
 	DEKs int `json:"rewrapped"`
+	// RangeWorkers is how many ranges the engine re-wrapped at once
+	// (worker.range_workers, or the store's choice).
+	RangeWorkers int `json:"range_workers"`
 	// Throttle is what the throttling of Options.ThrottleAt did; nil
 	// without it.
 	Throttle *ThrottleResult `json:"throttle,omitempty"`
@@ -173,7 +179,9 @@ type Settings struct {
 	BatchSize   int     `json:"batch_size"`
 	Concurrency int     `json:"concurrency"`
 	RateLimit   float64 `json:"kms_rate_limit"`
-	StoreNotes  string  `json:"store_notes"`
+	// RangeWorkers is worker.range_workers (0: the store's choice).
+	RangeWorkers int    `json:"range_workers"`
+	StoreNotes   string `json:"store_notes"`
 	// ThrottleAt is Options.ThrottleAt (0: none).
 	ThrottleAt float64 `json:"throttle_at,omitempty"`
 	// Endpoint is the awskms endpoint.
@@ -206,6 +214,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("--batch-size %d: use 1 to 100000 (0: the default)", o.BatchSize)
 	case o.Concurrency < 0 || o.Concurrency > 256:
 		return fmt.Errorf("--concurrency %d: use 1 to 256 (0: the default)", o.Concurrency)
+	case o.RangeWorkers < 0 || o.RangeWorkers > config.MaxRangeWorkers:
+		return fmt.Errorf("--range-workers %d: use 1 to %d (0: the store's choice)", o.RangeWorkers, config.MaxRangeWorkers)
 	case o.RateLimit < 0 || math.IsNaN(o.RateLimit) || math.IsInf(o.RateLimit, 0):
 		return fmt.Errorf("--kms-rate-limit %v: give 0 (none) or a positive rate per second", o.RateLimit)
 	}
@@ -247,6 +257,9 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return Result{}, err
 	}
 	if err := env.seed(ctx); err != nil {
+		return Result{}, err
+	}
+	if err := env.settle(ctx, "deks"); err != nil {
 		return Result{}, err
 	}
 	res = Result{DEKs: o.DEKs, Store: o.Store, Backend: o.Backend, Settings: env.settings}
@@ -333,7 +346,7 @@ func (e *runEnv) writeConfig(ctx context.Context) error {
 		cfg = strings.Replace(cfg, old, new, 1)
 		return nil
 	}
-	e.settings = Settings{BatchSize: 1000, Concurrency: 8, RateLimit: e.o.RateLimit}
+	e.settings = Settings{BatchSize: 1000, Concurrency: 8, RateLimit: e.o.RateLimit, RangeWorkers: e.o.RangeWorkers}
 	if e.o.BatchSize > 0 {
 		e.settings.BatchSize = e.o.BatchSize
 	}
@@ -343,6 +356,7 @@ func (e *runEnv) writeConfig(ctx context.Context) error {
 	for _, r := range [][2]string{
 		{"batch_size: 1000", fmt.Sprintf("batch_size: %d", e.settings.BatchSize)},
 		{"concurrency: 8", fmt.Sprintf("concurrency: %d", e.settings.Concurrency)},
+		{"range_workers: 0", fmt.Sprintf("range_workers: %d", e.settings.RangeWorkers)},
 		{"level: info", "level: warn"},
 	} {
 		if err := replace(r[0], r[1]); err != nil {
@@ -480,6 +494,29 @@ func (e *runEnv) seed(ctx context.Context) error {
 		done += n
 	}
 	e.o.Progress("seed", e.o.DEKs, e.o.DEKs)
+	return nil
+}
+
+// settle leaves table as a long-lived store would have it before a
+// measured phase, so that no phase pays for the one before it: on
+// PostgreSQL a VACUUM (ANALYZE) (rows just inserted or rewritten by the
+// phase before would otherwise set off autovacuum during this one, and
+// every first read of a fresh row writes its hint bits), on SQLite a
+// checkpoint that empties the write-ahead log. The vacuum that a phase's
+// own writes set off is that phase's cost.
+func (e *runEnv) settle(ctx context.Context, table string) error {
+	db, d, err := e.db()
+	if err != nil {
+		return fmt.Errorf("bench: open the store's database: %w", err)
+	}
+	defer db.Close()
+	q := "PRAGMA wal_checkpoint(TRUNCATE)"
+	if d.pg {
+		q = "VACUUM (ANALYZE) " + table
+	}
+	if _, err := db.ExecContext(ctx, q); err != nil {
+		return fmt.Errorf("bench: settle the store before a phase (%s): %w", q, err)
+	}
 	return nil
 }
 

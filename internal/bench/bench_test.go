@@ -48,6 +48,9 @@ func TestRunSQLite(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkResult(t, res, 3000)
+	if res.Engine.RangeWorkers != 1 {
+		t.Errorf("range workers of the engine on SQLite = %d, want 1 (its single writer)", res.Engine.RangeWorkers)
+	}
 	if got := strings.Join(phases, ","); got != "seed,engine,naive,crypto floor,store floor,minimal store" {
 		t.Errorf("phases %s", got)
 	}
@@ -67,11 +70,19 @@ func TestRunPostgres(t *testing.T) {
 		}
 		t.Skip(how)
 	}
-	res, err := bench.Run(context.Background(), bench.Options{DEKs: 2000, Store: bench.StorePostgres, Backend: bench.BackendLocal, DSN: dsn, Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
+	for _, workers := range []int{0, 3} {
+		res, err := bench.Run(context.Background(), bench.Options{DEKs: 2000, Store: bench.StorePostgres, Backend: bench.BackendLocal, DSN: dsn, Dir: t.TempDir(), RangeWorkers: workers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkResult(t, res, 2000)
+		// worker.range_workers reaches the engine; 0 is the store's
+		// choice, 2 for PostgreSQL.
+		if want := max(workers, 2); res.Engine.RangeWorkers != want || res.Settings.RangeWorkers != workers {
+			t.Errorf("RangeWorkers %d: the engine worked %d ranges at once (settings say %d), want %d",
+				workers, res.Engine.RangeWorkers, res.Settings.RangeWorkers, want)
+		}
 	}
-	checkResult(t, res, 2000)
 }
 
 func TestOptionsValidate(t *testing.T) {
@@ -97,6 +108,7 @@ func TestOptionsValidate(t *testing.T) {
 		{func(o *bench.Options) { o.BatchSize = 200_000 }, "--batch-size"},
 		{func(o *bench.Options) { o.Concurrency = -1 }, "--concurrency"},
 		{func(o *bench.Options) { o.RateLimit = -1 }, "--kms-rate-limit"},
+		{func(o *bench.Options) { o.RangeWorkers = 65 }, "--range-workers"},
 		{func(o *bench.Options) { o.Backend = "awskms" }, "--endpoint"},
 		{func(o *bench.Options) { o.Endpoint = "http://127.0.0.1:4599" }, "--endpoint"},
 		{func(o *bench.Options) { o.Backend, o.Endpoint = "awskms", "ftp://127.0.0.1:21" }, "--endpoint"},

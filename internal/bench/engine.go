@@ -98,7 +98,7 @@ func RunEngine(ctx context.Context, run EngineRun) (EngineResult, error) {
 	if err != nil {
 		return EngineResult{}, err
 	}
-	res := EngineResult{Seconds: took.Seconds(), PeakRSSBytes: rss, DEKs: int(r.Done), Throttle: thr}
+	res := EngineResult{Seconds: took.Seconds(), PeakRSSBytes: rss, DEKs: int(r.Done), Throttle: thr, RangeWorkers: sys.Engine.RangeWorkers()}
 	if r.Done > 0 {
 		res.DEKsPerS = float64(r.Done) / took.Seconds()
 		res.BackendCallsPerDEK = (after.total - before.total) / float64(r.Done)

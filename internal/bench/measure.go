@@ -46,6 +46,9 @@ func (e *runEnv) measureOthers(ctx context.Context, res *Result) error {
 		return fmt.Errorf("bench: new backend version: %w", err)
 	}
 
+	if err := e.settle(ctx, "deks"); err != nil {
+		return err
+	}
 	if res.Naive, err = e.naive(ctx, db, d, kms, k.BackendRef, to); err != nil {
 		return err
 	}
@@ -61,10 +64,16 @@ func (e *runEnv) measureOthers(ctx context.Context, res *Result) error {
 			return err
 		}
 	}
+	if err := e.settle(ctx, "deks"); err != nil {
+		return err
+	}
 	if res.Floor.StoreRowsPerS, err = e.storeFloor(ctx, db, d, "deks", rows); err != nil {
 		return err
 	}
 	if err := makeMinimal(ctx, db, d); err != nil {
+		return err
+	}
+	if err := e.settle(ctx, "bench_minimal"); err != nil {
 		return err
 	}
 	if res.Floor.MinimalStoreRowsPerS, err = e.storeFloor(ctx, db, d, "bench_minimal", rows); err != nil {
