@@ -27,6 +27,12 @@ type DEKSwap struct {
 	OldWrapped []byte
 	NewWrapped []byte
 	NewVersion int
+	// OldVersion is the version the DEK was read under, or 0 when not
+	// known: a hint a store may use to find the row and move its counters
+	// faster (the engine sets it). It never decides the swap: a swap
+	// applies when the row holds OldWrapped, whatever version the row is
+	// on and whatever OldVersion says.
+	OldVersion int
 }
 
 // DEKSource is the narrow view of DEK storage the rotation engine needs. The

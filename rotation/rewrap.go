@@ -159,7 +159,7 @@ func (e *Engine) writeBatch(ctx context.Context, kl *keyLease, b *backend, deks 
 				e.log.Warn("DEK cannot be unwrapped; skipped and left unchanged", "key_id", key, "dek_id", d.ID, "version", d.Version, "error", err)
 				continue
 			}
-			swaps = append(swaps, rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: outs[i].wrapped, NewVersion: to})
+			swaps = append(swaps, rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: outs[i].wrapped, NewVersion: to, OldVersion: d.Version})
 		}
 	}
 	collect(deks, outs)

@@ -403,7 +403,7 @@ func (e *Engine) rewrapSourceBatch(ctx context.Context, kl *keyLease, b *backend
 					"key_id", key, "source", s.Name, "dek_id", d.ID, "version", d.Version, "error", err)
 				continue
 			}
-			swaps = append(swaps, rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: outs[i].wrapped, NewVersion: to})
+			swaps = append(swaps, rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: outs[i].wrapped, NewVersion: to, OldVersion: d.Version})
 		}
 	}
 	collect(deks, outs)

@@ -92,6 +92,21 @@ func testCountsAgree(t *testing.T, f *fixture) {
 	f.countsAgree(t, "after a batch moving rows both ways", "a", "b")
 	equal(t, "CountDEKs(a) after moving both ways", f.count(t, "a"), map[int]int64{1: 14, 2: 2})
 
+	// OldVersion is a hint that never decides a swap: wrong ones (a row on
+	// 1 said to be on 2, a row on 2 said to be on 1, a version the key
+	// lacks) and a missing one, beside a right one, all apply, and each
+	// row's counter moves from the version it was really on.
+	cur = f.reread(t, deks[:6]) // 0, 1, 3, 5 on version 1; 2, 4 on 2
+	hinted := func(d rekey.DEK, to, hint int) rekey.DEKSwap {
+		return rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: randomBytes(40), NewVersion: to, OldVersion: hint}
+	}
+	hints := []rekey.DEKSwap{hinted(cur[0], 2, 2), hinted(cur[2], 1, 1), hinted(cur[3], 2, 7), hinted(cur[4], 1, 2), hinted(cur[5], 2, 0)}
+	if lost, err := f.s.SwapDEKs(f.ctx, hints, l); err != nil || len(lost) != 0 {
+		t.Fatalf("SwapDEKs(wrong OldVersion hints) = %v, %v; want every swap applied", lost, err)
+	}
+	f.countsAgree(t, "after swaps with wrong OldVersion hints", "a")
+	equal(t, "CountDEKs(a) after swaps with wrong hints", f.count(t, "a"), map[int]int64{1: 13, 2: 3})
+
 	// A batch with its checkpoint.
 	cur = f.reread(t, deks)
 	if lost, err := f.s.CommitBatch(f.ctx, []rekey.DEKSwap{swapOf(cur[6]), swapOf(cur[7])}, l, f.batchCheckpoint(r, cur[7].ID)); err != nil || len(lost) != 0 {

@@ -63,6 +63,24 @@ func (s briefDropsWrapped) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]re
 	return ds, err
 }
 
+type swapTrustsOldVersion struct{ *memstore.Store }
+
+// SwapDEKs takes OldVersion for part of the compare-and-swap: a swap whose
+// hint is not the row's version loses.
+func (s swapTrustsOldVersion) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey.Lease) ([]string, error) {
+	var keep []rekey.DEKSwap
+	var lost []string
+	for _, sw := range swaps {
+		if d, err := s.GetDEK(ctx, sw.ID); err == nil && sw.OldVersion > 0 && d.Version != sw.OldVersion {
+			lost = append(lost, sw.ID)
+			continue
+		}
+		keep = append(keep, sw)
+	}
+	l, err := s.Store.SwapDEKs(ctx, keep, fence)
+	return append(lost, l...), err
+}
+
 type countSkipsVersion2 struct{ *memstore.Store }
 
 func (s countSkipsVersion2) CountDEKs(ctx context.Context, key string) (map[int]int64, error) {
@@ -195,6 +213,7 @@ var mutants = map[string]struct {
 	"insert-partial":               {func() rekey.Store { return insertPartial{memstore.New()} }, "DEKs/InsertErrors"},
 	"list-ignores-after":           {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "DEKs/ListPaging"},
 	"list-ignores-after-pbt":       {func() rekey.Store { return listIgnoresAfter{memstore.New()} }, "Property/DEKModel"},
+	"swap-trusts-old-version":      {func() rekey.Store { return swapTrustsOldVersion{memstore.New()} }, "DEKs/CountsAgree"},
 	"count-skips-version-2":        {func() rekey.Store { return countSkipsVersion2{memstore.New()} }, "DEKs/Count"},
 	"brief-drops-wrapped":          {func() rekey.Store { return briefDropsWrapped{memstore.New()} }, "DEKs/List"},
 	"ignores-require-unused":       {func() rekey.Store { return ignoresRequireUnused{memstore.New()} }, "Versions/RequireUnused"},

@@ -18,8 +18,10 @@ func swapFixture(t *testing.T, f *fixture, n int) (rekey.Lease, []rekey.DEK) {
 	return l, f.insertDEKs(t, "a", 1, n)
 }
 
+// swapOf moves d to version 2, with d's version as its OldVersion hint,
+// as the engine's swaps have.
 func swapOf(d rekey.DEK) rekey.DEKSwap {
-	return rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: randomBytes(40), NewVersion: 2}
+	return rekey.DEKSwap{ID: d.ID, OldWrapped: d.Wrapped, NewWrapped: randomBytes(40), NewVersion: 2, OldVersion: d.Version}
 }
 
 func testSwapCAS(t *testing.T, f *fixture) {

@@ -209,28 +209,48 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 }
 
 // swapSQL is the compare-and-swap of a whole batch: the batch goes as
-// four arrays, joined to deks by id, and a row is updated only if it
-// still holds the old wrapped bytes. Each statement returns the ids that
-// won with the version each left, for the counters of dek_counts (a plain
-// UPDATE … RETURNING shows only the new values).
+// arrays, joined to deks by id, and a row is updated only if it still
+// holds the old wrapped bytes. The counters of dek_counts need the
+// version each row that won left; a plain UPDATE … RETURNING shows only
+// the new values, so each statement gets it its own way.
 //
-// The fast statement reads the rows to swap in the CTE o (their ctid and
-// version as of the statement's snapshot) and updates exactly those tuples
-// (ctid = o.tid, a TID scan, no second index lookup): if another
-// transaction changed a row since the snapshot, its newest tuple has
-// another ctid and the swap is not applied, so the version returned is
-// always the one the row left. Should it miss a swap, the round goes
+// The guessed statement, for a round whose every swap carries the version
+// it was read under (rekey.DEKSwap.OldVersion: a re-wrap's swaps all do),
+// is a plain UPDATE … FROM unnest that also compares the row's version
+// with that hint: a row that won left exactly the version its swap named,
+// so it returns nothing, and its count of rows changed tells whether every
+// swap won.
+//
+// The fast statement, for a round with a swap of unknown old version,
+// reads the rows to swap in the CTE o (their ctid and version as of the
+// statement's snapshot) and updates exactly those tuples (ctid = o.tid, a
+// TID scan, no second index lookup): if another transaction changed a row
+// since the snapshot, its newest tuple has another ctid and the swap is
+// not applied, so the version returned is always the one the row left. It
+// returns the ids that won with the version each left.
+//
+// Should the guessed or the fast statement miss a swap (a concurrent
+// writer changed a row it had read, or a hint was wrong), the round goes
 // through the locked statement instead (see swapRound): the CTE locks the
 // rows (FOR UPDATE), which reads a row changed since the snapshot again at
 // its newest version, compares there, and returns that version; a swap it
 // does not apply lost. In a re-wrap nothing else writes the rows, so the
 // locked statement never runs.
 //
-// Both statements take the rows in id order (o is materialized sorted, and
-// the locked CTE sorts before it locks), so two batches that share rows
-// wait for each other rather than deadlock (storetest's CountsConcurrent
-// deadlocked in 11 of 15 runs before; 0 of 55 after). The sort and the
-// savepoint cost nothing measurable in BenchmarkSwap.
+// Rows are locked in id order, so that two batches sharing rows wait for
+// each other rather than deadlock (storetest's CountsConcurrent
+// deadlocked in 11 of 15 runs before; 0 of 55 after): the locked CTE sorts
+// before it locks, o is materialized sorted, and the guessed statement
+// runs only for swaps already in id order (byte order, which is the
+// column's order for rekey's ids under the C, C.UTF-8 and usual UTF-8
+// collations), which PostgreSQL's nested loop over unnest follows. A plan
+// that takes the rows in another order (a hash join, on a table too
+// small or not yet analyzed) could still deadlock; PostgreSQL then
+// cancels one of the two statements, and a cancelled guessed or fast
+// statement sends its round back to its savepoint and through the locked
+// statement (swapRound; a cancelled locked statement fails the
+// transaction as transient, *rekey.UnreachableError, for the caller to
+// repeat: see mapErr).
 //
 // Measured (BenchmarkSwap: 1000-row batches of 60-byte wrapped DEKs, one
 // transaction each, over 20,000 DEKs of one key; PostgreSQL 15 on
@@ -240,19 +260,25 @@ func (s *Store) SwapDEKs(ctx context.Context, swaps []rekey.DEKSwap, fence rekey
 // trip) 15,500-20,600 rows/s, COPY into a temp table + UPDATE … FROM
 // 8,000-11,700 rows/s (the temp table costs catalog work in every
 // transaction). unnest is the fastest and the simplest: one statement, no
-// temp table.
+// temp table. On a quiet machine (-benchtime 100x, two runs each) the
+// guessed statement swaps 169,600-175,600 rows/s (153,600-156,100 while it
+// still returned the ids), the fast one 112,000-114,100, the locked one
+// 89,700-91,600, and a plain UPDATE with no counters and no savepoint
+// 175,700-186,000: the CTE's sort, materialization and second lookup of
+// every row are gone.
 var swapSQL = newSwapStatements(`
-		WHERE d.key = $6 AND d.wrapped = s.old_wrapped`)
+		WHERE d.key = $6 AND d.wrapped = s.old_wrapped`, 0)
 
-// swapStatements are the two statements of a compare-and-swap (swapSQL):
-// $1-$4 the batch, $5 the time, $6 the key, and the range's bounds after
-// them in rangeSwapSQL.
-type swapStatements struct{ fast, locked string }
+// swapStatements are the statements of a compare-and-swap (swapSQL): $1-$4
+// the batch, $5 the time, $6 the key, the range's bounds after them in
+// rangeSwapSQL, and the guessed statement's old versions last.
+type swapStatements struct{ guessed, fast, locked string }
 
 // newSwapStatements returns the statements of a compare-and-swap whose
-// rows to swap are those of s JOIN deks d meeting where. Both take the
-// rows in id order (see swapSQL).
-func newSwapStatements(where string) swapStatements {
+// rows to swap are those of s JOIN deks d meeting where, which uses
+// extras parameters after $6. Each takes the rows in id order (see
+// swapSQL).
+func newSwapStatements(where string, extras int) swapStatements {
 	const s = `WITH s AS (
 		SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[]) AS s(id, old_wrapped, new_wrapped, new_version)),
 	o AS `
@@ -262,7 +288,11 @@ func newSwapStatements(where string) swapStatements {
 	UPDATE deks d SET wrapped = o.new_wrapped, version = o.new_version, updated_at = $5 FROM o`
 	const returning = `
 	RETURNING d.id, o.old_version`
+	olds := "$" + strconv.Itoa(7+extras)
 	return swapStatements{
+		guessed: `UPDATE deks d SET wrapped = s.new_wrapped, version = s.new_version, updated_at = $5
+	FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::int[], ` + olds + `::int[]) AS s(id, old_wrapped, new_wrapped, new_version, old_version)` +
+			where + ` AND d.id = s.id AND d.version = s.old_version`,
 		fast:   s + `MATERIALIZED ` + o + where + ` ORDER BY d.id)` + set + ` WHERE d.ctid = o.tid` + returning,
 		locked: s + o + where + ` ORDER BY d.id FOR UPDATE OF d)` + set + ` WHERE d.id = o.id` + returning,
 	}
@@ -373,29 +403,69 @@ func splitRepeats(swaps []rekey.DEKSwap) (round, rest []rekey.DEKSwap) {
 // the winners left and took to delta, and returns the ids that lost, in
 // the order of swaps.
 //
-// The fast statement runs behind a savepoint. Should it not apply every
-// swap (a concurrent writer changed a row it had read), it is rolled back
-// to the savepoint, which releases the rows it locked, and the locked
-// statement runs for the whole round, locking the rows in id order. Going
-// back only for the rows the fast statement missed would lock them after
-// rows of higher ids, and two such transactions could deadlock.
+// The guessed statement (every swap has its OldVersion, and the swaps are
+// in id order, as a re-wrap lists them) or else the fast one runs behind
+// a savepoint, sent with it in one round trip. Should it not apply every
+// swap (a concurrent writer changed a row it had read, or
+// a hint was wrong), or be cancelled as one side of a deadlock, the round
+// goes back to the savepoint, which releases the rows it locked, and the
+// locked statement runs for the whole round, locking the rows in id
+// order. Going back only for the rows the first statement missed would
+// lock them after rows of higher ids, and two such transactions could
+// deadlock.
 func swapRound(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rekey.DEKSwap, key string, now time.Time, delta countDelta, extra ...any) ([]string, error) {
-	if _, err := tx.Exec(ctx, `SAVEPOINT swap_round`); err != nil {
-		return nil, err
+	guessed := slices.IsSortedFunc(swaps, byID) &&
+		!slices.ContainsFunc(swaps, func(sw rekey.DEKSwap) bool { return sw.OldVersion <= 0 })
+	base := swapArgs(swaps, key, now, extra)
+	first, args := query.fast, base
+	if guessed {
+		olds := make([]int32, len(swaps))
+		for i, sw := range swaps {
+			olds[i] = int32(sw.OldVersion)
+		}
+		first, args = query.guessed, append(slices.Clip(base), olds)
 	}
+	b := &pgx.Batch{}
+	b.Queue(`SAVEPOINT swap_round`)
+	b.Queue(first, args...)
+	br := tx.SendBatch(ctx, b)
 	fast := countDelta{}
-	won, err := swapOnce(ctx, tx, query.fast, swaps, key, now, fast, extra)
-	if err != nil {
-		return nil, err
+	all, err := func() (bool, error) {
+		if _, err := br.Exec(); err != nil {
+			return false, err
+		}
+		if guessed {
+			// Every row that won left its swap's OldVersion: only
+			// whether they all won matters.
+			tag, err := br.Exec()
+			if err != nil || tag.RowsAffected() != int64(len(swaps)) {
+				return false, err
+			}
+			for _, sw := range swaps {
+				fast[sw.OldVersion]--
+				fast[sw.NewVersion]++
+			}
+			return true, nil
+		}
+		rows, err := br.Query()
+		won, err := winners(rows, err, swaps, fast)
+		return len(won) == len(swaps), err
+	}()
+	if cerr := br.Close(); err == nil {
+		err = cerr
 	}
-	if len(won) == len(swaps) {
+	switch {
+	case err == nil && all:
 		delta.add(fast)
 		return nil, nil
+	case err != nil && !isDeadlock(err):
+		return nil, err
 	}
 	if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT swap_round`); err != nil {
 		return nil, err
 	}
-	won, err = swapOnce(ctx, tx, query.locked, swaps, key, now, delta, extra)
+	rows, err := tx.Query(ctx, query.locked, base...)
+	won, err := winners(rows, err, swaps, delta)
 	if err != nil {
 		return nil, err
 	}
@@ -408,6 +478,8 @@ func swapRound(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rek
 	return lost, nil
 }
 
+func byID(a, b rekey.DEKSwap) int { return strings.Compare(a.ID, b.ID) }
+
 // add adds other to d.
 func (d countDelta) add(other countDelta) {
 	for v, n := range other {
@@ -415,10 +487,9 @@ func (d countDelta) add(other countDelta) {
 	}
 }
 
-// swapOnce runs one statement of swapStatements for swaps, adds the
-// versions the winners left and took to delta, and returns the ids that
-// won.
-func swapOnce(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSwap, key string, now time.Time, delta countDelta, extra []any) (map[string]bool, error) {
+// swapArgs are the arguments of a swapStatements statement for swaps,
+// but the guessed statement's old versions.
+func swapArgs(swaps []rekey.DEKSwap, key string, now time.Time, extra []any) []any {
 	n := len(swaps)
 	ids := make([]string, n)
 	olds, news := make([][]byte, n), make([][]byte, n)
@@ -429,7 +500,13 @@ func swapOnce(ctx context.Context, tx pgx.Tx, query string, swaps []rekey.DEKSwa
 			olds[i] = []byte{} // NULL would never compare equal
 		}
 	}
-	rows, err := tx.Query(ctx, query, append([]any{ids, olds, news, versions, now, key}, extra...)...)
+	return append([]any{ids, olds, news, versions, now, key}, extra...)
+}
+
+// winners reads the ids that won and the versions they left from the
+// fast or the locked statement, adds the versions left and taken to
+// delta, and returns the ids that won.
+func winners(rows pgx.Rows, err error, swaps []rekey.DEKSwap, delta countDelta) (map[string]bool, error) {
 	type winner struct {
 		id         string
 		oldVersion int

@@ -109,3 +109,11 @@ func pgMessage(pe *pgconn.PgError) string {
 	}
 	return redact.Text(msg + " [SQLSTATE " + pe.Code + "]")
 }
+
+// isDeadlock reports whether err is PostgreSQL's deadlock_detected: the
+// statement was cancelled to break a cycle of lock waits (the transaction
+// is aborted, or rolled back to its last savepoint).
+func isDeadlock(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "40P01"
+}

@@ -207,7 +207,7 @@ func (s *Store) ListRewrapRanges(ctx context.Context, rotationID string) ([]reke
 // rangeSwapSQL is swapSQL restricted to the ids of one range, (lo, hi]
 // ($7, $8; an empty hi is no upper bound).
 var rangeSwapSQL = newSwapStatements(`
-		WHERE d.key = $6 AND d.wrapped = s.old_wrapped AND d.id > $7 AND ($8 = '' OR d.id <= $8)`)
+		WHERE d.key = $6 AND d.wrapped = s.old_wrapped AND d.id > $7 AND ($8 = '' OR d.id <= $8)`, 2)
 
 // CommitRangeBatch implements rekey.RangeSharer, in one transaction and
 // in the package's lock order: the rotation FOR KEY SHARE

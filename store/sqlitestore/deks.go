@@ -304,9 +304,10 @@ func (w *swapper) version(ctx context.Context, sw rekey.DEKSwap, key string) (v 
 // inRange refuses (nil: none) is lost without a statement: the ids of a
 // range are fixed, and a DEK's id never changes.
 //
-// The old version of a row is guessed: the version of the row swapped just
-// before (in a re-wrap every row of a batch leaves the same version, so
-// the guess holds for all but the first). A swap that changes no row with
+// The old version of a row is guessed: the swap's OldVersion when it has
+// one (the engine's do), else the version of the row swapped just before
+// (in a re-wrap every row of a batch leaves the same version, so the guess
+// holds for all but the first). A swap that changes no row with
 // the guess reads the row's version (findSQL) and, if the row still holds
 // OldWrapped on another version, runs again with it. The write lock is
 // held throughout (one writer), so the count moved is exactly that of the
@@ -325,6 +326,9 @@ func swapRows(ctx context.Context, tx *sql.Tx, swaps []rekey.DEKSwap, key string
 		if inRange != nil && !inRange(sw.ID) {
 			lost = append(lost, sw.ID)
 			continue
+		}
+		if sw.OldVersion > 0 {
+			guess = sw.OldVersion
 		}
 		ok, err := w.swap(rowCtx, sw, key, guess)
 		if err != nil {
