@@ -18,11 +18,20 @@ type scanner interface{ Scan(dest ...any) error }
 
 // collect scans every row of rows with scan.
 func collect[T any](rows pgx.Rows, err error, scan func(scanner) (T, error)) ([]T, error) {
+	return collectN(rows, err, 0, scan)
+}
+
+// collectN is collect for up to about n rows, which it makes room for
+// at once.
+func collectN[T any](rows pgx.Rows, err error, n int, scan func(scanner) (T, error)) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var out []T
+	if n > 0 {
+		out = make([]T, 0, n)
+	}
 	for rows.Next() {
 		v, err := scan(rows)
 		if err != nil {

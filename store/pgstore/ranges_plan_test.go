@@ -37,8 +37,9 @@ func TestScanPlans(t *testing.T) {
 			return strings.Join(lines, "\n"), err
 		}
 		var pinned string
-		if err := s.inOrderScan(ctx, func(tx pgx.Tx) (err error) {
-			pinned, err = explain(tx)
+		if err := s.inOrderScan(ctx, `EXPLAIN `+c.query, c.args, func(rows pgx.Rows, err error) error {
+			lines, err := collect(rows, err, scanID)
+			pinned = strings.Join(lines, "\n")
 			return err
 		}); err != nil {
 			t.Fatal(err)
