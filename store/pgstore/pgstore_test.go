@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"os"
 	"sync"
@@ -123,5 +124,14 @@ func TestMigrateConcurrently(t *testing.T) {
 	}
 	if n != len(migrations) || maxV != len(migrations) {
 		t.Errorf("rekey_schema has %d rows up to version %d; want %d", n, maxV, len(migrations))
+	}
+	// Migration 7: deks keeps half of each page free for the swaps' new
+	// tuples.
+	var opts []string
+	if err := stores[0].pool.QueryRow(ctx, `SELECT reloptions FROM pg_class WHERE oid = 'deks'::regclass`).Scan(&opts); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(opts) != "[fillfactor=50]" {
+		t.Errorf("deks storage options %v, want [fillfactor=50]", opts)
 	}
 }
