@@ -416,43 +416,34 @@ func splitRepeats(swaps []rekey.DEKSwap) (round, rest []rekey.DEKSwap) {
 func swapRound(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rekey.DEKSwap, key string, now time.Time, delta countDelta, extra ...any) ([]string, error) {
 	guessed := slices.IsSortedFunc(swaps, byID) &&
 		!slices.ContainsFunc(swaps, func(sw rekey.DEKSwap) bool { return sw.OldVersion <= 0 })
-	base := swapArgs(swaps, key, now, extra)
-	first, args := query.fast, base
-	if guessed {
-		olds := make([]int32, len(swaps))
-		for i, sw := range swaps {
-			olds[i] = int32(sw.OldVersion)
-		}
-		first, args = query.guessed, append(slices.Clip(base), olds)
-	}
-	b := &pgx.Batch{}
-	b.Queue(`SAVEPOINT swap_round`)
-	b.Queue(first, args...)
-	br := tx.SendBatch(ctx, b)
 	fast := countDelta{}
-	all, err := func() (bool, error) {
-		if _, err := br.Exec(); err != nil {
-			return false, err
-		}
-		if guessed {
-			// Every row that won left its swap's OldVersion: only
-			// whether they all won matters.
-			tag, err := br.Exec()
-			if err != nil || tag.RowsAffected() != int64(len(swaps)) {
-				return false, err
-			}
+	var all bool
+	var err error
+	if guessed {
+		// Every row that won left its swap's OldVersion: only whether
+		// they all won matters.
+		if all, err = swapGuessed(ctx, tx, query.guessed, swaps, key, now, extra); all {
 			for _, sw := range swaps {
 				fast[sw.OldVersion]--
 				fast[sw.NewVersion]++
 			}
-			return true, nil
 		}
-		rows, err := br.Query()
-		won, err := winners(rows, err, swaps, fast)
-		return len(won) == len(swaps), err
-	}()
-	if cerr := br.Close(); err == nil {
-		err = cerr
+	} else {
+		b := &pgx.Batch{}
+		b.Queue(`SAVEPOINT swap_round`)
+		b.Queue(query.fast, swapArgs(swaps, key, now, extra)...)
+		br := tx.SendBatch(ctx, b)
+		all, err = func() (bool, error) {
+			if _, err := br.Exec(); err != nil {
+				return false, err
+			}
+			rows, err := br.Query()
+			won, err := winners(rows, err, swaps, fast)
+			return len(won) == len(swaps), err
+		}()
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
 	}
 	switch {
 	case err == nil && all:
@@ -464,7 +455,7 @@ func swapRound(ctx context.Context, tx pgx.Tx, query swapStatements, swaps []rek
 	if _, err := tx.Exec(ctx, `ROLLBACK TO SAVEPOINT swap_round`); err != nil {
 		return nil, err
 	}
-	rows, err := tx.Query(ctx, query.locked, base...)
+	rows, err := tx.Query(ctx, query.locked, swapArgs(swaps, key, now, extra)...)
 	won, err := winners(rows, err, swaps, delta)
 	if err != nil {
 		return nil, err
