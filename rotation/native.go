@@ -89,12 +89,7 @@ func (e *Engine) rewrapNative(ctx context.Context, b *backend, s Source, deks []
 				stale.Add(1)
 			}
 		}
-		switch {
-		case err == nil:
-			outs[i].wrapped = w
-		case isDEKFailure(err):
-			outs[i].err = err
-		default:
+		if err := outs[i].take(w, err); err != nil {
 			return fmt.Errorf("native re-wrap of row %s: %w", d.ID, err)
 		}
 		return nil

@@ -46,6 +46,21 @@ type rewrapOut struct {
 	err     error
 }
 
+// take records one DEK's re-wrap: its new bytes, or an error of the DEK's
+// own (isDEKFailure: the DEK is skipped). Any other error is returned, for
+// the caller to fail the batch with.
+func (o *rewrapOut) take(w []byte, err error) error {
+	switch {
+	case err == nil:
+		o.wrapped = w
+	case isDEKFailure(err):
+		o.err = err
+	default:
+		return err
+	}
+	return nil
+}
+
 // rewrapBatch re-wraps deks (all of one key) under version to and writes
 // them with one compare-and-swap per batch, fenced by the lease (rule 3).
 // Backend work runs on ctx: a stop abandons the batch before anything is
@@ -264,12 +279,7 @@ func (e *Engine) rewrapAtBackend(ctx context.Context, b *backend, deks []rekey.D
 			}
 			w, err := e.rewrapOne(ctx, b, deks[i], to)
 			e.giveCall()
-			switch {
-			case err == nil:
-				outs[i].wrapped = w
-			case isDEKFailure(err):
-				outs[i].err = err
-			default:
+			if err := outs[i].take(w, err); err != nil {
 				return fmt.Errorf("re-wrap dek %s: %w", deks[i].ID, err)
 			}
 			return nil

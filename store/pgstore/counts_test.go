@@ -85,13 +85,10 @@ func TestMigration5LeanDEKs(t *testing.T) {
 	}
 }
 
-// TestSwapAfterConcurrentWrite: a swap whose row another transaction
-// changed (same wrapped bytes) after the swap's snapshot, while the swap
-// waited for its lock, still wins (the fast statement misses the tuple;
-// the locked one applies it) and moves the counters from the version the
-// row held.
-func TestSwapAfterConcurrentWrite(t *testing.T) {
-	s := openTemp(t)
+// swapFixture stores key "k" with version 2 created and n DEKs on version
+// 1, wrapped "w0", "w1", …, and returns the lease of the worker "w".
+func swapFixture(t *testing.T, s *Store, n int) (rekey.Lease, []rekey.DEK) {
+	t.Helper()
 	ctx := t.Context()
 	now := rekey.NormalizeTime(time.Now())
 	k := rekey.Key{Name: "k", Backend: "local", BackendRef: "k", ActiveVersion: 1, Policy: rekey.DefaultPolicy(), ExpiresAt: now.Add(time.Hour)}
@@ -101,7 +98,10 @@ func TestSwapAfterConcurrentWrite(t *testing.T) {
 	if _, err := s.pool.Exec(ctx, `INSERT INTO key_versions (key, version, state) VALUES ('k', 2, 'created')`); err != nil {
 		t.Fatal(err)
 	}
-	deks := []rekey.DEK{{ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w0")}, {ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w1")}, {ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w2")}}
+	deks := make([]rekey.DEK, n)
+	for i := range deks {
+		deks[i] = rekey.DEK{ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: fmt.Appendf(nil, "w%d", i)}
+	}
 	if err := s.InsertDEKs(ctx, deks); err != nil {
 		t.Fatal(err)
 	}
@@ -109,6 +109,38 @@ func TestSwapAfterConcurrentWrite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l, deks
+}
+
+// waitForLockWait returns once a session of the test database waits for a
+// lock (read outside any transaction of the test: a transaction sees
+// pg_stat_activity as of its first read).
+func waitForLockWait(t *testing.T, s *Store) {
+	t.Helper()
+	for i := 0; ; i++ {
+		var waiting int
+		if err := s.pool.QueryRow(t.Context(), `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			return
+		}
+		if i == 500 {
+			t.Fatal("no session ever waited for a lock")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSwapAfterConcurrentWrite: a swap whose row another transaction
+// changed (same wrapped bytes) after the swap's snapshot, while the swap
+// waited for its lock, still wins (the fast statement misses the tuple;
+// the locked one applies it) and moves the counters from the version the
+// row held.
+func TestSwapAfterConcurrentWrite(t *testing.T) {
+	s := openTemp(t)
+	ctx := t.Context()
+	l, deks := swapFixture(t, s, 3)
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -129,21 +161,7 @@ func TestSwapAfterConcurrentWrite(t *testing.T) {
 		}, l)
 		done <- result{lost, err}
 	}()
-	// Until the swap waits for the row lock tx holds (read outside tx:
-	// a transaction sees pg_stat_activity as of its first read).
-	for i := 0; ; i++ {
-		var waiting int
-		if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting); err != nil {
-			t.Fatal(err)
-		}
-		if waiting > 0 {
-			break
-		}
-		if i == 500 {
-			t.Fatal("the swap never waited for the row lock")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitForLockWait(t, s)
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}

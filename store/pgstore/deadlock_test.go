@@ -21,22 +21,7 @@ func TestSwapSurvivesDeadlock(t *testing.T) {
 		t.Run(fmt.Sprintf("OldVersion=%d", hint), func(t *testing.T) {
 			s := openTemp(t)
 			ctx := t.Context()
-			now := rekey.NormalizeTime(time.Now())
-			k := rekey.Key{Name: "k", Backend: "local", BackendRef: "k", ActiveVersion: 1, Policy: rekey.DefaultPolicy(), ExpiresAt: now.Add(time.Hour)}
-			if err := s.CreateKey(ctx, k, rekey.KeyVersion{Version: 1}); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := s.pool.Exec(ctx, `INSERT INTO key_versions (key, version, state) VALUES ('k', 2, 'created')`); err != nil {
-				t.Fatal(err)
-			}
-			deks := []rekey.DEK{{ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w0")}, {ID: rekey.NewID(), Key: "k", Version: 1, Wrapped: []byte("w1")}}
-			if err := s.InsertDEKs(ctx, deks); err != nil {
-				t.Fatal(err)
-			}
-			l, err := s.AcquireLease(ctx, "k", "w", time.Hour, now)
-			if err != nil {
-				t.Fatal(err)
-			}
+			l, deks := swapFixture(t, s, 2)
 			other, err := s.pool.Begin(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -60,19 +45,7 @@ func TestSwapSurvivesDeadlock(t *testing.T) {
 				}, l)
 				done <- result{lost, err}
 			}()
-			for i := 0; ; i++ {
-				var waiting int
-				if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`).Scan(&waiting); err != nil {
-					t.Fatal(err)
-				}
-				if waiting > 0 {
-					break
-				}
-				if i == 500 {
-					t.Fatal("the swap never waited for the row lock")
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+			waitForLockWait(t, s)
 			// Blocks until PostgreSQL cancels the swap's statement.
 			start := time.Now()
 			if _, err := other.Exec(ctx, `UPDATE deks SET label = 'other' WHERE id = $1`, deks[0].ID); err != nil {

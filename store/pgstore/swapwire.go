@@ -3,6 +3,7 @@ package pgstore
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"strconv"
 	"time"
@@ -128,7 +129,7 @@ func swapGuessed(ctx context.Context, tx pgx.Tx, sql string, swaps []rekey.DEKSw
 		return false, err
 	}
 	if len(results) != 2 {
-		return false, errUnexpectedResults(len(results))
+		return false, fmt.Errorf("pgstore: the swap's batch returned %d results, want 2", len(results))
 	}
 	return results[1].CommandTag.RowsAffected() == int64(len(swaps)), nil
 }
@@ -154,10 +155,4 @@ func swapGuessedPgx(ctx context.Context, tx pgx.Tx, sql string, swaps []rekey.DE
 		err = cerr
 	}
 	return all, err
-}
-
-type errUnexpectedResults int
-
-func (n errUnexpectedResults) Error() string {
-	return "pgstore: the swap's batch returned " + strconv.Itoa(int(n)) + " results, want 2"
 }
