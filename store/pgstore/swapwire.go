@@ -30,17 +30,19 @@ const pgEpochMicros = 946_684_800_000_000
 
 // guessedOIDs are the parameter types of the guessed statement: the
 // batch's ids, old bytes, new bytes and new versions, the time, the key,
-// the range's bounds (extras of them), and the old versions.
+// the range's bounds (extras of them), the old versions, and the first and
+// last ids of the batch (the span).
 func guessedOIDs(extras int) []uint32 {
 	oids := []uint32{pgtype.TextArrayOID, pgtype.ByteaArrayOID, pgtype.ByteaArrayOID, pgtype.Int4ArrayOID, pgtype.TimestamptzOID, pgtype.TextOID}
 	for range extras {
 		oids = append(oids, pgtype.TextOID)
 	}
-	return append(oids, pgtype.Int4ArrayOID)
+	return append(oids, pgtype.Int4ArrayOID, pgtype.TextOID, pgtype.TextOID)
 }
 
-// guessedParams returns the guessed statement's parameters for swaps in
-// binary format (see guessedOIDs), every one a slice of one buffer.
+// guessedParams returns the guessed statement's parameters for swaps (at
+// least one) in binary format (see guessedOIDs), every one a slice of one
+// buffer.
 func guessedParams(swaps []rekey.DEKSwap, key string, now time.Time, extra []string) [][]byte {
 	const header = 20 // dimensions, flags, element type, length, lower bound
 	n := len(swaps)
@@ -53,8 +55,9 @@ func guessedParams(swaps []rekey.DEKSwap, key string, now time.Time, extra []str
 	for _, s := range extra {
 		size += len(s)
 	}
+	size += len(swaps[0].ID) + len(swaps[n-1].ID) // the span
 	buf := make([]byte, 0, size)
-	params := make([][]byte, 0, 7+len(extra))
+	params := make([][]byte, 0, 9+len(extra))
 	param := func(start int) { params = append(params, buf[start:len(buf):len(buf)]) }
 	array := func(elem uint32, each func(sw rekey.DEKSwap)) {
 		start := len(buf)
@@ -92,6 +95,11 @@ func guessedParams(swaps []rekey.DEKSwap, key string, now time.Time, extra []str
 		param(start)
 	}
 	array(pgtype.Int4OID, func(sw rekey.DEKSwap) { int4(sw.OldVersion) })
+	for _, s := range []string{swaps[0].ID, swaps[n-1].ID} {
+		start = len(buf)
+		buf = append(buf, s...)
+		param(start)
+	}
 	return params
 }
 
@@ -122,17 +130,31 @@ func swapGuessed(ctx context.Context, tx pgx.Tx, sql string, swaps []rekey.DEKSw
 		formats[i] = pgtype.BinaryFormatCode
 	}
 	b := &pgconn.Batch{}
-	b.ExecParams(`SAVEPOINT swap_round`, nil, nil, nil, nil)
-	b.ExecPrepared(sd.Name, params, formats, nil)
+	for i, q := range guessedAround {
+		if i == guessedAt {
+			b.ExecPrepared(sd.Name, params, formats, nil)
+			continue
+		}
+		b.ExecParams(q, nil, nil, nil, nil)
+	}
 	results, err := conn.PgConn().ExecBatch(ctx, b).ReadAll()
 	if err != nil {
 		return false, err
 	}
-	if len(results) != 2 {
-		return false, fmt.Errorf("pgstore: the swap's batch returned %d results, want 2", len(results))
+	if len(results) != len(guessedAround) {
+		return false, fmt.Errorf("pgstore: the swap's batch returned %d results, want %d", len(results), len(guessedAround))
 	}
-	return results[1].CommandTag.RowsAffected() == int64(len(swaps)), nil
+	return results[guessedAt].CommandTag.RowsAffected() == int64(len(swaps)), nil
 }
+
+// guessedAround are the statements sent with the guessed statement, in
+// one round trip, at guessedAt: the savepoint a miss goes back to, and
+// nested loops off for the statement alone (see swapSQL: the span's hash
+// join is bounded by the span, a nested loop over a misestimated span is
+// not). Going back to the savepoint also undoes the SET LOCAL.
+var guessedAround = []string{`SAVEPOINT swap_round`, `SET LOCAL enable_nestloop = off`, ``, `SET LOCAL enable_nestloop TO DEFAULT`}
+
+const guessedAt = 2
 
 // swapGuessedPgx is swapGuessed with pgx's encoding.
 func swapGuessedPgx(ctx context.Context, tx pgx.Tx, sql string, swaps []rekey.DEKSwap, key string, now time.Time, extra []any) (bool, error) {
@@ -141,15 +163,26 @@ func swapGuessedPgx(ctx context.Context, tx pgx.Tx, sql string, swaps []rekey.DE
 		olds[i] = int32(sw.OldVersion)
 	}
 	b := &pgx.Batch{}
-	b.Queue(`SAVEPOINT swap_round`)
-	b.Queue(sql, append(swapArgs(swaps, key, now, extra), olds)...)
+	for i, q := range guessedAround {
+		if i == guessedAt {
+			b.Queue(sql, append(swapArgs(swaps, key, now, extra), olds, swaps[0].ID, swaps[len(swaps)-1].ID)...)
+			continue
+		}
+		b.Queue(q)
+	}
 	br := tx.SendBatch(ctx, b)
 	all, err := func() (bool, error) {
-		if _, err := br.Exec(); err != nil {
-			return false, err
+		all := false
+		for i := range guessedAround {
+			tag, err := br.Exec()
+			if err != nil {
+				return false, err
+			}
+			if i == guessedAt {
+				all = tag.RowsAffected() == int64(len(swaps))
+			}
 		}
-		tag, err := br.Exec()
-		return err == nil && tag.RowsAffected() == int64(len(swaps)), err
+		return all, nil
 	}()
 	if cerr := br.Close(); err == nil {
 		err = cerr

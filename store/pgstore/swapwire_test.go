@@ -27,7 +27,7 @@ func TestGuessedParams(t *testing.T) {
 		for _, b := range bounds {
 			args = append(args, b)
 		}
-		args = append(args, []int32{1, 6, 1})
+		args = append(args, []int32{1, 6, 1}, "01A", "01C-é")
 		oids := guessedOIDs(len(bounds))
 		if len(got) != len(args) || len(oids) != len(args) {
 			t.Fatalf("bounds %q: %d parameters and %d types, want %d", bounds, len(got), len(oids), len(args))
