@@ -185,6 +185,10 @@ func lostReplyRate(op string) float64 {
 // probability of 1e-12.
 const maxLostReplyTries = 20
 
+// maxCreateAttempts bounds tortureEnv.createKey's attempts at one key
+// (20 failed one run in a thousand or so under lost_reply/create_key).
+const maxCreateAttempts = 60
+
 // tortureSize is how much one run does.
 type tortureSize struct {
 	keysPerFlavour int
@@ -534,7 +538,9 @@ func (e *tortureEnv) opStats(op string) faultkms.OpStats {
 // a failed create is tried again, and a name the backend already holds
 // from a create whose reply was lost (the Keyring cannot adopt it: it
 // never learnt the reference) is given up for the next name, as the error
-// says.
+// says. Under lost_reply/create_key (half the replies lost) a name costs
+// two attempts when its create's reply is lost, so maxCreateAttempts
+// fails a key with a probability of about 0.5^30.
 func (e *tortureEnv) createKey(name, backend string, p rekey.Policy) {
 	e.t.Helper()
 	try := name
@@ -545,7 +551,7 @@ func (e *tortureEnv) createKey(name, backend string, p rekey.Policy) {
 			e.keys = append(e.keys, try)
 			e.backend[try] = backend
 			return
-		case attempt >= 20:
+		case attempt >= maxCreateAttempts:
 			e.t.Fatalf("seed %d: create key %s: still failing after %d attempts: %v", e.seed, name, attempt, err)
 			return
 		case errors.Is(err, rekey.ErrKeyExists) && strings.Contains(err.Error(), "backend"):
