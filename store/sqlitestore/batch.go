@@ -34,14 +34,14 @@ func (s *Store) CommitBatch(ctx context.Context, swaps []rekey.DEKSwap, fence re
 		return nil, s.fail(op, err)
 	}
 	var lost []string
-	err = s.write(ctx, op, func(tx *sql.Tx) error {
+	err = s.writeOn(ctx, op, func(tx *sql.Tx, conn *sql.Conn) error {
 		// The checkpoint's guards first: a fenced or stale batch costs no
 		// row updates, and fails the same way on every store.
 		p, err := planAdvance(ctx, tx, checkpoint, fence, now)
 		if err != nil {
 			return err
 		}
-		lost, err = swapDEKs(ctx, tx, swaps, fence, now)
+		lost, err = swapDEKs(ctx, tx, conn, swaps, fence, now)
 		if err != nil {
 			return err
 		}

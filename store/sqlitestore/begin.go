@@ -19,12 +19,17 @@ import (
 // every millisecond finds the gaps.
 const writerBusyMS = 2
 
+// txBeginner is a *sql.DB or a *sql.Conn.
+type txBeginner interface {
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (*sql.Tx, error)
+}
+
 // beginImmediate begins a write transaction on db (a connection opened
 // with _txlock=immediate and a busy timeout of writerBusyMS), trying
 // again while another process holds the write lock, until wait has passed
 // or ctx ends. The last error is returned as is (SQLITE_BUSY when the
 // lock was never free).
-func beginImmediate(ctx context.Context, db *sql.DB, wait time.Duration) (*sql.Tx, error) {
+func beginImmediate(ctx context.Context, db txBeginner, wait time.Duration) (*sql.Tx, error) {
 	deadline := time.Now().Add(wait)
 	for {
 		tx, err := db.BeginTx(ctx, nil)

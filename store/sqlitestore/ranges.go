@@ -213,7 +213,7 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 		return nil, s.fail(op, err)
 	}
 	var lost []string
-	err = s.write(ctx, op, func(tx *sql.Tx) error {
+	err = s.writeOn(ctx, op, func(tx *sql.Tx, conn *sql.Conn) error {
 		key, state, err := readRotationState(ctx, tx, cp.RotationID)
 		if err != nil {
 			return err
@@ -252,7 +252,7 @@ func (s *Store) CommitRangeBatch(ctx context.Context, swaps []rekey.DEKSwap, fen
 			// Only the ids of the range, (lo, hi] (an empty hi is no
 			// upper bound), in SQLite's order of text (bytes).
 			inRange := func(id string) bool { return id > lo && (hi == "" || id <= hi) }
-			if lost, err = swapRows(ctx, tx, swaps, key, now, inRange); err != nil {
+			if lost, err = swapRows(ctx, tx, conn, swaps, key, now, inRange); err != nil {
 				return err
 			}
 		}

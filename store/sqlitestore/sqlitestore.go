@@ -542,11 +542,23 @@ func (s *Store) Close() error {
 // or a full disk during COMMIT may leave it applied or not, so that error
 // is returned as is, not as an UnreachableError, and says so.
 func (s *Store) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
-	tx, err := beginImmediate(ctx, s.w, s.busyTimeout)
+	return s.writeOn(ctx, op, func(tx *sql.Tx, _ *sql.Conn) error { return fn(tx) })
+}
+
+// writeOn is write for fn that also runs statements on the transaction's
+// connection below database/sql (conn.Raw: the DEK swaps, see swapper).
+// While fn holds the driver's connection, tx must not be used.
+func (s *Store) writeOn(ctx context.Context, op string, fn func(tx *sql.Tx, conn *sql.Conn) error) error {
+	conn, err := s.w.Conn(ctx)
 	if err != nil {
 		return s.fail(op, err)
 	}
-	if err := fn(tx); err != nil {
+	defer conn.Close()
+	tx, err := beginImmediate(ctx, conn, s.busyTimeout)
+	if err != nil {
+		return s.fail(op, err)
+	}
+	if err := fn(tx, conn); err != nil {
 		_ = tx.Rollback()
 		return s.fail(op, err)
 	}
