@@ -17,14 +17,9 @@ import (
 
 const dekColumns = `id, key, version, wrapped, label, created_at, updated_at`
 
-// briefColumns are the columns of a ListDEKs with Brief.
-const briefColumns = `id, key, version, wrapped`
-
-func scanBrief(sc scanner) (rekey.DEK, error) {
-	var d rekey.DEK
-	err := sc.Scan(&d.ID, &d.Key, &d.Version, &d.Wrapped)
-	return d, err
-}
+// briefColumns are the columns of a ListDEKs with Brief (the key is the
+// query's: see briefDEK).
+const briefColumns = `id, version, wrapped`
 
 func scanDEK(sc scanner) (rekey.DEK, error) {
 	var d rekey.DEK
@@ -129,18 +124,20 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 		return nil, s.fail(op, err)
 	}
 	query, args := listDEKsSQL(q, limit, byID)
+	out := make([]rekey.DEK, 0, min(limit, 1024))
+	if q.Brief {
+		if out, err = s.listBrief(ctx, query, args, q.Key, out); err != nil {
+			return nil, s.fail(op, err)
+		}
+		return out, nil
+	}
 	rows, err := s.r.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, s.fail(op, err)
 	}
 	defer rows.Close()
-	scan := scanDEK
-	if q.Brief {
-		scan = scanBrief
-	}
-	out := make([]rekey.DEK, 0, min(limit, 1024))
 	for rows.Next() {
-		d, err := scan(rows)
+		d, err := scanDEK(rows)
 		if err != nil {
 			return nil, s.fail(op, err)
 		}
@@ -150,6 +147,73 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 		return nil, s.fail(op, err)
 	}
 	return out, nil
+}
+
+// listBrief runs a brief list (briefColumns) of key's DEKs, appending
+// them to out. It reads on a reader's driver connection (conn.Raw), below
+// database/sql, which copied every wrapped DEK a second time and converted
+// every version by reflection: the list of the next batch shares the
+// machine's cores with the re-wrap's writer.
+func (s *Store) listBrief(ctx context.Context, query string, args []any, key string, out []rekey.DEK) ([]rekey.DEK, error) {
+	conn, err := s.r.Conn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	named := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		if n, ok := a.(int); ok {
+			a = int64(n)
+		}
+		named[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	err = conn.Raw(func(dc any) error {
+		pc, ok := dc.(driver.ConnPrepareContext)
+		if !ok {
+			return fmt.Errorf("sqlitestore: the driver's connection (%T) cannot prepare statements with a context", dc)
+		}
+		st, err := pc.PrepareContext(ctx, query)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		qc, ok := st.(driver.StmtQueryContext)
+		if !ok {
+			return fmt.Errorf("sqlitestore: the driver's statement (%T) cannot query with a context", st)
+		}
+		rows, err := qc.QueryContext(ctx, named)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		var dest [3]driver.Value
+		for {
+			err := rows.Next(dest[:])
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			d, err := briefDEK(key, dest)
+			if err != nil {
+				return err
+			}
+			out = append(out, d)
+		}
+	})
+	return out, err
+}
+
+// briefDEK is the DEK of key in a row of briefColumns.
+func briefDEK(key string, row [3]driver.Value) (rekey.DEK, error) {
+	id, okID := row[0].(string)
+	v, okV := row[1].(int64)
+	w, okW := row[2].([]byte)
+	if !okID || !okV || !okW {
+		return rekey.DEK{}, fmt.Errorf("a row of deks holds %T, %T, %T for its id, version and wrapped bytes: the table was changed outside rekey", row[0], row[1], row[2])
+	}
+	return rekey.DEK{ID: id, Key: key, Version: int(v), Wrapped: w}, nil
 }
 
 // listDEKsSQL is ListDEKs' statement for q (validated) and its arguments:
