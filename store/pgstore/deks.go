@@ -143,13 +143,14 @@ func (s *Store) ListDEKs(ctx context.Context, q rekey.DEKQuery) ([]rekey.DEK, er
 	// the planner would read every DEK of the key above the cursor and
 	// sort them for each batch (EXPLAIN ANALYZE with 100,000 DEKs left:
 	// 24 ms against 0.3 ms; TestListDEKsPlan).
-	scan := scanDEK
-	if q.Brief {
-		scan = func(sc scanner) (rekey.DEK, error) { return scanBrief(sc, q.Key) }
-	}
 	var out []rekey.DEK
+	n := storecheck.ListLimit(q.Limit)
 	err := s.inOrderScan(ctx, query, args, func(rows pgx.Rows, err error) error {
-		out, err = collectN(rows, err, storecheck.ListLimit(q.Limit), scan)
+		if q.Brief {
+			out, err = collectBrief(rows, err, n, q.Key)
+		} else {
+			out, err = collectN(rows, err, n, scanDEK)
+		}
 		return err
 	})
 	if err != nil {
