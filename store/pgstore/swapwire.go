@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -40,10 +41,15 @@ func guessedOIDs(extras int) []uint32 {
 	return append(oids, pgtype.Int4ArrayOID, pgtype.TextOID, pgtype.TextOID)
 }
 
+// paramBufs holds the buffers of guessedParams between batches (a
+// re-wrap's are ~180 KB each: allocated for every batch, they were
+// ~180 MB of a 1,000,000-DEK re-wrap's garbage).
+var paramBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // guessedParams returns the guessed statement's parameters for swaps (at
-// least one) in binary format (see guessedOIDs), every one a slice of one
-// buffer.
-func guessedParams(swaps []rekey.DEKSwap, key string, now time.Time, extra []string) [][]byte {
+// least one) in binary format (see guessedOIDs), every one a slice of
+// *buf0, which it grows when too small.
+func guessedParams(buf0 *[]byte, swaps []rekey.DEKSwap, key string, now time.Time, extra []string) [][]byte {
 	const header = 20 // dimensions, flags, element type, length, lower bound
 	n := len(swaps)
 	// Five arrays, two of them of int4 (a length and a value each), the
@@ -56,7 +62,10 @@ func guessedParams(swaps []rekey.DEKSwap, key string, now time.Time, extra []str
 		size += len(s)
 	}
 	size += len(swaps[0].ID) + len(swaps[n-1].ID) // the span
-	buf := make([]byte, 0, size)
+	if cap(*buf0) < size {
+		*buf0 = make([]byte, 0, size)
+	}
+	buf := (*buf0)[:0]
 	params := make([][]byte, 0, 9+len(extra))
 	param := func(start int) { params = append(params, buf[start:len(buf):len(buf)]) }
 	array := func(elem uint32, each func(sw rekey.DEKSwap)) {
@@ -100,6 +109,7 @@ func guessedParams(swaps []rekey.DEKSwap, key string, now time.Time, extra []str
 		buf = append(buf, s...)
 		param(start)
 	}
+	*buf0 = buf
 	return params
 }
 
@@ -124,7 +134,9 @@ func swapGuessed(ctx context.Context, tx pgx.Tx, sql string, swaps []rekey.DEKSw
 	if !slices.Equal(sd.ParamOIDs, guessedOIDs(len(extra))) {
 		return swapGuessedPgx(ctx, tx, sql, swaps, key, now, extra)
 	}
-	params := guessedParams(swaps, key, now, bounds)
+	buf := paramBufs.Get().(*[]byte)
+	defer paramBufs.Put(buf) // pgconn copies the parameters into its batch at once
+	params := guessedParams(buf, swaps, key, now, bounds)
 	formats := make([]int16, len(params))
 	for i := range formats {
 		formats[i] = pgtype.BinaryFormatCode

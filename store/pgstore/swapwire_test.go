@@ -20,8 +20,9 @@ func TestGuessedParams(t *testing.T) {
 		{ID: "01C-é", OldWrapped: []byte{0}, NewWrapped: []byte{0, 0}, NewVersion: 1 << 30, OldVersion: 1},
 	}
 	now := time.Date(2026, 12, 2, 19, 40, 1, 123456000, time.UTC)
-	for _, bounds := range [][]string{nil, {"01", ""}} {
-		got := guessedParams(swaps, "key-ü", now, bounds)
+	buf := new([]byte) // reused, as the pool does: larger, then smaller
+	for _, bounds := range [][]string{nil, {"01", ""}, nil} {
+		got := guessedParams(buf, swaps, "key-ü", now, bounds)
 		args := []any{[]string{"01A", "01B", "01C-é"}, [][]byte{{1, 2, 3}, {}, {0}}, [][]byte{{4, 5}, bytes.Repeat([]byte{9}, 300), {0, 0}},
 			[]int32{2, 7, 1 << 30}, now, "key-ü"}
 		for _, b := range bounds {
