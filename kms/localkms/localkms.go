@@ -776,10 +776,19 @@ func (c *Client) wrap(ctx context.Context, ref string, version int, plaintext []
 
 // seal wraps plaintext under v (version), its count taken already.
 func seal(v *versionData, version int, plaintext []byte) []byte {
-	out := make([]byte, wrapHeader, wrapHeader+wrapNonceSize+len(plaintext)+wrapTagSize)
-	out[0] = wrapFormat
-	binary.BigEndian.PutUint32(out[1:], uint32(version))
-	return v.aead.Seal(out, nil, plaintext, v.aad)
+	return sealTo(make([]byte, 0, sealedSize(plaintext)), v, version, plaintext)
+}
+
+// sealedSize is the length of plaintext wrapped.
+func sealedSize(plaintext []byte) int {
+	return wrapHeader + wrapNonceSize + len(plaintext) + wrapTagSize
+}
+
+// sealTo is seal appending to dst.
+func sealTo(dst []byte, v *versionData, version int, plaintext []byte) []byte {
+	dst = append(dst, wrapFormat)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(version))
+	return v.aead.Seal(dst, nil, plaintext, v.aad)
 }
 
 // Unwrap implements rekey.KMS. It checks, in order, the key, the format and
@@ -796,6 +805,11 @@ func (c *Client) Unwrap(ctx context.Context, ref string, version int, wrapped []
 }
 
 func (c *Client) unwrap(ref string, version int, wrapped []byte) ([]byte, error) {
+	return c.unwrapTo(nil, ref, version, wrapped)
+}
+
+// unwrapTo is unwrap appending the plaintext to dst.
+func (c *Client) unwrapTo(dst []byte, ref string, version int, wrapped []byte) ([]byte, error) {
 	if _, _, err := c.find(ref, 0); err != nil {
 		return nil, err
 	}
@@ -812,7 +826,7 @@ func (c *Client) unwrap(ref string, version int, wrapped []byte) ([]byte, error)
 	if err != nil {
 		return nil, err
 	}
-	plaintext, err := v.aead.Open(nil, nil, wrapped[wrapHeader:], v.aad)
+	plaintext, err := v.aead.Open(dst, nil, wrapped[wrapHeader:], v.aad)
 	if err != nil {
 		return nil, fmt.Errorf("localkms: unwrap under key %q version %d: %w", ref, version, rekey.ErrInvalidCiphertext)
 	}
@@ -854,25 +868,59 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 		return nil, err
 	}
 	results := make([]rekey.RewrapResult, len(items))
-	plaintexts := make([][]byte, len(items))
+	// The plaintexts are opened into one buffer, zeroed before returning,
+	// and sealed into another that the results share (each result's
+	// capacity ends with it): two allocations a batch, where there were
+	// two an item.
+	const overhead = wrapHeader + wrapNonceSize + wrapTagSize
+	size := 0
+	for _, it := range items {
+		size += max(len(it.Wrapped)-overhead, 0)
+	}
+	plain := make([]byte, 0, size)
+	var own [][]byte // opened on their own (none: size counts every item)
 	defer func() {
-		for _, p := range plaintexts {
+		clear(plain[:cap(plain)])
+		for _, p := range own {
 			clear(p)
 		}
 	}()
+	plaintexts := make([][]byte, len(items))
 	var n uint64
 	for i, it := range items {
-		plaintexts[i], results[i].Err = c.unwrap(ref, it.Version, it.Wrapped)
-		if results[i].Err == nil {
-			n++
+		dst := plain
+		if len(it.Wrapped)-overhead > cap(plain)-len(plain) {
+			dst = nil
 		}
+		p, err := c.unwrapTo(dst, ref, it.Version, it.Wrapped)
+		if results[i].Err = err; err != nil {
+			continue
+		}
+		n++
+		if dst == nil {
+			own = append(own, p)
+			plaintexts[i] = p
+			continue
+		}
+		start := len(plain)
+		plain = p
+		plaintexts[i] = plain[start:len(plain):len(plain)]
 	}
 	if err := c.takeCounts(ctx, ref, toVersion, n); err != nil {
 		return nil, err
 	}
+	sealed := 0
 	for i, p := range plaintexts {
 		if results[i].Err == nil {
-			results[i].Wrapped = seal(v, toVersion, p)
+			sealed += sealedSize(p)
+		}
+	}
+	out := make([]byte, 0, sealed)
+	for i, p := range plaintexts {
+		if results[i].Err == nil {
+			start := len(out)
+			out = sealTo(out, v, toVersion, p)
+			results[i].Wrapped = out[start:len(out):len(out)]
 		}
 	}
 	return results, nil
