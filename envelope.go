@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"unsafe"
 )
 
@@ -364,7 +363,7 @@ func AppendSealEnvelope(dst []byte, dekID string, dek, plaintext, aad []byte) ([
 	if err != nil {
 		return nil, err
 	}
-	out := slices.Grow(dst, n)
+	out := grow(dst, n)
 	out = append(out, raw...)
 	var nonce [envelopeNonceLen]byte
 	for i := range segs {
@@ -373,6 +372,19 @@ func AppendSealEnvelope(dst []byte, dekID string, dek, plaintext, aad []byte) ([
 		out = aead.Seal(out, nonce[:], chunk, ad)
 	}
 	return out, nil
+}
+
+// grow is slices.Grow for bytes that are all about to be written: a new
+// buffer comes from make, which the runtime need not zero when its memory
+// is fresh from the OS, where slices.Grow always zeroes what it adds (a
+// fifth of a 1 MiB Seal's time in a CPU profile).
+func grow(dst []byte, n int) []byte {
+	if cap(dst)-len(dst) >= n {
+		return dst
+	}
+	out := make([]byte, len(dst), len(dst)+n)
+	copy(out, dst)
+	return out
 }
 
 // sealDst returns the size of the envelope of plaintext under a DEK id of
@@ -426,7 +438,7 @@ func openEnvelopeBody(dst, body []byte, h EnvelopeHeader, dek, aad []byte) ([]by
 		return nil, err
 	}
 	full := 1<<h.ChunkShift + envelopeTagLen
-	out := slices.Grow(dst, len(body)) // the plaintext is shorter
+	out := grow(dst, len(body)) // the plaintext is shorter
 	start := len(out)
 	fail := func(err error) ([]byte, error) {
 		clear(out[start:cap(out)])
