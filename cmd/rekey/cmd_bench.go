@@ -48,7 +48,8 @@ during it), a WAL checkpoint on SQLite.
 $REKEY_TEST_AWSKMS_ENDPOINT: the local-kms emulator of scripts/localkms),
 with keys under an alias prefix of the run's own, scheduled for deletion
 after; it also measures the endpoint's raw ReEncrypt at the engine's
-concurrency (engine/raw). --throttle-at R makes the backend of the engine
+concurrency, just before the engine phase and after it (engine/raw is
+over the mean of the two). --throttle-at R makes the backend of the engine
 phase refuse data requests above R per second (kms/faultkms), and reports
 the rate the engine sustained and the share of its requests throttled.
 --with-writers runs rekey dek create and rekey decrypt in a loop, each in
@@ -179,7 +180,8 @@ func (c *cli) runBench(ctx context.Context, o bench.Options) error {
 	fmt.Fprintf(w, "%-36s %14.0f\n", "floor: store only (deks table)", res.Floor.StoreRowsPerS)
 	fmt.Fprintf(w, "%-36s %14.0f\n", "floor: minimal table", res.Floor.MinimalStoreRowsPerS)
 	if res.Floor.RawRewrapPerS > 0 {
-		fmt.Fprintf(w, "%-36s %14.0f   (%d at a time)\n", "raw ReEncrypt of the endpoint", res.Floor.RawRewrapPerS, res.Settings.Concurrency)
+		fmt.Fprintf(w, "%-36s %14.0f   (%d at a time; mean of %.0f before the engine, %.0f after)\n", "raw ReEncrypt of the endpoint",
+			res.Floor.RawRewrapPerS, res.Settings.Concurrency, res.Floor.RawRewrapBeforePerS, res.Floor.RawRewrapAfterPerS)
 	}
 	fmt.Fprintf(w, "\nengine/naive %.2f   engine/floor %.2f   engine/minimal %.2f", res.Ratios.EngineVsNaive, res.Ratios.EngineVsFloor, res.Ratios.EngineVsMinimal)
 	if res.Floor.RawRewrapPerS > 0 {

@@ -150,6 +150,27 @@ func (e *runEnv) rawRewrap(ctx context.Context, rows []row, to int) (float64, er
 	})
 }
 
+// rawRewrapBefore is rawRewrap before the engine phase: every DEK
+// re-encrypted under the KMS key of its own version (the rotation has not
+// made the next one yet; ReEncrypt to the same key costs the endpoint the
+// same).
+func (e *runEnv) rawRewrapBefore(ctx context.Context) (float64, error) {
+	db, d, err := e.db()
+	if err != nil {
+		return 0, fmt.Errorf("bench: open the store's database: %w", err)
+	}
+	defer db.Close()
+	rows, err := loadRows(ctx, db, d)
+	if err != nil {
+		return 0, err
+	}
+	vs := versionsOf(rows)
+	if len(vs) != 1 {
+		return 0, fmt.Errorf("bench: raw ReEncrypt before the rotation: the DEKs are under %d versions, want one", len(vs))
+	}
+	return e.rawRewrap(ctx, rows, vs[0])
+}
+
 // versionsOf returns the distinct versions of rows.
 func versionsOf(rows []row) []int {
 	seen := map[int]bool{}

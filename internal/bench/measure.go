@@ -60,9 +60,10 @@ func (e *runEnv) measureOthers(ctx context.Context, res *Result) error {
 		return err
 	}
 	if e.o.Backend == BackendAWSKMS {
-		if res.Floor.RawRewrapPerS, err = e.rawRewrap(ctx, rows, to); err != nil {
+		if res.Floor.RawRewrapAfterPerS, err = e.rawRewrap(ctx, rows, to); err != nil {
 			return err
 		}
+		res.Floor.RawRewrapPerS = (res.Floor.RawRewrapBeforePerS + res.Floor.RawRewrapAfterPerS) / 2
 	}
 	if err := e.settle(ctx, "deks"); err != nil {
 		return err

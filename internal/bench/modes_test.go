@@ -3,6 +3,7 @@ package bench_test
 import (
 	"context"
 	"errors"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -166,6 +167,12 @@ func TestRunAWSKMS(t *testing.T) {
 	}
 	if res.Floor.RawRewrapPerS <= 0 || res.Ratios.EngineVsRawRewrap <= 0 {
 		t.Errorf("raw ReEncrypt %v/s, engine/raw %v: want positive", res.Floor.RawRewrapPerS, res.Ratios.EngineVsRawRewrap)
+	}
+	// The baseline brackets the engine: the mean of a measure before it
+	// and one after.
+	f := res.Floor
+	if f.RawRewrapBeforePerS <= 0 || f.RawRewrapAfterPerS <= 0 || math.Abs(f.RawRewrapPerS-(f.RawRewrapBeforePerS+f.RawRewrapAfterPerS)/2) > 1e-6 {
+		t.Errorf("raw ReEncrypt %v/s, before %v/s, after %v/s: want the mean of two positive measures", f.RawRewrapPerS, f.RawRewrapBeforePerS, f.RawRewrapAfterPerS)
 	}
 	if res.Backend != bench.BackendAWSKMS || res.Settings.Endpoint != ep || !strings.HasPrefix(res.Settings.AliasPrefix, "alias/rekey-bench-") {
 		t.Errorf("backend %q, settings %+v", res.Backend, res.Settings)
