@@ -15,11 +15,12 @@ import (
 // collectBrief reads the rows of a brief list (briefColumns) of key's DEKs,
 // up to about n of them. The ids and the wrapped bytes of the DEKs are
 // copied into a few shared allocations (slab) instead of two of their
-// own each: a re-wrap lists every DEK once, and its garbage collection
-// took as much of the client's time as its queries (a CPU profile of a
-// 1,000,000-DEK rotation: scanning, 0.5 s; collecting, 1.4 s). A DEK
-// kept keeps its slab (tens of KB) alive. Rows in another format than
-// the binary one pgx asks for are scanned by pgx instead.
+// own each, and no DEK escapes on its own: a re-wrap lists every DEK once,
+// and in a CPU profile of a 1,000,000-DEK rotation the garbage collector
+// took 1.4 s of the client's 3.6 s, the lists' scanning 0.5 s. A DEK
+// kept keeps its slab (tens of KB) alive. Rows whose version or wrapped
+// bytes are not in the binary format pgx asks for (the simple protocol)
+// are scanned by pgx instead.
 func collectBrief(rows pgx.Rows, err error, n int, key string) ([]rekey.DEK, error) {
 	if err != nil {
 		return nil, err
