@@ -871,39 +871,25 @@ func (c *Client) RewrapBatch(ctx context.Context, ref string, toVersion int, ite
 	// The plaintexts are opened into one buffer, zeroed before returning,
 	// and sealed into another that the results share (each result's
 	// capacity ends with it): two allocations a batch, where there were
-	// two an item.
+	// two an item. An item's plaintext is exactly its wrapped bytes less
+	// the header, nonce and tag, so each opens in place in plain.
 	const overhead = wrapHeader + wrapNonceSize + wrapTagSize
 	size := 0
 	for _, it := range items {
 		size += max(len(it.Wrapped)-overhead, 0)
 	}
 	plain := make([]byte, 0, size)
-	var own [][]byte // opened on their own (none: size counts every item)
-	defer func() {
-		clear(plain[:cap(plain)])
-		for _, p := range own {
-			clear(p)
-		}
-	}()
+	defer func() { clear(plain[:cap(plain)]) }()
 	plaintexts := make([][]byte, len(items))
 	var n uint64
 	for i, it := range items {
-		dst := plain
-		if len(it.Wrapped)-overhead > cap(plain)-len(plain) {
-			dst = nil
-		}
-		p, err := c.unwrapTo(dst, ref, it.Version, it.Wrapped)
+		start := len(plain)
+		p, err := c.unwrapTo(plain[start:start], ref, it.Version, it.Wrapped)
 		if results[i].Err = err; err != nil {
 			continue
 		}
 		n++
-		if dst == nil {
-			own = append(own, p)
-			plaintexts[i] = p
-			continue
-		}
-		start := len(plain)
-		plain = p
+		plain = plain[:start+len(p)] // p is plain's own bytes (see above)
 		plaintexts[i] = plain[start:len(plain):len(plain)]
 	}
 	if err := c.takeCounts(ctx, ref, toVersion, n); err != nil {

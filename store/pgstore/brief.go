@@ -51,17 +51,19 @@ func collectBrief(rows pgx.Rows, err error, n int, key string) ([]rekey.DEK, err
 	return out, nil
 }
 
+// briefOIDs are the types of briefColumns.
+var briefOIDs = [...]uint32{pgtype.TextOID, pgtype.Int4OID, pgtype.ByteaOID}
+
 // briefBinary reports whether fields are briefColumns' with the version
 // and the wrapped bytes in the binary format, which collectBrief decodes
 // itself.
 func briefBinary(fields []pgconn.FieldDescription) bool {
-	want := []uint32{pgtype.TextOID, pgtype.Int4OID, pgtype.ByteaOID}
-	if len(fields) != len(want) {
+	if len(fields) != len(briefOIDs) {
 		return false
 	}
 	for i, f := range fields {
 		// A text's two formats are the same bytes (pgx asks for text).
-		if f.DataTypeOID != want[i] || (f.Format != pgtype.BinaryFormatCode && f.DataTypeOID != pgtype.TextOID) {
+		if f.DataTypeOID != briefOIDs[i] || (f.Format != pgtype.BinaryFormatCode && f.DataTypeOID != pgtype.TextOID) {
 			return false
 		}
 	}

@@ -168,19 +168,15 @@ func (s *Store) listBrief(ctx context.Context, query string, args []any, key str
 		named[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
 	}
 	err = conn.Raw(func(dc any) error {
-		pc, ok := dc.(driver.ConnPrepareContext)
-		if !ok {
-			return fmt.Errorf("sqlitestore: the driver's connection (%T) cannot prepare statements with a context", dc)
+		pc, err := preparer(dc)
+		if err != nil {
+			return err
 		}
-		st, err := pc.PrepareContext(ctx, query)
+		st, qc, err := prepareAs[driver.StmtQueryContext](ctx, pc, query)
 		if err != nil {
 			return err
 		}
 		defer st.Close()
-		qc, ok := st.(driver.StmtQueryContext)
-		if !ok {
-			return fmt.Errorf("sqlitestore: the driver's statement (%T) cannot query with a context", st)
-		}
 		rows, err := qc.QueryContext(ctx, named)
 		if err != nil {
 			return err
@@ -328,9 +324,9 @@ type swapper struct {
 }
 
 func newSwapper(dc any, at int64) (*swapper, error) {
-	conn, ok := dc.(driver.ConnPrepareContext)
-	if !ok {
-		return nil, fmt.Errorf("sqlitestore: the driver's connection (%T) cannot prepare statements with a context", dc)
+	conn, err := preparer(dc)
+	if err != nil {
+		return nil, err
 	}
 	w := &swapper{conn: conn, at: at, stmts: map[[2]int]driver.StmtExecContext{}}
 	for i := range w.args {
@@ -345,14 +341,14 @@ func (w *swapper) close() {
 	}
 }
 
-// prepare prepares query on the driver's connection.
-func (w *swapper) prepare(ctx context.Context, query string) (driver.Stmt, error) {
-	st, err := w.conn.PrepareContext(ctx, query)
-	if err != nil {
-		return nil, err
+// prepareIn prepares query on w's connection as a statement of kind S,
+// closed with w.
+func prepareIn[S any](ctx context.Context, w *swapper, query string) (S, error) {
+	st, s, err := prepareAs[S](ctx, w.conn, query)
+	if err == nil {
+		w.open = append(w.open, st)
 	}
-	w.open = append(w.open, st)
-	return st, nil
+	return s, err
 }
 
 // swap runs the compare-and-swap of sw from version from and reports
@@ -360,12 +356,9 @@ func (w *swapper) prepare(ctx context.Context, query string) (driver.Stmt, error
 func (w *swapper) swap(ctx context.Context, sw rekey.DEKSwap, key string, from int) (bool, error) {
 	st, ok := w.stmts[[2]int{sw.NewVersion, from}]
 	if !ok {
-		ds, err := w.prepare(ctx, swapSQL(sw.NewVersion, from, w.at))
-		if err != nil {
+		var err error
+		if st, err = prepareIn[driver.StmtExecContext](ctx, w, swapSQL(sw.NewVersion, from, w.at)); err != nil {
 			return false, err
-		}
-		if st, ok = ds.(driver.StmtExecContext); !ok {
-			return false, fmt.Errorf("sqlitestore: the driver's statement (%T) cannot execute with a context", ds)
 		}
 		w.stmts[[2]int{sw.NewVersion, from}] = st
 	}
@@ -383,13 +376,8 @@ func (w *swapper) swap(ctx context.Context, sw rekey.DEKSwap, key string, from i
 // no row of key holds sw.OldWrapped under sw.ID).
 func (w *swapper) version(ctx context.Context, sw rekey.DEKSwap, key string) (v int, found bool, err error) {
 	if w.find == nil {
-		ds, err := w.prepare(ctx, findSQL)
-		if err != nil {
+		if w.find, err = prepareIn[driver.StmtQueryContext](ctx, w, findSQL); err != nil {
 			return 0, false, err
-		}
-		var ok bool
-		if w.find, ok = ds.(driver.StmtQueryContext); !ok {
-			return 0, false, fmt.Errorf("sqlitestore: the driver's statement (%T) cannot query with a context", ds)
 		}
 	}
 	args := []driver.NamedValue{{Ordinal: 1, Value: sw.ID}, {Ordinal: 2, Value: key}, {Ordinal: 3, Value: sw.OldWrapped}}
